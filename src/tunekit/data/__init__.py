@@ -1,0 +1,52 @@
+"""Data: prompt templates, instruction and chat data sets, collation and packing.
+
+Samples are ``{"tokens": list[int], "labels": list[int]}`` with labels already shifted
+(``labels[i]`` is the target of the prediction at position ``i``, or -100); see
+docs/architecture.md, section Data.
+"""
+
+from tunekit.data._loading import (
+    ASSETS_DATA_DIR,
+    ASSETS_TEXT_DIR,
+    BUNDLED_DATA,
+    DataFormatError,
+    bundled_text_files,
+)
+from tunekit.data.collate import block_causal_mask, packed_collate, padded_collate
+from tunekit.data.datasets import CROSS_ENTROPY_IGNORE_IDX, ChatDataset, InstructDataset
+from tunekit.data.packing import PackedDataset
+from tunekit.data.templates import (
+    ALPACA_PROMPT_NO_INPUT,
+    ALPACA_PROMPT_WITH_INPUT,
+    INSTRUCT_TEMPLATES,
+    alpaca_generation_tokens,
+    alpaca_prompt,
+    llama2_chat_generation_tokens,
+    tokenize_alpaca,
+    tokenize_llama2_chat,
+    validate_messages,
+)
+
+__all__ = [
+    "ALPACA_PROMPT_NO_INPUT",
+    "ALPACA_PROMPT_WITH_INPUT",
+    "ASSETS_DATA_DIR",
+    "ASSETS_TEXT_DIR",
+    "BUNDLED_DATA",
+    "CROSS_ENTROPY_IGNORE_IDX",
+    "ChatDataset",
+    "DataFormatError",
+    "INSTRUCT_TEMPLATES",
+    "InstructDataset",
+    "PackedDataset",
+    "alpaca_generation_tokens",
+    "alpaca_prompt",
+    "block_causal_mask",
+    "bundled_text_files",
+    "llama2_chat_generation_tokens",
+    "packed_collate",
+    "padded_collate",
+    "tokenize_alpaca",
+    "tokenize_llama2_chat",
+    "validate_messages",
+]

@@ -1,0 +1,74 @@
+"""Batch collation: right-padded batches and packed batches with a block-causal mask."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+CROSS_ENTROPY_IGNORE_IDX = -100
+
+
+def _as_list(x: Any) -> list[int]:
+    return x.tolist() if hasattr(x, "tolist") else list(x)
+
+
+def padded_collate(
+    batch: Sequence[Mapping[str, Any]], pad_id: int, ignore_index: int = CROSS_ENTROPY_IGNORE_IDX
+) -> dict[str, torch.Tensor]:
+    """Right-pad ``tokens`` with ``pad_id`` and ``labels`` with ``ignore_index`` to the longest sample.
+
+    Args:
+        batch: samples ``{"tokens": list[int], "labels": list[int]}`` of equal length each.
+        pad_id: token id written into padded positions.
+        ignore_index: label of padded positions.
+
+    Returns:
+        ``{"tokens": LongTensor[b, s], "labels": LongTensor[b, s]}``.
+    """
+    if not batch:
+        raise ValueError("padded_collate() got an empty batch")
+    toks = [_as_list(s["tokens"]) for s in batch]
+    labs = [_as_list(s["labels"]) for s in batch]
+    for i, (t, l) in enumerate(zip(toks, labs)):
+        if len(t) != len(l):
+            raise ValueError(f"sample {i} of the batch has {len(t)} tokens but {len(l)} labels")
+    s = max(len(t) for t in toks)
+    tokens = torch.full((len(batch), s), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), s), ignore_index, dtype=torch.long)
+    for i, (t, l) in enumerate(zip(toks, labs)):
+        tokens[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        labels[i, : len(l)] = torch.tensor(l, dtype=torch.long)
+    return {"tokens": tokens, "labels": labels}
+
+
+def block_causal_mask(seq_lens: Sequence[int]) -> torch.Tensor:
+    """Bool[s, s] mask, True where query i may attend key j: same document and j <= i."""
+    lens = torch.as_tensor(_as_list(seq_lens), dtype=torch.long)
+    doc = torch.repeat_interleave(torch.arange(len(lens)), lens)  # [s] document index
+    s = doc.numel()
+    causal = torch.ones(s, s, dtype=torch.bool).tril()
+    return (doc[:, None] == doc[None, :]) & causal
+
+
+def packed_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack packed samples (from ``PackedDataset``) and build their block-causal masks.
+
+    Returns:
+        ``tokens``, ``labels``, ``input_pos``: LongTensor[b, s]; ``mask``: BoolTensor[b, s, s],
+        True where attention is allowed (SDPA convention), each document seeing only itself.
+    """
+    if not batch:
+        raise ValueError("packed_collate() got an empty batch")
+    lengths = {len(_as_list(s["tokens"])) for s in batch}
+    if len(lengths) != 1:
+        raise ValueError(f"packed_collate() needs samples of one length, got lengths {sorted(lengths)}")
+    out = {k: torch.tensor([_as_list(s[k]) for s in batch], dtype=torch.long)
+           for k in ("tokens", "labels", "input_pos")}
+    for i, s in enumerate(batch):
+        if sum(_as_list(s["seq_lens"])) != out["tokens"].shape[1]:
+            raise ValueError(f"sample {i}: seq_lens {list(s['seq_lens'])} do not add up to "
+                             f"its length {out['tokens'].shape[1]}")
+    out["mask"] = torch.stack([block_causal_mask(s["seq_lens"]) for s in batch])
+    return out

@@ -1,0 +1,74 @@
+"""Greedy sequence packing into fixed-length samples."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch.utils.data import Dataset
+
+CROSS_ENTROPY_IGNORE_IDX = -100
+
+
+class PackedDataset(Dataset):
+    """Pack the samples of ``dataset`` greedily, in order, into samples of ``max_seq_len`` tokens.
+
+    A sample is appended to the current pack while it fits; otherwise the pack is padded and a
+    new one starts. A sample longer than ``max_seq_len`` is cut to ``max_seq_len`` (its labels
+    are already shifted, so the kept positions keep their true targets). Each pack is
+    ``{"tokens", "labels", "input_pos", "seq_lens"}``: ``input_pos`` restarts at 0 for every
+    document (RoPE positions), ``seq_lens`` lists the document lengths and ends with the
+    padding's length when there is padding, so ``sum(seq_lens) == max_seq_len``. Padding is a
+    document of its own (token ``pad_id``, label -100), which keeps every mask row non-empty.
+
+    Args:
+        dataset: a map-style data set of ``{"tokens", "labels"}`` samples (labels shifted).
+        max_seq_len: length of every packed sample.
+        pad_id: padding token; default ``dataset.tokenizer.pad_id`` when there is one, else 0.
+    """
+
+    def __init__(self, dataset: Any, max_seq_len: int, *, pad_id: int | None = None) -> None:
+        if not isinstance(max_seq_len, int) or max_seq_len < 1:
+            raise ValueError(f"max_seq_len={max_seq_len!r} must be a positive integer.")
+        if pad_id is None:
+            pad_id = getattr(getattr(dataset, "tokenizer", None), "pad_id", 0)
+        self.max_seq_len = max_seq_len
+        self.pad_id = int(pad_id)
+        self.packs: list[dict[str, list[int]]] = []
+        cur: dict[str, list[int]] = self._empty()
+        for i in range(len(dataset)):
+            sample: Mapping[str, Any] = dataset[i]
+            tokens = list(sample["tokens"])[:max_seq_len]
+            labels = list(sample["labels"])[:max_seq_len]
+            if len(tokens) != len(labels):
+                raise ValueError(f"sample {i} has {len(tokens)} tokens but {len(labels)} labels")
+            if not tokens:
+                continue
+            if len(cur["tokens"]) + len(tokens) > max_seq_len:
+                self.packs.append(self._pad(cur))
+                cur = self._empty()
+            cur["tokens"] += tokens
+            cur["labels"] += labels
+            cur["input_pos"] += list(range(len(tokens)))
+            cur["seq_lens"].append(len(tokens))
+        if cur["tokens"]:
+            self.packs.append(self._pad(cur))
+
+    @staticmethod
+    def _empty() -> dict[str, list[int]]:
+        return {"tokens": [], "labels": [], "input_pos": [], "seq_lens": []}
+
+    def _pad(self, pack: dict[str, list[int]]) -> dict[str, list[int]]:
+        n = self.max_seq_len - len(pack["tokens"])
+        if n:
+            pack["tokens"] += [self.pad_id] * n
+            pack["labels"] += [CROSS_ENTROPY_IGNORE_IDX] * n
+            pack["input_pos"] += list(range(n))
+            pack["seq_lens"].append(n)
+        return pack
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.packs[index]
