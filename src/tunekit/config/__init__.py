@@ -1,0 +1,39 @@
+"""tunekit's config layer: instantiate, typed schemas, resolvers and the recipe entrypoint.
+
+Importing this package registers the recipe schemas in Hydra's ConfigStore and tunekit's
+OmegaConf resolvers. It never imports torch.
+"""
+
+from tunekit.config._instantiate import instantiate
+from tunekit.config.entrypoint import (
+    compose,
+    config_dir,
+    find_shipped_dir,
+    print_config,
+    recipe_main,
+    recipes_dir,
+)
+from tunekit.config.errors import ConfigError, explain
+from tunekit.config.resolvers import default_models_root, register_resolvers
+from tunekit.config.schemas import SCHEMAS, register_schemas
+from tunekit.config.validate import check_config, config_problems, locate
+
+register_resolvers()
+register_schemas()
+
+__all__ = [
+    "SCHEMAS",
+    "ConfigError",
+    "check_config",
+    "compose",
+    "config_dir",
+    "config_problems",
+    "default_models_root",
+    "explain",
+    "find_shipped_dir",
+    "instantiate",
+    "locate",
+    "print_config",
+    "recipe_main",
+    "recipes_dir",
+]

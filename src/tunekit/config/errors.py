@@ -1,0 +1,183 @@
+"""Config errors and their one-paragraph explanations.
+
+Every config mistake a user can make (an unknown group option, a misspelt key, a value of the
+wrong type, a bad ``_component_``) ends up as a :class:`ConfigError` whose message is a single
+paragraph naming the key path, the offending value and what would be valid. ``explain``
+turns the exceptions that Hydra and OmegaConf raise into such a paragraph.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from hydra.errors import (
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from omegaconf import DictConfig
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+__all__ = ["ConfigError", "close_matches", "did_you_mean", "explain", "paragraph"]
+
+
+class ConfigError(ValueError):
+    """A config mistake; ``str(err)`` is a complete, user-facing paragraph."""
+
+
+def paragraph(text: str) -> str:
+    """Join the non-empty lines of ``text`` into one paragraph (no blank lines)."""
+    return "\n".join(line.rstrip() for line in text.splitlines() if line.strip())
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` candidates that look like a misspelling of ``word``."""
+    pool = sorted({str(c) for c in candidates})
+    hits = difflib.get_close_matches(word, pool, n=n, cutoff=0.6)
+    if not hits:  # also catch case slips and prefixes, e.g. "lr" vs "lr_scheduler"
+        hits = [c for c in pool if c.lower().startswith(word.lower())][:n]
+    return hits
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """Return ' Did you mean: a, b?' or '' when nothing is close."""
+    hits = close_matches(word, candidates)
+    return f" Did you mean: {', '.join(hits)}?" if hits else ""
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def _first(exc: BaseException, kind: type | tuple[type, ...]) -> Any:
+    return next((e for e in _chain(exc) if isinstance(e, kind)), None)
+
+
+def _type_name(t: Any) -> str:
+    if t is None or t is Any:
+        return "any"
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def _node_keys(node: Any) -> list[str]:
+    if isinstance(node, DictConfig):
+        try:
+            return [str(k) for k in node.keys()]
+        except OmegaConfBaseException:
+            return []
+    return []
+
+
+def _explain_omegaconf(err: OmegaConfBaseException, override: str | None) -> str:
+    """Explain an OmegaConf error; ``override`` is the command-line item that caused it."""
+    full_key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
+    msg = getattr(err, "msg", None) or str(err)
+    msg = msg.splitlines()[0] if msg else type(err).__name__
+    where = f"`{override}`" if override else f"`{full_key}`"
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and not isinstance(
+        err, MissingMandatoryValue
+    ):
+        key = str(getattr(err, "key", None) or full_key.rsplit(".", 1)[-1])
+        parent = getattr(err, "parent_node", None)
+        valid = [k for k in _node_keys(parent) if k != "hydra"]
+        parent_key = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+        scope = f"under `{parent_key}`" if parent_key else "at the top level"
+        text = f"{where}: unknown key `{full_key or key}` ({scope}).{did_you_mean(key, valid)}"
+        if valid:
+            text += f" Valid keys {scope}: {', '.join(valid)}."
+        if override:
+            text += f" To add a genuinely new key, write `+{override.lstrip('+~')}`."
+        return text
+    if isinstance(err, ValidationError):
+        child = getattr(err, "child_node", None)
+        meta = getattr(child, "_metadata", None)
+        expected = _type_name(getattr(meta, "ref_type", None) if meta else err.ref_type)
+        value = getattr(err, "value", None)
+        return (
+            f"{where}: `{full_key}` expects a value of type {expected}, got {value!r}"
+            f" ({type(value).__name__})."
+        )
+    if isinstance(err, MissingMandatoryValue):
+        return f"`{full_key}` has no value (???): set it, e.g. `{full_key}=...`."
+    if isinstance(err, InterpolationResolutionError):
+        return f"`{full_key}`: cannot resolve the interpolation: {msg}"
+    return f"{where}: {msg}"
+
+
+_OVERRIDE_RE = re.compile(
+    r"(?:Could not (?:override|append to config|delete from config)[^']*'([^']*)'"
+    r"|Error merging override (\S+))"
+)
+_APPEND_RE = re.compile(r"use (\+\S+)")
+
+
+def _explain_missing_config(err: MissingConfigException, override: str | None) -> str:
+    missing = err.missing_cfg_file or ""
+    options = list(err.options or [])
+    group, _, option = missing.rpartition("/")
+    if group and options:
+        text = (
+            f"`{override or f'{group}={option}'}`: config group `{group}` has no option"
+            f" `{option}`.{did_you_mean(option, options)} Valid options for `{group}`:"
+            f" {', '.join(sorted(options))}."
+        )
+        return text
+    if group:
+        return (
+            f"`{override or missing}`: `{group}` is not a config group here and"
+            f" `{missing}.yaml` does not exist; run `tunekit ls` to see the groups."
+        )
+    return paragraph(
+        f"Cannot find the primary config `{missing}`."
+        + (f" Available: {', '.join(sorted(options))}." if options else "")
+    )
+
+
+def explain(exc: BaseException) -> str | None:
+    """Turn a config-related exception into one readable paragraph.
+
+    Args:
+        exc: an exception raised while composing, validating or instantiating a config.
+
+    Returns:
+        The paragraph, or ``None`` when ``exc`` is not a config mistake (a real bug should
+        keep its traceback).
+    """
+    own = _first(exc, ConfigError)
+    if own is not None:
+        return str(own)
+    override = None
+    for e in _chain(exc):
+        m = _OVERRIDE_RE.search(str(e))
+        if m:
+            override = m.group(1) or m.group(2)
+            append = _APPEND_RE.search(str(e))
+            if append and "=" in append.group(1):  # Hydra's hint holds the full key=value
+                override = append.group(1).lstrip("+")
+            break
+    missing = _first(exc, MissingConfigException)
+    if missing is not None:
+        return _explain_missing_config(missing, override)
+    oc = _first(exc, OmegaConfBaseException)
+    if oc is not None and isinstance(exc, (ConfigCompositionException, OmegaConfBaseException)):
+        return _explain_omegaconf(oc, override)
+    if isinstance(exc, OverrideParseException):
+        return paragraph(f"Cannot parse the command-line override: {exc}")
+    if isinstance(exc, ConfigCompositionException):
+        return paragraph(str(exc).replace("\n", " "))
+    return None
