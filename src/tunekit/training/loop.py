@@ -1,0 +1,561 @@
+"""The one training loop for LoRA and full fine-tuning.
+
+Recipes build the model, optimizer, scheduler, loss, data loaders, checkpointer and metric
+logger, then call :func:`train`. Everything the loop saves it can restore: pass what the
+checkpointer's ``load_checkpoint()`` returned as ``resume_state`` and the run continues where
+it stopped, with the same per-step losses as an uninterrupted run (exact on the CPU).
+
+Host syncs: the loop keeps per-step losses on the device and reads them back only at log
+intervals, before evaluation/checkpointing and at the end (one ``.tolist()`` each time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tunekit.training.activation_checkpointing import apply_activation_checkpointing
+from tunekit.training.compile import compile_loss, compile_model
+from tunekit.training.data_loading import StatefulSampler
+from tunekit.training.device import get_device
+from tunekit.training.distributed import all_reduce_sum, barrier, get_world_size, is_rank_zero
+from tunekit.training.memory import memory_stats, reset_peak_memory_stats
+from tunekit.training.precision import get_dtype
+from tunekit.training.seed import get_rng_state, set_rng_state, set_seed
+from tunekit.training.signals import graceful_shutdown
+
+__all__ = [
+    "TrainSettings",
+    "TrainResult",
+    "NonFiniteLossError",
+    "Checkpointer",
+    "train",
+    "evaluate",
+    "steps_per_epoch",
+    "num_training_steps",
+]
+
+
+class Checkpointer(Protocol):
+    """The part of a checkpointer the loop uses."""
+
+    def save_checkpoint(self, state: dict[str, Any], epoch: int,
+                        intermediate_checkpoint: bool = False, step: int | None = None) -> Any: ...
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; no checkpoint was written after the last finite step."""
+
+
+@dataclass
+class TrainSettings:
+    """Loop settings (the recipe fills them from its config).
+
+    Attributes:
+        epochs: passes over the training data.
+        max_steps_per_epoch: cap on optimizer steps per epoch (None: the whole epoch).
+        gradient_accumulation_steps: micro-batches per optimizer step; the gradient is the
+            token-weighted mean over all of them (4 x 2 == 8 x 1).
+        clip_grad_norm: max total gradient norm (None: no clipping; the norm is still logged).
+        log_every_n_steps: metrics (and the NaN check) every N optimizer steps.
+        save_every_n_steps: a step checkpoint every N steps (None: only at epoch ends).
+        eval_every_n_steps: validation loss every N steps (None: only at the end).
+        max_eval_batches: cap on validation batches per evaluation (None: all).
+        device: "auto", "cpu", "cuda", "cuda:N".
+        dtype: "fp32" or "bf16" (the model and optimizer state are cast to it).
+        compile: torch.compile each decoder layer and the loss.
+        activation_checkpointing: checkpoint decoder layers.
+        ac_every_k_layers: with activation_checkpointing, checkpoint every k-th layer only.
+        seed: seeds python/numpy/torch at the start of a fresh run.
+        handle_signals: SIGTERM/SIGINT finish the step, save a step checkpoint and return.
+    """
+
+    epochs: int = 1
+    max_steps_per_epoch: int | None = None
+    gradient_accumulation_steps: int = 1
+    clip_grad_norm: float | None = 1.0
+    log_every_n_steps: int = 1
+    save_every_n_steps: int | None = None
+    eval_every_n_steps: int | None = None
+    max_eval_batches: int | None = None
+    device: str = "cpu"
+    dtype: str = "fp32"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    ac_every_k_layers: int = 1
+    seed: int = 0
+    handle_signals: bool = True
+
+    def problems(self) -> list[str]:
+        """Every invalid value, one message each (empty when valid)."""
+        out = []
+        positive = ("epochs", "gradient_accumulation_steps", "log_every_n_steps", "ac_every_k_layers")
+        for name in positive:
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps_per_epoch", "save_every_n_steps", "eval_every_n_steps", "max_eval_batches"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                out.append(f"{name} must be >= 1 or null, got {v}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            out.append(f"clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
+        try:
+            get_dtype(self.dtype)
+        except ValueError as err:
+            out.append(str(err))
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (sweeps minimise ``final_val_loss``).
+
+    Attributes:
+        final_train_loss: loss of the last optimizer step run (None if none ran).
+        final_val_loss: validation loss at the end (None without a val loader or when
+            interrupted).
+        step_losses: loss of each optimizer step run in this call, in order; the first is
+            global step ``start_step + 1``.
+        start_step: global step the call started from (0, or the resume point).
+        global_step: optimizer steps done in total at the end.
+        val_losses: (global_step, val_loss) of every evaluation.
+        interrupted: stopped early by SIGTERM/SIGINT (a step checkpoint was saved).
+        checkpoints: (epoch, step or None) of every checkpoint saved, in order.
+    """
+
+    final_train_loss: float | None
+    final_val_loss: float | None
+    step_losses: list[float] = field(default_factory=list)
+    start_step: int = 0
+    global_step: int = 0
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    interrupted: bool = False
+    checkpoints: list[tuple[int, int | None]] = field(default_factory=list)
+
+
+def steps_per_epoch(num_batches: int, settings: TrainSettings) -> int:
+    """Optimizer steps per epoch: whole accumulation groups, capped by max_steps_per_epoch."""
+    steps = num_batches // max(1, settings.gradient_accumulation_steps)  # validated in train
+    if settings.max_steps_per_epoch is not None:
+        steps = min(steps, settings.max_steps_per_epoch)
+    return steps
+
+
+def num_training_steps(num_batches: int, settings: TrainSettings) -> int:
+    """Optimizer steps of the whole run (what lr schedules take as num_training_steps)."""
+    return settings.epochs * steps_per_epoch(num_batches, settings)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+             loader: Any, *, device: torch.device | str = "cpu",
+             max_batches: int | None = None) -> float:
+    """Token-weighted mean loss over ``loader`` (all ranks combined), in eval mode."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [loss_sum, tokens]
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            loss_sum, n = loss_fn(model, _to_device(batch, device))
+            total += torch.stack([loss_sum.double(), n.double()])
+    finally:
+        model.train(was_training)
+    loss_sum, n = all_reduce_sum(total).tolist()
+    return loss_sum / n if n > 0 else float("nan")
+
+
+def _place_model(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move to ``device`` and cast floating *parameters* to ``dtype``.
+
+    Buffers keep their dtype (the fp32 RoPE tables stay fp32). Assigning ``.data`` keeps the
+    Parameter objects, so an optimizer built earlier still points at them.
+    """
+    model.to(device)
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
+def _lora_state_fns() -> tuple[Callable[[nn.Module], dict], Callable[[nn.Module], dict]]:
+    # Imported lazily: only LoRA runs need the adapter helpers.
+    from tunekit.modules.peft import get_adapter_state_dict, get_merged_state_dict
+
+    return get_merged_state_dict, get_adapter_state_dict
+
+
+def _adapter_config_dict(adapter_config: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(adapter_config) and not isinstance(adapter_config, type):
+        return dataclasses.asdict(adapter_config)
+    return dict(adapter_config)
+
+
+def _model_states(model: nn.Module, adapter_config: Any) -> dict[str, Any]:
+    """``model`` (+ ``adapter``, ``adapter_config`` for LoRA) entries of a checkpoint."""
+    # Under FSDP this is where full state dicts get gathered (on every rank).
+    if adapter_config is None:
+        return {"model": model.state_dict()}
+    merged, adapter = _lora_state_fns()
+    return {
+        "model": merged(model),
+        "adapter": adapter(model),
+        "adapter_config": _adapter_config_dict(adapter_config),
+    }
+
+
+def _restore_weights(model: nn.Module, state: Mapping[str, Any], lora: bool) -> None:
+    """Load the trained weights a checkpoint holds: the adapter (LoRA) or the model (full)."""
+    if lora:
+        if state.get("adapter") is None:
+            return
+        missing, unexpected = model.load_state_dict(state["adapter"], strict=False)
+        if unexpected:
+            raise ValueError(f"resume: adapter keys not in the model: {unexpected[:5]}...")
+        return
+    if state.get("model") is not None:
+        model.load_state_dict(state["model"])
+
+
+def _sampler(loader: Any) -> Any:
+    return getattr(loader, "sampler", None)
+
+
+def _epoch_batches(loader: Any, epoch: int, skip_batches: int, seed: int) -> Iterator[Any]:
+    """Iterator over ``loader`` for ``epoch``, past its first ``skip_batches`` batches."""
+    sampler = _sampler(loader)
+    batch_size = getattr(loader, "batch_size", None)
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed + epoch)  # worker seeds: a function of the epoch only
+    if isinstance(sampler, StatefulSampler) and batch_size is not None:
+        sampler.set_epoch(epoch, start_index=skip_batches * batch_size)
+        skip_batches = 0
+    elif hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    it = iter(loader)
+    for _ in range(skip_batches):  # generic fallback: exact only for deterministic loaders
+        next(it)
+    return it
+
+
+def _recipe_state(*, epoch: int, step_in_epoch: int, global_step: int, settings: TrainSettings,
+                  loader: Any, steps_in_epoch: int) -> dict[str, Any]:
+    """Where to resume from: the next step to run, RNG states, data position (plain data)."""
+    sampler = _sampler(loader)
+    sampler_state = None
+    if isinstance(sampler, StatefulSampler):
+        batch_size = getattr(loader, "batch_size", None) or 0
+        sampler_state = sampler.state_dict()
+        sampler_state.update(
+            epoch=epoch,
+            start_index=step_in_epoch * settings.gradient_accumulation_steps * batch_size,
+        )
+    # No generator state: the sampler's order is a function of (seed, epoch), and the
+    # loader's own generator (worker seeds) is reseeded per epoch in _epoch_batches.
+    return {
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "global_step": global_step,
+        "steps_per_epoch": steps_in_epoch,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "world_size": get_world_size(),
+        "seed": settings.seed,
+        "rng": get_rng_state(),
+        "sampler": sampler_state,
+    }
+
+
+def _resume_problems(state: Mapping[str, Any], settings: TrainSettings) -> list[str]:
+    """Why ``state`` cannot resume this run exactly (empty when it can)."""
+    missing = [k for k in ("optimizer", "lr_scheduler", "recipe_state") if state.get(k) is None]
+    if missing:
+        return [f"resume_state lacks {missing}: the checkpoint was not saved by this loop"
+                " (or its recipe_state was not written); start a new run from it instead"]
+    rs = state["recipe_state"]
+    out = []
+    if rs.get("step_in_epoch", 0) > 0:  # a mid-epoch position is counted in micro-batches
+        for key, now in (("gradient_accumulation_steps", settings.gradient_accumulation_steps),
+                         ("world_size", get_world_size())):
+            if rs.get(key, now) != now:
+                out.append(f"resume: {key} was {rs[key]} when the checkpoint was saved mid-epoch,"
+                           f" now {now}; keep it, or resume from an epoch_* checkpoint")
+    return out
+
+
+def _non_finite_message(step: int, epoch: int, value: float, last_ckpt: tuple[int, int | None] | None) -> str:
+    where = "none was saved in this run"
+    if last_ckpt is not None:
+        e, s = last_ckpt
+        where = f"the last one is step_{s}" if s is not None else f"the last one is epoch_{e}"
+    return (
+        f"Training stopped: the loss is {value} at optimizer step {step} (epoch {epoch}). "
+        f"No checkpoint was written from this step on ({where}). Things to try: a lower "
+        "optimizer.lr, a longer warmup (lr_scheduler.num_warmup_steps), gradient clipping "
+        "(clip_grad_norm), dtype=fp32 instead of bf16, or look for empty or garbled samples "
+        "in the data; set log_every_n_steps=1 to stop at the first bad step."
+    )
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    model: nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    loss_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    train_loader: Any,
+    val_loader: Any = None,
+    checkpointer: Checkpointer | None = None,
+    metric_logger: Any = None,
+    settings: TrainSettings | None = None,
+    adapter_config: Any = None,
+    resume_state: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    on_step_end: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` and return its losses.
+
+    Args:
+        model: the model, weights loaded; for LoRA, with only the adapter trainable.
+        optimizer: built on the trainable parameters.
+        lr_scheduler: stepped once per optimizer step (``state_dict``/``load_state_dict``).
+        loss_fn: ``loss_fn(model, batch) -> (loss_sum, num_tokens)`` (see ``losses``).
+        train_loader: yields batch dicts (``tokens``, ``labels``, maybe ``mask``,
+            ``input_pos``); use ``build_dataloader`` for exact mid-epoch resume.
+        val_loader: held-out batches for the validation loss (optional).
+        checkpointer: ``save_checkpoint(state, epoch, intermediate_checkpoint, step)``.
+        metric_logger: ``log_dict(metrics, step)`` (optional).
+        settings: :class:`TrainSettings`.
+        adapter_config: LoRA config (dataclass or dict) for a LoRA run, None for full.
+        resume_state: what ``checkpointer.load_checkpoint()`` returned for a resumed run.
+        progress: show a tqdm bar (rank 0 only).
+        on_step_end: called with the global step after each optimizer step (tests, hooks).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (nothing saved from that step on).
+        ValueError: invalid settings or resume state (every problem listed).
+    """
+    settings = settings or TrainSettings()
+    problems = settings.problems()
+    spe = steps_per_epoch(len(train_loader), settings)
+    if spe < 1:
+        problems.append(
+            f"the training data gives {len(train_loader)} batches per epoch, fewer than "
+            f"gradient_accumulation_steps={settings.gradient_accumulation_steps}: no step can run"
+        )
+    if resume_state is not None:
+        problems += _resume_problems(resume_state, settings)
+    if problems:
+        raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
+
+    device = get_device(settings.device)
+    dtype = get_dtype(settings.dtype, device)
+    rank_zero = is_rank_zero()
+    world_size = get_world_size()
+    ga = settings.gradient_accumulation_steps
+    lora = adapter_config is not None
+
+    _place_model(model, device, dtype)
+    if settings.activation_checkpointing:
+        apply_activation_checkpointing(model, every_k_layers=settings.ac_every_k_layers)
+    if settings.compile:
+        compile_model(model)
+        compile_loss(loss_fn)
+
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    if resume_state is not None:
+        rs = resume_state["recipe_state"]
+        _restore_weights(model, resume_state, lora)
+        optimizer.load_state_dict(resume_state["optimizer"])
+        lr_scheduler.load_state_dict(resume_state["lr_scheduler"])
+        epoch, step_in_epoch, global_step = rs["epoch"], rs["step_in_epoch"], rs["global_step"]
+        if rs.get("sampler") is not None and isinstance(_sampler(train_loader), StatefulSampler):
+            _sampler(train_loader).load_state_dict(rs["sampler"])  # validates size / ranks
+        if step_in_epoch >= spe:  # e.g. max_steps_per_epoch lowered since the save
+            epoch, step_in_epoch = epoch + 1, 0
+    else:
+        set_seed(settings.seed)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    total_steps = settings.epochs * spe
+    result = TrainResult(final_train_loss=None, final_val_loss=None, start_step=global_step,
+                         global_step=global_step)
+    pending: list[torch.Tensor] = []  # per-step losses still on the device
+    postfix = {"train": "", "val": ""}
+    last_grad_norm: torch.Tensor | None = None
+    last_ckpt: tuple[int, int | None] | None = None
+    saved_step = -1
+    tokens_since_log = 0
+    t_log = time.perf_counter()
+    pbar = tqdm(total=total_steps, initial=global_step, disable=not (progress and rank_zero),
+                desc="train", dynamic_ncols=True, unit="step")
+
+    def flush(current_epoch: int) -> None:
+        """Read pending losses back (one sync); stop on the first non-finite one."""
+        if not pending:
+            return
+        values = torch.stack(pending).tolist()
+        first = global_step - len(values) + 1
+        pending.clear()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                pbar.close()
+                raise NonFiniteLossError(_non_finite_message(first + i, current_epoch, v, last_ckpt))
+        result.step_losses.extend(values)
+
+    def save(current_epoch: int, state_epoch: int, state_step_in_epoch: int, step: int | None,
+             final: bool) -> None:
+        nonlocal last_ckpt, saved_step
+        flush(current_epoch)  # never save after a non-finite loss
+        if checkpointer is None:
+            return
+        state = {
+            **_model_states(model, adapter_config),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "recipe_state": _recipe_state(epoch=state_epoch, step_in_epoch=state_step_in_epoch,
+                                          global_step=global_step, settings=settings,
+                                          loader=train_loader, steps_in_epoch=spe),
+        }
+        if rank_zero:
+            checkpointer.save_checkpoint(state, epoch=current_epoch,
+                                         intermediate_checkpoint=not final, step=step)
+        barrier()
+        last_ckpt = (current_epoch, step)
+        saved_step = global_step
+        result.checkpoints.append(last_ckpt)
+
+    def run_eval(current_epoch: int) -> None:
+        flush(current_epoch)
+        val = evaluate(model, loss_fn, val_loader, device=device, max_batches=settings.max_eval_batches)
+        result.val_losses.append((global_step, val))
+        result.final_val_loss = val
+        if metric_logger is not None:
+            metric_logger.log_dict({"val_loss": val}, step=global_step)
+        postfix["val"] = f"val={val:.4f}"
+        pbar.set_postfix_str(" ".join(v for v in postfix.values() if v), refresh=False)
+
+    # RNG restore point: an uninterrupted run created the epoch's data iterator (which may
+    # draw from the global RNG) before the saved step mid-epoch, after it at an epoch end.
+    rng_to_restore = None if resume_state is None else resume_state["recipe_state"]["rng"]
+    if rng_to_restore is not None and step_in_epoch == 0:
+        set_rng_state(rng_to_restore)
+        rng_to_restore = None
+    model.train()
+    reset_peak_memory_stats(device)
+    last_eval_step = -1
+    with graceful_shutdown(enabled=settings.handle_signals) as shutdown:
+        while epoch < settings.epochs:
+            batches = _epoch_batches(train_loader, epoch, step_in_epoch * ga, settings.seed)
+            if rng_to_restore is not None:
+                set_rng_state(rng_to_restore)
+                rng_to_restore = None
+            while step_in_epoch < spe:
+                # ---- one optimizer step over `ga` micro-batches
+                loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+                num_tokens = torch.zeros((), dtype=torch.int64, device=device)
+                for _ in range(ga):
+                    batch = _to_device(next(batches), device)
+                    tokens_since_log += batch["tokens"].numel()
+                    mb_loss, mb_tokens = loss_fn(model, batch)
+                    mb_loss.backward()  # grads hold the token *sum*; normalised below
+                    loss_sum += mb_loss.detach().float()
+                    num_tokens += mb_tokens
+                all_reduce_sum(loss_sum)
+                all_reduce_sum(num_tokens)
+                denom = num_tokens.clamp(min=1).float()
+                # Data-parallel wrappers average grads over ranks; undo that and divide by
+                # the global token count instead.
+                grads = [p.grad for p in params if p.grad is not None]
+                if grads:
+                    torch._foreach_mul_(grads, world_size / denom)  # fp32 0-dim: no bf16 rounding of the scale
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    params, settings.clip_grad_norm if settings.clip_grad_norm else float("inf")
+                )
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                global_step += 1
+                step_in_epoch += 1
+                result.global_step = global_step
+                pending.append(loss_sum / denom)
+                last_grad_norm = grad_norm
+                pbar.update(1)
+                end_of_epoch = step_in_epoch == spe
+
+                # ---- logging (the only routine host sync)
+                if global_step % settings.log_every_n_steps == 0 or (
+                    end_of_epoch and epoch == settings.epochs - 1
+                ):
+                    flush(epoch)
+                    gn = float(last_grad_norm) if last_grad_norm is not None else float("nan")
+                    now = time.perf_counter()
+                    tps = tokens_since_log * world_size / max(now - t_log, 1e-9)
+                    tokens_since_log, t_log = 0, now
+                    metrics = {"loss": result.step_losses[-1], "lr": lr, "grad_norm": gn,
+                               "tokens_per_second": tps, "epoch": epoch, **memory_stats(device)}
+                    if metric_logger is not None:
+                        metric_logger.log_dict(metrics, step=global_step)
+                    postfix["train"] = f"loss={metrics['loss']:.4f} lr={lr:.2e} tok/s={tps:,.0f}"
+                    pbar.set_postfix_str(" ".join(v for v in postfix.values() if v), refresh=False)
+
+                if (val_loader is not None and settings.eval_every_n_steps is not None
+                        and global_step % settings.eval_every_n_steps == 0):
+                    t0 = time.perf_counter()
+                    run_eval(epoch)
+                    last_eval_step = global_step
+                    t_log += time.perf_counter() - t0  # keep tokens/s about training only
+
+                t0 = time.perf_counter()
+                if end_of_epoch:
+                    save(epoch, epoch + 1, 0, None, final=epoch == settings.epochs - 1)
+                elif settings.save_every_n_steps and global_step % settings.save_every_n_steps == 0:
+                    save(epoch, epoch, step_in_epoch, global_step, final=False)
+                t_log += time.perf_counter() - t0
+
+                if on_step_end is not None:
+                    on_step_end(global_step)
+
+                if shutdown.requested:
+                    if saved_step != global_step:
+                        save(epoch, epoch, step_in_epoch, global_step, final=False)
+                    flush(epoch)
+                    result.interrupted = True
+                    break
+            if result.interrupted:
+                break
+            epoch, step_in_epoch = epoch + 1, 0
+
+    flush(epoch)
+    if not result.interrupted and val_loader is not None and last_eval_step != global_step:
+        run_eval(max(epoch - 1, 0))
+    pbar.close()
+    if result.step_losses:
+        result.final_train_loss = result.step_losses[-1]
+    return result
