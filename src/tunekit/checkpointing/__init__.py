@@ -1,0 +1,40 @@
+"""Checkpoint reading and writing in HF and Meta formats, with atomic saves and resume.
+
+See ``docs/architecture.md`` (Checkpointing) for the contract and ``_checkpointer.py`` for the
+layout of a saved directory.
+"""
+
+from tunekit.checkpointing._checkpointer import (
+    ADAPTER_FILE,
+    PEFT_ADAPTER_DIR,
+    RECIPE_STATE_FILE,
+    Checkpointer,
+    FullModelHFCheckpointer,
+    FullModelMetaCheckpointer,
+)
+from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
+from tunekit.checkpointing._io import COMPLETE_MARKER, load_state_file, validate_state_dict
+from tunekit.checkpointing._resume import (
+    find_resume_dir,
+    list_checkpoints,
+    load_resume_state,
+    load_training_state,
+)
+
+__all__ = [
+    "ADAPTER_FILE",
+    "COMPLETE_MARKER",
+    "PEFT_ADAPTER_DIR",
+    "RECIPE_STATE_FILE",
+    "CheckpointError",
+    "CheckpointFileNotFoundError",
+    "Checkpointer",
+    "FullModelHFCheckpointer",
+    "FullModelMetaCheckpointer",
+    "find_resume_dir",
+    "list_checkpoints",
+    "load_resume_state",
+    "load_state_file",
+    "load_training_state",
+    "validate_state_dict",
+]

@@ -1,0 +1,499 @@
+"""FullModelHFCheckpointer and FullModelMetaCheckpointer.
+
+Both read a checkpoint in their format into tunekit names, and write every save back in the
+same format into ``output_dir/epoch_{e}/`` (or ``step_{s}/``), atomically:
+
+```
+epoch_0/
+  model-00001-of-00002.safetensors ... model.safetensors.index.json   (HF; or pytorch_model-*.bin)
+  consolidated.00.pth + params.json                                    (Meta)
+  config.json, generation_config.json, tokenizer* ...                  (copied from the input)
+  adapter_0.pt                     LoRA weights in tunekit names (for resuming)
+  adapter/adapter_config.json      PEFT adapter: peft.PeftModel.from_pretrained(base, epoch_0/adapter)
+  adapter/adapter_model.safetensors
+  recipe_state.pt                  optimizer, lr_scheduler, recipe_state, ... (what the caller passed)
+  COMPLETE                         written last; JSON with epoch, step, format, time
+```
+
+The PEFT files live in ``adapter/`` because transformers treats a directory holding
+``adapter_config.json`` as an adapter, which would hide the merged model beside it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import save_file
+
+from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
+from tunekit.checkpointing._io import (
+    atomic_checkpoint_dir,
+    download_hint,
+    is_complete,
+    load_pickle,
+    load_state_file,
+    own_storage,
+    parse_size,
+    plan_shards,
+    save_shards,
+    validate_state_dict,
+)
+from tunekit.models import ModelType, get_model_type
+from tunekit.models.llama2._convert import ConversionError
+
+__all__ = [
+    "ADAPTER_FILE",
+    "Checkpointer",
+    "FullModelHFCheckpointer",
+    "FullModelMetaCheckpointer",
+    "PEFT_ADAPTER_DIR",
+    "RECIPE_STATE_FILE",
+    "read_hf_model",
+    "read_meta_model",
+]
+
+ADAPTER_FILE = "adapter_0.pt"
+RECIPE_STATE_FILE = "recipe_state.pt"
+PEFT_ADAPTER_DIR = "adapter"
+_MODEL_KEYS = ("model", "adapter", "adapter_config")
+_HF_AUX = ("config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
+           "added_tokens.json", "chat_template*", "vocab.json", "merges.txt", "LICENSE*",
+           "USE_POLICY.md", "README.md")
+_META_AUX = ("params.json", "tokenizer*", "LICENSE*", "USE_POLICY.md", "README.md")
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+class Checkpointer(Protocol):
+    """The shape both checkpointers share (and any future format must have)."""
+
+    checkpoint_dir: Path
+    output_dir: Path
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        """Read the model (tunekit names) and, when resuming, the training state."""
+        ...
+
+    def save_checkpoint(
+        self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None
+    ) -> Path:
+        """Write ``state`` into a complete ``epoch_{epoch}/`` or ``step_{step}/`` directory."""
+        ...
+
+
+# --- shared setup ------------------------------------------------------------------------------
+@dataclass
+class _Setup:
+    checkpoint_dir: Path
+    output_dir: Path
+    model_type: ModelType
+    files: list[Path]
+    adapter_path: Path | None
+    recipe_path: Path | None
+    key_files: dict[str, str] = field(default_factory=dict)
+
+
+def _setup(
+    checkpoint_dir: str | Path,
+    output_dir: str | Path,
+    checkpoint_files: Sequence[str] | None,
+    model_type: str,
+    adapter_checkpoint: str | None,
+    recipe_checkpoint: str | None,
+    resume_from_checkpoint: bool,
+    discover: Callable[[Path], list[Path]],
+) -> _Setup:
+    try:
+        mt = get_model_type(model_type)
+    except ValueError as err:
+        raise CheckpointError(f"checkpointer.model_type: {err}") from None
+    ckpt = Path(checkpoint_dir).expanduser()
+    out = Path(output_dir).expanduser()
+    if not ckpt.is_dir():
+        raise CheckpointFileNotFoundError(
+            f"checkpointer.checkpoint_dir {ckpt} does not exist or is not a directory. {download_hint(ckpt)}"
+        )
+    if out.resolve().is_relative_to(ckpt.resolve()):
+        raise CheckpointError(
+            f"checkpointer.output_dir {out} is inside checkpoint_dir {ckpt}: saves would mix with the "
+            f"model being read and could overwrite it. Choose an output_dir outside {ckpt}."
+        )
+    if checkpoint_files:
+        files = [ckpt / f for f in checkpoint_files]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointFileNotFoundError(
+                f"checkpointer.checkpoint_files: {', '.join(missing)} not found in {ckpt}. "
+                f"Omit checkpoint_files to discover the weights. {download_hint(ckpt)}"
+            )
+    else:
+        files = discover(ckpt)
+
+    def resolve(name: str | None, field_name: str) -> Path | None:
+        if name is None:
+            return None
+        p = Path(name).expanduser()
+        p = p if p.is_absolute() else ckpt / p
+        if not p.is_file():
+            raise CheckpointFileNotFoundError(f"checkpointer.{field_name}: {p} does not exist.")
+        return p
+
+    adapter_path = recipe_path = None
+    if resume_from_checkpoint:
+        if recipe_checkpoint is None:
+            raise CheckpointError(
+                "resume_from_checkpoint=True needs checkpointer.recipe_checkpoint (the recipe_state.pt "
+                "of the checkpoint to resume), and adapter_checkpoint for LoRA."
+            )
+        adapter_path = resolve(adapter_checkpoint, "adapter_checkpoint")
+        recipe_path = resolve(recipe_checkpoint, "recipe_checkpoint")
+    return _Setup(ckpt, out, mt, files, adapter_path, recipe_path)
+
+
+def _read_json(path: Path, ckpt: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointFileNotFoundError(
+            f"{path} is missing: a {what} checkpoint directory needs it. {download_hint(ckpt)}"
+        )
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is truncated or corrupt.") from err
+
+
+def _copy_aux(src: Path, dst: Path, patterns: Sequence[str]) -> None:
+    for f in sorted(src.iterdir()):
+        if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in patterns):
+            shutil.copy2(f, dst / f.name)
+
+
+def _load_training_files(adapter_path: Path | None, recipe_path: Path | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if adapter_path is not None:
+        out["adapter"] = load_state_file(adapter_path)
+    if recipe_path is not None:
+        state = load_pickle(recipe_path)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{recipe_path} does not hold a dict of training state.")
+        out.update(state)
+    return out
+
+
+def _save_common(
+    state: Mapping[str, Any], tmp: Path, mt: ModelType, heads: tuple[int, int, int], base: Path
+) -> None:
+    """Adapter (tunekit + PEFT) and recipe state: the same for every format."""
+    if state.get("adapter") is not None:
+        adapter = {k: v.detach().contiguous().clone() for k, v in state["adapter"].items()}
+        torch.save(adapter, tmp / ADAPTER_FILE)
+        if state.get("adapter_config") is not None:
+            peft_dir = tmp / PEFT_ADAPTER_DIR
+            peft_dir.mkdir()
+            try:
+                peft_sd = mt.adapter_to_peft(adapter, *heads)
+                cfg = mt.peft_config(dict(state["adapter_config"]), str(base))
+            except ConversionError as err:
+                raise CheckpointError(f"Cannot export the adapter to PEFT format: {err}") from None
+            save_file(peft_sd, str(peft_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+            (peft_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    training = {k: v for k, v in state.items() if k not in _MODEL_KEYS}
+    if training:
+        torch.save(training, tmp / RECIPE_STATE_FILE)
+
+
+def _dir_name(epoch: int, step: int | None) -> str:
+    return f"step_{step}" if step is not None else f"epoch_{epoch}"
+
+
+def _clean_stale(output_dir: Path) -> None:
+    # Leftovers of a crashed save (never picked by resume, but they take disk space).
+    if output_dir.is_dir():
+        for d in output_dir.glob(".tmp-*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _prune(output_dir: Path, keep_last_n: int | None) -> None:
+    if keep_last_n is None:
+        return
+    steps = sorted(
+        (int(m.group(1)), d)
+        for d in output_dir.iterdir()
+        if (m := _STEP_RE.match(d.name)) and is_complete(d)
+    )
+    for _, d in steps[: max(0, len(steps) - keep_last_n)]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --- HF ------------------------------------------------------------------------------------------
+def _discover_hf(ckpt: Path) -> list[Path]:
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        p = ckpt / index
+        if p.is_file():
+            data = _read_json(p, ckpt, "HF")
+            if "weight_map" not in data:
+                raise CheckpointError(f"{p} has no 'weight_map'; the index file is corrupt.")
+            files = [ckpt / f for f in sorted(set(data["weight_map"].values()))]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise CheckpointFileNotFoundError(
+                    f"{p} lists shard(s) {', '.join(missing)} that are not in {ckpt}: the download is "
+                    f"incomplete. {download_hint(ckpt)}"
+                )
+            return files
+    for pattern in ("model*.safetensors", "pytorch_model*.bin"):
+        files = sorted(ckpt.glob(pattern))
+        if files:
+            return files
+    raise CheckpointFileNotFoundError(
+        f"No HF weights in {ckpt}: expected model.safetensors.index.json, model*.safetensors, "
+        f"pytorch_model.bin.index.json or pytorch_model*.bin. {download_hint(ckpt)} "
+        f"(For Meta's consolidated.*.pth use checkpointer=meta.)"
+    )
+
+
+def read_hf_model(
+    checkpoint_dir: Path, files: Sequence[Path], mt: ModelType, key_files: dict[str, str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Read HF weight files shard by shard into one tunekit-named, validated state dict."""
+    config = _read_json(checkpoint_dir / "config.json", checkpoint_dir, "HF")
+    try:
+        dims = mt.hf_config_dims(config)
+    except ConversionError as err:
+        raise CheckpointError(f"{checkpoint_dir / 'config.json'}: {err}") from None
+    key_files = {} if key_files is None else key_files
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        shard = load_state_file(f)
+        try:
+            converted = mt.hf_to_tunekit(shard, dims.num_heads, dims.num_kv_heads, dims.embed_dim)
+        except ConversionError as err:
+            raise CheckpointError(f"In {f}: {err}") from None
+        del shard
+        for k in converted:
+            if k in sd:
+                raise CheckpointError(f"Key {k} appears in both {key_files[k]} and {f}.")
+            key_files[k] = str(f)
+        sd.update(converted)
+        del converted
+    if "output.weight" not in sd and config.get("tie_word_embeddings") and "tok_embeddings.weight" in sd:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    validate_state_dict(mt.expected_shapes(dims), sd, source=str(checkpoint_dir), key_files=key_files)
+    return sd
+
+
+class FullModelHFCheckpointer:
+    """Reads and writes HF-format checkpoints (``config.json`` + safetensors or ``.bin`` shards).
+
+    Args:
+        checkpoint_dir: the HF model directory.
+        output_dir: where ``epoch_{e}/`` and ``step_{s}/`` directories go (not inside checkpoint_dir).
+        checkpoint_files: weight files within checkpoint_dir; discovered when omitted.
+        model_type: a key of ``tunekit.models.MODEL_TYPES``.
+        adapter_checkpoint: ``adapter_0.pt`` to resume LoRA from (relative to checkpoint_dir or absolute).
+        recipe_checkpoint: ``recipe_state.pt`` to resume from (relative to checkpoint_dir or absolute).
+        resume_from_checkpoint: load the adapter and recipe state as well.
+        keep_last_n: keep only the newest n ``step_*`` directories (None keeps all).
+        max_shard_size: largest output shard, e.g. ``"5GB"`` or bytes.
+
+    Raises:
+        CheckpointError: bad model_type, output_dir inside checkpoint_dir, missing files.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        output_dir: str | Path,
+        checkpoint_files: Sequence[str] | None = None,
+        model_type: str = "LLAMA2",
+        adapter_checkpoint: str | None = None,
+        recipe_checkpoint: str | None = None,
+        resume_from_checkpoint: bool = False,
+        keep_last_n: int | None = None,
+        max_shard_size: int | str = "5GB",
+    ) -> None:
+        s = _setup(checkpoint_dir, output_dir, checkpoint_files, model_type, adapter_checkpoint,
+                   recipe_checkpoint, resume_from_checkpoint, _discover_hf)
+        self._s = s
+        self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
+        self.keep_last_n = keep_last_n
+        self.max_shard_bytes = parse_size(max_shard_size)
+        self.format = "safetensors" if any(f.suffix == ".safetensors" for f in s.files) else "bin"
+        self.config = _read_json(s.checkpoint_dir / "config.json", s.checkpoint_dir, "HF")
+        try:
+            d = s.model_type.hf_config_dims(self.config)
+        except ConversionError as err:
+            raise CheckpointError(f"{s.checkpoint_dir / 'config.json'}: {err}") from None
+        self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        """Read the weights (and, when resuming, adapter + training state).
+
+        Returns:
+            ``{"model": sd}`` in tunekit names, plus ``"adapter"``, ``"optimizer"``,
+            ``"lr_scheduler"``, ``"recipe_state"``... when resuming.
+        """
+        s = self._s
+        out: dict[str, Any] = {"model": read_hf_model(s.checkpoint_dir, s.files, s.model_type, s.key_files)}
+        out.update(_load_training_files(s.adapter_path, s.recipe_path))
+        return out
+
+    def save_checkpoint(
+        self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None
+    ) -> Path:
+        """Write ``state`` to ``output_dir/epoch_{epoch}/`` (``step_{step}/`` when step is given).
+
+        Args:
+            state: ``{"model": plain or merged sd (tunekit names), "adapter": sd, "adapter_config":
+                LoRASpec-as-dict, "optimizer": ..., "lr_scheduler": ..., "recipe_state": {...}}``;
+                every key other than model/adapter/adapter_config goes to ``recipe_state.pt``.
+            epoch: epoch number (recorded; names the directory without step).
+            intermediate_checkpoint: recorded in the COMPLETE marker.
+            step: global step; names the directory ``step_{step}``.
+
+        Returns:
+            The completed checkpoint directory.
+        """
+        s, name = self._s, _dir_name(epoch, step)
+        model = state["model"]
+        _clean_stale(self.output_dir)
+        info = {"epoch": epoch, "step": step, "intermediate": intermediate_checkpoint, "format": f"hf-{self.format}"}
+        with atomic_checkpoint_dir(self.output_dir, name, info) as tmp:
+            groups = plan_shards(model, self.max_shard_bytes)
+
+            def converted():
+                for keys in groups:
+                    try:
+                        yield s.model_type.tunekit_to_hf({k: model[k] for k in keys}, *self._heads)
+                    except ConversionError as err:
+                        raise CheckpointError(f"Cannot save {name}: {err}") from None
+
+            save_shards(converted(), len(groups), tmp, fmt=self.format)
+            _copy_aux(s.checkpoint_dir, tmp, _HF_AUX)
+            _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
+        _prune(self.output_dir, self.keep_last_n)
+        return self.output_dir / name
+
+
+# --- Meta ----------------------------------------------------------------------------------------
+def _discover_meta(ckpt: Path) -> list[Path]:
+    files = sorted(ckpt.glob("consolidated.*.pth"))
+    if files:
+        return files
+    raise CheckpointFileNotFoundError(
+        f"No Meta weights in {ckpt}: expected consolidated.00.pth (and .01, ... for model-parallel "
+        f"checkpoints) beside params.json. {download_hint(ckpt)} (For HF-format weights use checkpointer=hf.)"
+    )
+
+
+def _merge_model_parallel(files: Sequence[Path], mt: ModelType) -> dict[str, torch.Tensor]:
+    # Meta's 13B/70B files are tensor-parallel slices; each weight concatenates along the dim it
+    # was split on. Parts are memory-mapped, so only the merged tensors take new memory.
+    parts = [load_state_file(f) for f in files]
+    keys = [k for k in parts[0] if k != "rope.freqs"]
+    for f, p in zip(files[1:], parts[1:]):
+        diff = set(keys) ^ {k for k in p if k != "rope.freqs"}
+        if diff:
+            raise CheckpointError(
+                f"Model-parallel files {files[0].name} and {f.name} hold different keys "
+                f"({sorted(diff)[:10]}); are they from the same checkpoint?"
+            )
+    merged: dict[str, torch.Tensor] = {}
+    for k in keys:
+        try:
+            dim = mt.meta_merge_dim(k)
+        except ConversionError as err:
+            raise CheckpointError(f"In {files[0]}: {err}") from None
+        tensors = [p.pop(k) for p in parts]
+        merged[k] = tensors[0] if dim is None else torch.cat(tensors, dim=dim)
+        del tensors
+    return merged
+
+
+def read_meta_model(
+    checkpoint_dir: Path, files: Sequence[Path], mt: ModelType, key_files: dict[str, str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Read Meta ``consolidated.*.pth`` (merging model-parallel parts) into a validated tunekit sd."""
+    params = _read_json(checkpoint_dir / "params.json", checkpoint_dir, "Meta")
+    try:
+        dims = mt.meta_params_dims(params)
+    except ConversionError as err:
+        raise CheckpointError(f"{checkpoint_dir / 'params.json'}: {err}") from None
+    raw = load_state_file(files[0]) if len(files) == 1 else _merge_model_parallel(files, mt)
+    source = str(files[0]) if len(files) == 1 else f"{files[0]} .. {files[-1].name}"
+    try:
+        sd = mt.meta_to_tunekit(raw)
+    except ConversionError as err:
+        raise CheckpointError(f"In {source}: {err}") from None
+    del raw
+    key_files = {} if key_files is None else key_files
+    key_files.update({k: source for k in sd})
+    if dims.vocab_size is None and "tok_embeddings.weight" in sd:  # Meta writes vocab_size: -1
+        dims = type(dims)(**{**dims.__dict__, "vocab_size": sd["tok_embeddings.weight"].shape[0]})
+    validate_state_dict(mt.expected_shapes(dims), sd, source=str(checkpoint_dir), key_files=key_files)
+    return sd
+
+
+class FullModelMetaCheckpointer:
+    """Reads and writes Meta-format checkpoints (``consolidated.*.pth`` + ``params.json``).
+
+    Model-parallel inputs (``consolidated.00.pth`` ... ``.07.pth``) are merged; the output is
+    always one ``consolidated.00.pth`` with ``params.json`` and ``tokenizer.model`` copied.
+    Arguments as :class:`FullModelHFCheckpointer` (without ``max_shard_size``).
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        output_dir: str | Path,
+        checkpoint_files: Sequence[str] | None = None,
+        model_type: str = "LLAMA2",
+        adapter_checkpoint: str | None = None,
+        recipe_checkpoint: str | None = None,
+        resume_from_checkpoint: bool = False,
+        keep_last_n: int | None = None,
+    ) -> None:
+        s = _setup(checkpoint_dir, output_dir, checkpoint_files, model_type, adapter_checkpoint,
+                   recipe_checkpoint, resume_from_checkpoint, _discover_meta)
+        self._s = s
+        self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
+        self.keep_last_n = keep_last_n
+        self.params = _read_json(s.checkpoint_dir / "params.json", s.checkpoint_dir, "Meta")
+        try:
+            d = s.model_type.meta_params_dims(self.params)
+        except ConversionError as err:
+            raise CheckpointError(f"{s.checkpoint_dir / 'params.json'}: {err}") from None
+        self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        """Read the weights (and, when resuming, adapter + training state); see the HF checkpointer."""
+        s = self._s
+        out: dict[str, Any] = {"model": read_meta_model(s.checkpoint_dir, s.files, s.model_type, s.key_files)}
+        out.update(_load_training_files(s.adapter_path, s.recipe_path))
+        return out
+
+    def save_checkpoint(
+        self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None
+    ) -> Path:
+        """Write ``state`` to ``output_dir/epoch_{epoch}/`` (or ``step_{step}/``); see the HF checkpointer."""
+        s, name = self._s, _dir_name(epoch, step)
+        _clean_stale(self.output_dir)
+        info = {"epoch": epoch, "step": step, "intermediate": intermediate_checkpoint, "format": "meta"}
+        with atomic_checkpoint_dir(self.output_dir, name, info) as tmp:
+            try:
+                meta = s.model_type.tunekit_to_meta(state["model"])
+            except ConversionError as err:
+                raise CheckpointError(f"Cannot save {name}: {err}") from None
+            torch.save({k: own_storage(v) for k, v in meta.items()}, tmp / "consolidated.00.pth")
+            del meta
+            _copy_aux(s.checkpoint_dir, tmp, _META_AUX)
+            _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
+        _prune(self.output_dir, self.keep_last_n)
+        return self.output_dir / name
+
