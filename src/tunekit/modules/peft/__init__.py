@@ -1,0 +1,21 @@
+"""Parameter-efficient fine-tuning: LoRA layers and whole-model adapter helpers."""
+
+from tunekit.modules.peft._utils import (
+    disable_adapters,
+    get_adapter_state_dict,
+    get_merged_state_dict,
+    merge_lora_weights_,
+    set_trainable_params,
+)
+from tunekit.modules.peft.lora import LORA_TARGETS, LoRALinear, LoRASpec
+
+__all__ = [
+    "LORA_TARGETS",
+    "LoRALinear",
+    "LoRASpec",
+    "disable_adapters",
+    "get_adapter_state_dict",
+    "get_merged_state_dict",
+    "merge_lora_weights_",
+    "set_trainable_params",
+]

@@ -1,0 +1,182 @@
+"""Llama 2 builders: flat typed arguments -> an assembled ``TransformerDecoder``.
+
+Meta-device pattern (a 7B model without touching host memory, materialised in bf16 on GPU)::
+
+    with torch.device("meta"):
+        model = llama2_7b()
+    # random weights:
+    init_on_device(model, "cuda", dtype=torch.bfloat16)
+    # or real weights (tunekit names, already bf16 on the GPU):
+    model.load_state_dict(state_dict, strict=True, assign=True)  # strict=False with LoRA
+    model.init_buffers()                                          # RoPE tables
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunekit.modules import (
+    FeedForward,
+    MultiHeadAttention,
+    RMSNorm,
+    RotaryPositionalEmbeddings,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+)
+from tunekit.modules.peft import LoRALinear, LoRASpec
+
+
+def _linear(name: str, in_dim: int, out_dim: int, lora: LoRASpec | None) -> nn.Module:
+    """``nn.Linear`` or, when ``name``'s last part is a LoRA target, ``LoRALinear``."""
+    if lora is not None and name.rpartition(".")[2] in lora.targets:
+        return LoRALinear(in_dim, out_dim, lora.rank_for(name), lora.alpha_for(name), lora.dropout)
+    return nn.Linear(in_dim, out_dim, bias=False)
+
+
+def llama2(
+    *,
+    vocab_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    embed_dim: int,
+    intermediate_dim: int,
+    max_seq_len: int,
+    norm_eps: float = 1e-5,
+    rope_base: float = 10_000.0,
+    lora: LoRASpec | None = None,
+) -> TransformerDecoder:
+    """Builds a Llama 2 decoder.
+
+    Args:
+        vocab_size: vocabulary size.
+        num_layers: decoder layers.
+        num_heads: query heads.
+        num_kv_heads: key/value heads (== ``num_heads`` for MHA, fewer for GQA).
+        embed_dim: model width; ``head_dim = embed_dim // num_heads``.
+        intermediate_dim: SwiGLU hidden width.
+        max_seq_len: longest sequence (RoPE table length).
+        norm_eps: RMSNorm epsilon.
+        rope_base: RoPE base ``theta``.
+        lora: adapters to insert (each target linear becomes a ``LoRALinear``), or None.
+
+    Returns:
+        The model, with state-dict keys as in docs/architecture.md.
+    """
+    problems = []
+    if embed_dim % num_heads:
+        problems.append(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+    if num_heads % num_kv_heads:
+        problems.append(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    elif embed_dim % num_heads == 0 and (embed_dim // num_heads) % 2:
+        problems.append(f"head_dim ({embed_dim // num_heads}) must be even for RoPE")
+    if problems:
+        raise ValueError("invalid llama2 shape:\n  " + "\n  ".join(problems))
+
+    head_dim = embed_dim // num_heads
+    # One RoPE table shared by all layers (a non-persistent buffer; no state-dict keys).
+    rope = RotaryPositionalEmbeddings(head_dim, max_seq_len=max_seq_len, base=rope_base)
+    layers = []
+    for i in range(num_layers):
+        p = f"layers.{i}"
+        attn = MultiHeadAttention(
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            q_proj=_linear(f"{p}.attn.q_proj", embed_dim, num_heads * head_dim, lora),
+            k_proj=_linear(f"{p}.attn.k_proj", embed_dim, num_kv_heads * head_dim, lora),
+            v_proj=_linear(f"{p}.attn.v_proj", embed_dim, num_kv_heads * head_dim, lora),
+            output_proj=_linear(f"{p}.attn.output_proj", num_heads * head_dim, embed_dim, lora),
+            pos_embeddings=rope,
+        )
+        mlp = FeedForward(
+            w1=_linear(f"{p}.mlp.w1", embed_dim, intermediate_dim, lora),
+            w2=_linear(f"{p}.mlp.w2", intermediate_dim, embed_dim, lora),
+            w3=_linear(f"{p}.mlp.w3", embed_dim, intermediate_dim, lora),
+        )
+        layers.append(
+            TransformerDecoderLayer(
+                attn=attn,
+                mlp=mlp,
+                sa_norm=RMSNorm(embed_dim, eps=norm_eps),
+                mlp_norm=RMSNorm(embed_dim, eps=norm_eps),
+            )
+        )
+    return TransformerDecoder(
+        tok_embeddings=nn.Embedding(vocab_size, embed_dim),
+        layers=layers,
+        norm=RMSNorm(embed_dim, eps=norm_eps),
+        output=_linear("output", embed_dim, vocab_size, lora),
+        max_seq_len=max_seq_len,
+    )
+
+
+def llama2_7b(lora: LoRASpec | None = None, max_seq_len: int = 4096) -> TransformerDecoder:
+    """Llama-2-7B shape (6.74B parameters)."""
+    return llama2(
+        vocab_size=32_000, num_layers=32, num_heads=32, num_kv_heads=32, embed_dim=4096,
+        intermediate_dim=11_008, max_seq_len=max_seq_len, lora=lora,
+    )  # fmt: skip
+
+
+def llama2_13b(lora: LoRASpec | None = None, max_seq_len: int = 4096) -> TransformerDecoder:
+    """Llama-2-13B shape (13.0B parameters)."""
+    return llama2(
+        vocab_size=32_000, num_layers=40, num_heads=40, num_kv_heads=40, embed_dim=5120,
+        intermediate_dim=13_824, max_seq_len=max_seq_len, lora=lora,
+    )  # fmt: skip
+
+
+def llama2_70b(lora: LoRASpec | None = None, max_seq_len: int = 4096) -> TransformerDecoder:
+    """Llama-2-70B shape (69.0B parameters; GQA with 64 query and 8 KV heads)."""
+    return llama2(
+        vocab_size=32_000, num_layers=80, num_heads=64, num_kv_heads=8, embed_dim=8192,
+        intermediate_dim=28_672, max_seq_len=max_seq_len, lora=lora,
+    )  # fmt: skip
+
+
+def llama2_tiny(lora: LoRASpec | None = None) -> TransformerDecoder:
+    """The bundled tiny model (vocab 512, 4 layers, 4 heads / 2 KV heads, width 128).
+
+    These shapes are fixed: the bundled tokenizer and tiny checkpoint use them.
+    """
+    return llama2(
+        vocab_size=512, num_layers=4, num_heads=4, num_kv_heads=2, embed_dim=128,
+        intermediate_dim=352, max_seq_len=512, lora=lora,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def init_on_device(
+    model: TransformerDecoder, device: torch.device | str, dtype: torch.dtype | None = None
+) -> TransformerDecoder:
+    """Materialises a (meta-device) model on ``device`` with fresh random weights.
+
+    Casts on the meta device first (free), allocates once with ``to_empty``, then runs each
+    module's own ``reset_parameters`` (LoRA: ``A`` Kaiming, ``B`` zero) and rebuilds the
+    fp32 RoPE tables. Use ``load_state_dict(..., assign=True)`` + ``init_buffers()``
+    instead when real weights follow.
+
+    Args:
+        model: a model from one of the builders (any device).
+        device: target device.
+        dtype: parameter dtype; None keeps the current one.
+
+    Returns:
+        ``model``, materialised in place.
+    """
+    if dtype is not None:
+        model.to(dtype=dtype)
+    model.to_empty(device=device)
+    # lora_a / lora_b are nn.Linear children of LoRALinear, whose own reset inits them.
+    skip = {id(c) for m in model.modules() if isinstance(m, LoRALinear) for c in (m.lora_a, m.lora_b)}
+    for m in model.modules():
+        if id(m) in skip or isinstance(m, RotaryPositionalEmbeddings):
+            continue
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    model.init_buffers(device=device)
+    return model

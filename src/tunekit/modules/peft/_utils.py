@@ -1,0 +1,104 @@
+"""Helpers that act on a whole model with LoRA layers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from tunekit.modules.peft.lora import LoRALinear
+
+_ADAPTER_SUFFIXES = (".lora_a.weight", ".lora_b.weight")
+
+
+def _lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            yield name, m
+
+
+def _is_adapter_key(key: str) -> bool:
+    return key.endswith(_ADAPTER_SUFFIXES) or key.startswith(("lora_a.", "lora_b."))
+
+
+def set_trainable_params(model: nn.Module) -> None:
+    """Freezes everything except the LoRA ``lora_a`` / ``lora_b`` weights.
+
+    Raises:
+        ValueError: if the model has no LoRA layers (nothing would train).
+    """
+    adapter_params = {
+        id(p) for _, m in _lora_modules(model) for p in (*m.lora_a.parameters(), *m.lora_b.parameters())
+    }
+    if not adapter_params:
+        raise ValueError("set_trainable_params: the model has no LoRALinear layers (was it built with lora=None?)")
+    for p in model.parameters():
+        p.requires_grad_(id(p) in adapter_params)
+
+
+def get_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights only, under tunekit names (``layers.0.attn.q_proj.lora_a.weight``)."""
+    return {k: v for k, v in model.state_dict().items() if _is_adapter_key(k)}
+
+
+@torch.no_grad()
+def get_merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The plain model's state dict with every adapter merged: ``W + (alpha/r) * B @ A``.
+
+    The merge is computed in fp32 and cast to the base weight's dtype; adapter keys are
+    dropped, so the result loads into a model built with ``lora=None``. The model itself is
+    not changed (disabled adapters are not merged).
+    """
+    sd = {k: v for k, v in model.state_dict().items() if not _is_adapter_key(k)}
+    for name, m in _lora_modules(model):
+        if m.disabled:
+            continue
+        key = f"{name}.weight" if name else "weight"
+        sd[key] = (m.weight.float() + m.delta_weight()).to(m.weight.dtype)
+    return sd
+
+
+@torch.no_grad()
+def merge_lora_weights_(model: nn.Module) -> nn.Module:
+    """Merges every adapter in place, replacing each ``LoRALinear`` by a plain ``nn.Linear``.
+
+    Returns:
+        The same model (or a new ``nn.Linear`` if ``model`` itself is a ``LoRALinear``).
+    """
+
+    def merged(m: LoRALinear) -> nn.Linear:
+        w = m.weight if m.disabled else (m.weight.float() + m.delta_weight()).to(m.weight.dtype)
+        lin = nn.Linear(m.in_dim, m.out_dim, bias=m.bias is not None, device="meta")
+        lin.weight = nn.Parameter(w, requires_grad=m.weight.requires_grad)
+        if m.bias is not None:
+            lin.bias = nn.Parameter(m.bias.detach(), requires_grad=m.bias.requires_grad)
+        return lin
+
+    if isinstance(model, LoRALinear):
+        return merged(model)
+    for name, m in list(_lora_modules(model)):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, merged(m))
+    return model
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block every ``LoRALinear`` computes only its base layer.
+
+    Example:
+        >>> with disable_adapters(model):
+        ...     ref_logits = model(tokens)  # the base model's output
+    """
+    mods = [m for _, m in _lora_modules(model)]
+    previous = [m.disabled for m in mods]
+    for m in mods:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m, p in zip(mods, previous):
+            m.disabled = p
