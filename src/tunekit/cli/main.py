@@ -228,7 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return int(module.main(argv[1:]) or 0)
     args = _parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # `tunekit ls | head`: the reader went away; not an error worth a traceback.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -7,11 +7,16 @@
   made one (``--cfg job --resolve``, ``tunekit validate``) the absolute ``hydra.run.dir``.
 - ``${tunekit.asset:tiny_llama2/hf}``: absolute path of a file or directory under the installed
   package's ``tunekit/assets`` directory.
+- ``${tunekit.run_id:}``: the run's directory name, the same on every rank of one launch (the
+  primary configs' ``hydra.run.dir`` uses it; see :func:`run_id`).
+- ``${tunekit.sweep_id:}``: ``run_id`` for ``hydra.sweep.dir``; refuses a ``-m`` sweep inside a
+  multi-rank torchrun/srun launch (sweeps of distributed jobs go through a submitit launcher).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -22,7 +27,11 @@ __all__ = [
     "default_models_root",
     "register_resolvers",
     "run_dir",
+    "run_id",
+    "sweep_id",
 ]
+
+_TIME_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
 MODELS_ROOT_ENV = "TUNEKIT_MODELS_ROOT"
 _ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -57,6 +66,75 @@ def run_dir() -> str:
     return str(Path(detached.hydra.run.dir).resolve())
 
 
+def _process_start_time(pid: int) -> float | None:
+    """Start time (epoch seconds) of process ``pid`` from /proc (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat: start time in clock ticks after boot
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def run_id(environ: dict[str, str] | None = None) -> str:
+    """A name for the run directory on which every rank of one launch agrees.
+
+    - torchrun with ``--rdzv-id ID`` (``TORCHELASTIC_RUN_ID``): ``ID`` (multi-node runs must
+      pass the same id on every node; the job id of the scheduler is a good choice).
+    - torchrun without an id (``TORCHELASTIC_RUN_ID=none``, single node): the start time of
+      the torchrun agent (the ranks' parent process) plus its pid:
+      ``2024-05-01_12-00-00-p4242``.
+    - a Slurm step with several tasks (srun, submitit): ``slurm-JOBID`` (array jobs:
+      ``slurm-ARRAYJOBID_TASKID``), so a requeued job finds its own checkpoints again.
+    - submitit's local executor with several tasks: ``local-JOBID``.
+    - otherwise (one process): the current time, ``2024-05-01_12-00-00`` (Hydra's default).
+    """
+    env = os.environ if environ is None else environ
+    rdzv = env.get("TORCHELASTIC_RUN_ID")
+    if rdzv and rdzv != "none":
+        return rdzv
+    if rdzv == "none":
+        ppid = os.getppid()
+        started = _process_start_time(ppid)
+        stamp = time.strftime(_TIME_FORMAT, time.localtime(started if started is not None else 0))
+        return f"{stamp}-p{ppid}"
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and env.get("SLURM_JOB_ID"):
+        if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+            return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        return f"slurm-{env['SLURM_JOB_ID']}"
+    if int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1 and env.get("SUBMITIT_LOCAL_JOB_ID"):
+        return f"local-{env['SUBMITIT_LOCAL_JOB_ID']}"
+    return time.strftime(_TIME_FORMAT)
+
+
+def sweep_id() -> str:
+    """:func:`run_id` for ``hydra.sweep.dir``, after refusing a sweep inside a multi-rank launch.
+
+    Hydra resolves ``hydra.sweep.dir`` only in ``-m`` mode, so this is where a sweep started
+    under ``torchrun --nproc-per-node N`` (N > 1) or a multi-task srun is stopped, before any
+    job runs. Jobs started by a submitit launcher (``SUBMITIT_EXECUTOR`` set) are fine.
+    """
+    if "SUBMITIT_EXECUTOR" not in os.environ and (
+        int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
+    ):
+        from tunekit.config.errors import ConfigError
+
+        raise ConfigError(MULTIRUN_IN_TORCHRUN)
+    return run_id()
+
+
+MULTIRUN_IN_TORCHRUN = (
+    "a Hydra multirun (-m) sweep cannot run inside torchrun/srun with several ranks: every "
+    "rank would run every sweep point in turn and re-initialise the process group per job. "
+    "Sweep distributed jobs through a launcher that gives each job its own processes: "
+    "`python -m recipes.full_finetune -m hydra/launcher=slurm hydra.launcher.nodes=2 "
+    "hydra.launcher.gpus_per_node=8 optimizer.lr=1e-5,2e-5` on Slurm, or `hydra/launcher=local` "
+    "(two local ranks, for testing); or run one torchrun per sweep point. See docs/distributed.md."
+)
+
+
 def register_resolvers() -> None:
     """Register tunekit's resolvers with OmegaConf (idempotent)."""
     resolvers = (
@@ -67,3 +145,8 @@ def register_resolvers() -> None:
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    # Cached per config object, like Hydra's `now`: every use in one config (and the pickled
+    # config a submitit job receives) sees the same value.
+    for name, fn in (("tunekit.run_id", lambda: run_id()), ("tunekit.sweep_id", sweep_id)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)

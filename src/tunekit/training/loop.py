@@ -25,7 +25,26 @@ from tunekit.training.activation_checkpointing import apply_activation_checkpoin
 from tunekit.training.compile import compile_loss, compile_model
 from tunekit.training.data_loading import StatefulSampler
 from tunekit.training.device import get_device
-from tunekit.training.distributed import all_reduce_sum, barrier, get_world_size, is_rank_zero
+from tunekit.training.distributed import (
+    all_reduce_sum,
+    any_rank_true,
+    barrier,
+    get_world_size,
+    is_distributed,
+    is_rank_zero,
+)
+from tunekit.training.fsdp import (
+    full_value,
+    gather_full_optimizer_state_dict,
+    gather_model_states,
+    is_sharded,
+    load_full_state_dict,
+    load_optimizer_state_dict,
+    load_sharded_checkpoint,
+    local_grads,
+    save_sharded_checkpoint,
+    set_gradient_sync,
+)
 from tunekit.training.memory import memory_stats, reset_peak_memory_stats
 from tunekit.training.precision import get_dtype
 from tunekit.training.seed import get_rng_state, set_rng_state, set_seed
@@ -210,8 +229,18 @@ def _adapter_config_dict(adapter_config: Any) -> dict[str, Any]:
 
 
 def _model_states(model: nn.Module, adapter_config: Any) -> dict[str, Any]:
-    """``model`` (+ ``adapter``, ``adapter_config`` for LoRA) entries of a checkpoint."""
-    # Under FSDP this is where full state dicts get gathered (on every rank).
+    """``model`` (+ ``adapter``, ``adapter_config`` for LoRA) entries of a checkpoint.
+
+    Under FSDP every rank takes part in the gather; rank 0 gets the full (CPU) tensors,
+    the other ranks an empty dict (only rank 0 saves).
+    """
+    if is_sharded(model):
+        states = gather_model_states(model, lora=adapter_config is not None)
+        if states is None:
+            return {}
+        if adapter_config is not None:
+            states["adapter_config"] = _adapter_config_dict(adapter_config)
+        return states
     if adapter_config is None:
         return {"model": model.state_dict()}
     merged, adapter = _lora_state_fns()
@@ -224,6 +253,11 @@ def _model_states(model: nn.Module, adapter_config: Any) -> dict[str, Any]:
 
 def _restore_weights(model: nn.Module, state: Mapping[str, Any], lora: bool) -> None:
     """Load the trained weights a checkpoint holds: the adapter (LoRA) or the model (full)."""
+    if is_sharded(model):  # full tensors in, each rank keeps its shards
+        key = "adapter" if lora else "model"
+        if state.get(key) is not None:
+            load_full_state_dict(model, state[key], strict=not lora)
+        return
     if lora:
         if state.get("adapter") is None:
             return
@@ -233,6 +267,13 @@ def _restore_weights(model: nn.Module, state: Mapping[str, Any], lora: bool) -> 
         return
     if state.get("model") is not None:
         model.load_state_dict(state["model"])
+
+
+def _layers_compiled(model: nn.Module) -> bool:
+    layers = getattr(model, "layers", None)
+    return isinstance(layers, nn.ModuleList) and any(
+        getattr(layer, "_compiled_call_impl", None) is not None for layer in layers
+    )
 
 
 def _sampler(loader: Any) -> Any:
@@ -278,26 +319,52 @@ def _recipe_state(*, epoch: int, step_in_epoch: int, global_step: int, settings:
         "steps_per_epoch": steps_in_epoch,
         "gradient_accumulation_steps": settings.gradient_accumulation_steps,
         "world_size": get_world_size(),
+        "batch_size": getattr(loader, "batch_size", None),
         "seed": settings.seed,
         "rng": get_rng_state(),
         "sampler": sampler_state,
     }
 
 
-def _resume_problems(state: Mapping[str, Any], settings: TrainSettings) -> list[str]:
+def _saved_batch_size(rs: Mapping[str, Any]) -> int | None:
+    """Per-rank micro-batch size of the saving run (recorded, or derived from the sampler)."""
+    if rs.get("batch_size"):
+        return int(rs["batch_size"])
+    sampler, micro = rs.get("sampler"), rs.get("step_in_epoch", 0) * rs.get("gradient_accumulation_steps", 1)
+    if sampler and micro and sampler.get("start_index"):
+        return int(sampler["start_index"]) // micro
+    return None
+
+
+def _resume_problems(state: Mapping[str, Any], settings: TrainSettings,
+                     batch_size: int | None = None) -> list[str]:
     """Why ``state`` cannot resume this run exactly (empty when it can)."""
-    missing = [k for k in ("optimizer", "lr_scheduler", "recipe_state") if state.get(k) is None]
+    needed = ["lr_scheduler", "recipe_state"]
+    if state.get("sharded_checkpoint") is None:  # a sharded checkpoint holds the optimizer
+        needed.insert(0, "optimizer")
+    missing = [k for k in needed if state.get(k) is None]
     if missing:
         return [f"resume_state lacks {missing}: the checkpoint was not saved by this loop"
                 " (or its recipe_state was not written); start a new run from it instead"]
     rs = state["recipe_state"]
     out = []
-    if rs.get("step_in_epoch", 0) > 0:  # a mid-epoch position is counted in micro-batches
-        for key, now in (("gradient_accumulation_steps", settings.gradient_accumulation_steps),
-                         ("world_size", get_world_size())):
-            if rs.get(key, now) != now:
-                out.append(f"resume: {key} was {rs[key]} when the checkpoint was saved mid-epoch,"
-                           f" now {now}; keep it, or resume from an epoch_* checkpoint")
+    if rs.get("step_in_epoch", 0) > 0:  # a mid-epoch position is counted in samples
+        # Exact when every step sees the same global samples: the sampler deals the epoch's
+        # order out rank by rank, so (world_size x accumulation x batch) must be unchanged.
+        ga, ws = settings.gradient_accumulation_steps, get_world_size()
+        old_ga, old_ws = rs.get("gradient_accumulation_steps", ga), rs.get("world_size", ws)
+        old_bs = _saved_batch_size(rs) or batch_size
+        if batch_size is None or old_bs is None:
+            changed = (old_ga, old_ws) != (ga, ws)
+        else:
+            changed = old_ga * old_ws * old_bs != ga * ws * batch_size
+        if changed:
+            out.append(
+                f"resume: gradient_accumulation_steps was {old_ga}, world_size {old_ws} and batch_size "
+                f"{old_bs} when the checkpoint was saved mid-epoch, now {ga}, {ws} and {batch_size}; "
+                "keep world_size x gradient_accumulation_steps x batch_size (the global batch) "
+                "unchanged, or resume from an epoch_* checkpoint"
+            )
     return out
 
 
@@ -368,7 +435,14 @@ def train(
             f"gradient_accumulation_steps={settings.gradient_accumulation_steps}: no step can run"
         )
     if resume_state is not None:
-        problems += _resume_problems(resume_state, settings)
+        problems += _resume_problems(resume_state, settings, getattr(train_loader, "batch_size", None))
+    sharded = is_sharded(model)
+    if is_distributed() and not sharded and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        problems.append(
+            f"{get_world_size()} ranks are running but the model is not sharded: call "
+            "tunekit.training.distributed.shard_model(model, ...) before train() (each rank "
+            "would otherwise train its own copy on its share of the data)"
+        )
     if problems:
         raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
 
@@ -379,22 +453,32 @@ def train(
     ga = settings.gradient_accumulation_steps
     lora = adapter_config is not None
 
-    _place_model(model, device, dtype)
-    if settings.activation_checkpointing:
+    if not sharded:  # a sharded model is already placed; shard_model set its precision
+        _place_model(model, device, dtype)
+    if settings.activation_checkpointing:  # idempotent: shard_model may have applied it
         apply_activation_checkpointing(model, every_k_layers=settings.ac_every_k_layers)
     if settings.compile:
-        compile_model(model)
+        if not _layers_compiled(model):
+            compile_model(model)
         compile_loss(loss_fn)
 
     epoch, step_in_epoch, global_step = 0, 0, 0
     if resume_state is not None:
         rs = resume_state["recipe_state"]
-        _restore_weights(model, resume_state, lora)
-        optimizer.load_state_dict(resume_state["optimizer"])
+        if resume_state.get("sharded_checkpoint") is not None:  # model + optimizer, resharded
+            load_sharded_checkpoint(resume_state["sharded_checkpoint"], model, optimizer)
+        else:
+            _restore_weights(model, resume_state, lora)
+            load_optimizer_state_dict(model, optimizer, resume_state["optimizer"])
         lr_scheduler.load_state_dict(resume_state["lr_scheduler"])
         epoch, step_in_epoch, global_step = rs["epoch"], rs["step_in_epoch"], rs["global_step"]
         if rs.get("sampler") is not None and isinstance(_sampler(train_loader), StatefulSampler):
-            _sampler(train_loader).load_state_dict(rs["sampler"])  # validates size / ranks
+            sampler_state = dict(rs["sampler"])
+            if sampler_state.get("world_size") != get_world_size():
+                # Checked above: the global batch is unchanged, so the position in the
+                # epoch's order carries over; the per-rank start is set by _epoch_batches.
+                sampler_state.update(world_size=get_world_size(), start_index=0)
+            _sampler(train_loader).load_state_dict(sampler_state)  # validates the data size
         if step_in_epoch >= spe:  # e.g. max_steps_per_epoch lowered since the save
             epoch, step_in_epoch = epoch + 1, 0
     else:
@@ -433,18 +517,31 @@ def train(
         flush(current_epoch)  # never save after a non-finite loss
         if checkpointer is None:
             return
-        state = {
-            **_model_states(model, adapter_config),
-            "optimizer": optimizer.state_dict(),
+        training_state = {
             "lr_scheduler": lr_scheduler.state_dict(),
             "recipe_state": _recipe_state(epoch=state_epoch, step_in_epoch=state_step_in_epoch,
                                           global_step=global_step, settings=settings,
                                           loader=train_loader, steps_in_epoch=spe),
         }
-        if rank_zero:
-            checkpointer.save_checkpoint(state, epoch=current_epoch,
-                                         intermediate_checkpoint=not final, step=step)
-        barrier()
+        output_dir = getattr(checkpointer, "output_dir", None)
+        if sharded and step is not None and output_dir is not None:
+            # Step checkpoints under FSDP: every rank writes its shards (DCP), no gather.
+            save_sharded_checkpoint(
+                output_dir, f"step_{step}", model=model, optimizer=optimizer, extra=training_state,
+                info={"epoch": current_epoch, "step": step, "intermediate": True},
+                keep_last_n=getattr(checkpointer, "keep_last_n", None),
+            )
+        else:
+            state = {
+                **_model_states(model, adapter_config),
+                "optimizer": (gather_full_optimizer_state_dict(model, optimizer) if sharded
+                              else optimizer.state_dict()),
+                **training_state,
+            }
+            if rank_zero:
+                checkpointer.save_checkpoint(state, epoch=current_epoch,
+                                             intermediate_checkpoint=not final, step=step)
+            barrier()
         last_ckpt = (current_epoch, step)
         saved_step = global_step
         result.checkpoints.append(last_ckpt)
@@ -478,7 +575,9 @@ def train(
                 # ---- one optimizer step over `ga` micro-batches
                 loss_sum = torch.zeros((), dtype=torch.float32, device=device)
                 num_tokens = torch.zeros((), dtype=torch.int64, device=device)
-                for _ in range(ga):
+                for micro in range(ga):
+                    if sharded and ga > 1:  # reduce-scatter gradients on the last micro-batch only
+                        set_gradient_sync(model, micro == ga - 1)
                     batch = _to_device(next(batches), device)
                     tokens_since_log += batch["tokens"].numel()
                     mb_loss, mb_tokens = loss_fn(model, batch)
@@ -490,7 +589,7 @@ def train(
                 denom = num_tokens.clamp(min=1).float()
                 # Data-parallel wrappers average grads over ranks; undo that and divide by
                 # the global token count instead.
-                grads = [p.grad for p in params if p.grad is not None]
+                grads = local_grads(params)  # DTensor grads: scale the local shards
                 if grads:
                     torch._foreach_mul_(grads, world_size / denom)  # fp32 0-dim: no bf16 rounding of the scale
                 grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -505,7 +604,7 @@ def train(
                 step_in_epoch += 1
                 result.global_step = global_step
                 pending.append(loss_sum / denom)
-                last_grad_norm = grad_norm
+                last_grad_norm = full_value(grad_norm)  # FSDP: a replicated DTensor
                 pbar.update(1)
                 end_of_epoch = step_in_epoch == spe
 
@@ -542,7 +641,9 @@ def train(
                 if on_step_end is not None:
                     on_step_end(global_step)
 
-                if shutdown.requested:
+                # Every rank stops at the same step if any rank got the signal (under
+                # several ranks: one small CPU all-reduce per step).
+                if any_rank_true(shutdown.requested):
                     if saved_step != global_step:
                         save(epoch, epoch, step_in_epoch, global_step, final=False)
                     flush(epoch)

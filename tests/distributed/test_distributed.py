@@ -1,0 +1,221 @@
+"""Two-rank FSDP2 training on the CPU (gloo) against one process, sharded resume, run dirs.
+
+One ``torchrun --nproc-per-node 2`` launch (tests/distributed/_worker.py, ~10 s on 2 cores)
+runs every two-rank scenario; the one-process references run in this process.
+Tolerance: per-step losses agree to rtol 1e-5 (fp32; the two runs sum the same tokens in a
+different order: per-rank partial sums, then an all-reduce).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed import _worker as W
+
+REPO = Path(__file__).resolve().parents[2]
+RTOL = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("two_ranks")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         str(REPO / "tests/distributed/_worker.py"), str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def _record(out: Path, name: str, rank: int = 0) -> dict:
+    return json.loads((out / f"{name}.rank{rank}.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(k, raising=False)
+    torch.set_num_threads(1)
+
+
+def test_ranks_agree(two_ranks):
+    for name in ("full", "lora", "sigterm"):
+        assert _record(two_ranks, name, 0) == _record(two_ranks, name, 1)
+
+
+def test_full_two_ranks_match_one_process(two_ranks, tmp_path):
+    two = _record(two_ranks, "full")
+    one = W.run("full_ref", tmp_path, batch_size=4, steps=4, save_every=2)  # same global batch
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["losses"] == pytest.approx(one["losses"], rel=RTOL)
+    # End-of-epoch checkpoint: a full HF checkpoint written by rank 0, the same weights.
+    from safetensors.torch import load_file
+
+    a = {k: v for f in sorted((two_ranks / "full/epoch_0").glob("*.safetensors")) for k, v in load_file(f).items()}
+    b = {k: v for f in sorted((tmp_path / "full_ref/epoch_0").glob("*.safetensors")) for k, v in load_file(f).items()}
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_lora_two_ranks_match_one_process(two_ranks, tmp_path):
+    # 2 ranks x batch 1 x accumulation 2 (gradient sync skipped on the first micro-batch)
+    # against 1 process x batch 2 x accumulation 2.
+    two = _record(two_ranks, "lora")
+    one = W.run("lora_ref", tmp_path, lora=True, batch_size=2, ga=2, steps=3)
+    assert two["losses"] == pytest.approx(one["losses"], rel=RTOL)
+    merged = two_ranks / "lora/epoch_0"
+    assert (merged / "adapter_0.pt").is_file() and (merged / "adapter/adapter_config.json").is_file()
+
+
+def test_sharded_step_checkpoint_resumes_on_one_process(two_ranks, tmp_path):
+    step2 = two_ranks / "full/step_2"
+    assert (step2 / "COMPLETE").is_file() and (step2 / "dcp/.metadata").is_file()
+    assert len(list((step2 / "dcp").glob("*.distcp"))) == 2  # one file of shards per rank
+    two = _record(two_ranks, "full")
+    resumed = W.run("resumed", tmp_path, batch_size=4, steps=4, resume_from=str(step2))
+    assert resumed["world_size"] == 1 and resumed["global_step"] == 4
+    assert resumed["losses"] == pytest.approx(two["losses"][2:], rel=RTOL)
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
+    for rank in (0, 1):
+        rec = _record(two_ranks, "sigterm", rank)
+        assert rec["interrupted"] and rec["global_step"] == 2 and rec["checkpoints"] == [[0, 2]]
+    assert (two_ranks / "sigterm/step_2/COMPLETE").is_file()
+
+
+# ----------------------------------------------------------------------------- launch environment
+
+
+def test_launcher_env_torchrun_submitit_slurm():
+    from tunekit.training.distributed import launcher_env
+
+    assert launcher_env({}) is None
+    assert launcher_env({"RANK": "0", "WORLD_SIZE": "1"}) is None  # single process: no group
+    tr = launcher_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"})
+    assert tr == {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    sub = [launcher_env({"SUBMITIT_LOCAL_GLOBALID": str(r), "SUBMITIT_LOCAL_LOCALID": str(r),
+                         "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_JOB_ID": "77"}) for r in (0, 1)]
+    assert [s["RANK"] for s in sub] == ["0", "1"] and sub[0]["MASTER_PORT"] == sub[1]["MASTER_PORT"]
+    slurm = launcher_env({"SLURM_PROCID": "9", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "1",
+                          "SLURM_JOB_ID": "123", "SLURM_STEP_NODELIST": "gpu[007-008]"})
+    assert (slurm["RANK"], slurm["WORLD_SIZE"], slurm["LOCAL_RANK"]) == ("9", "16", "1")
+    assert slurm["MASTER_ADDR"] == "gpu007"  # no scontrol here: the fallback parser
+    # A batch script's own shell (no srun step) is not rank 0 of SLURM_NTASKS.
+    assert launcher_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"}) is None
+
+
+def test_init_distributed_single_process_is_a_noop():
+    from tunekit.training.distributed import init_distributed, is_distributed
+
+    assert init_distributed("cpu") == (0, 1) and not is_distributed()
+
+
+# ----------------------------------------------------------------------------- run dirs, multirun
+
+
+def _compose_dir(monkeypatch, env: dict[str, str]) -> str:
+    from tunekit.config import compose
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return compose("full_finetune").output_dir
+
+
+def test_run_dir_is_the_same_for_the_same_torchelastic_run_id(monkeypatch):
+    a = _compose_dir(monkeypatch, {"TORCHELASTIC_RUN_ID": "job42", "RANK": "0"})
+    b = _compose_dir(monkeypatch, {"TORCHELASTIC_RUN_ID": "job42", "RANK": "1"})
+    assert a == b and a.endswith("outputs/full_finetune/job42")
+    assert _compose_dir(monkeypatch, {"TORCHELASTIC_RUN_ID": "job43"}) != a
+
+
+def test_run_id_rules():
+    from tunekit.config.resolvers import run_id
+
+    none = run_id({"TORCHELASTIC_RUN_ID": "none"})  # torchrun without --rdzv-id: the agent's start
+    assert none == run_id({"TORCHELASTIC_RUN_ID": "none"}) and none.endswith(f"-p{os.getppid()}")
+    assert run_id({"SLURM_JOB_ID": "5", "SLURM_STEP_NUM_TASKS": "8"}) == "slurm-5"
+    assert run_id({"SLURM_JOB_ID": "6", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "3",
+                   "SLURM_STEP_NUM_TASKS": "2"}) == "slurm-5_3"
+    assert run_id({"SUBMITIT_LOCAL_JOB_ID": "99", "SUBMITIT_LOCAL_NTASKS": "2"}) == "local-99"
+    assert len(run_id({})) == len("2024-01-01_00-00-00")  # one process: the timestamp
+
+
+def test_multirun_inside_torchrun_is_refused():
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "x"}
+    proc = subprocess.run([sys.executable, "-m", "recipes.full_finetune", "-m", "optimizer.lr=1e-5,2e-5"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "multirun (-m) sweep cannot run inside torchrun" in proc.stderr
+    assert "hydra/launcher=slurm" in proc.stderr
+
+
+def test_check_not_multirun_in_torchrun(monkeypatch):
+    from tunekit.training.distributed import MultirunInTorchrunError, check_not_multirun_in_torchrun
+
+    check_not_multirun_in_torchrun("MULTIRUN")  # one process: fine
+    check_not_multirun_in_torchrun("RUN")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_not_multirun_in_torchrun("RUN")
+    with pytest.raises(MultirunInTorchrunError, match="submitit|hydra/launcher"):
+        check_not_multirun_in_torchrun("MULTIRUN")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # a job of a submitit sweep
+    check_not_multirun_in_torchrun("MULTIRUN")
+
+
+def test_submitit_local_launcher_runs_a_two_rank_job(tmp_path):
+    """`-m hydra/launcher=local`: one submitit job of 2 local tasks (gloo) per sweep point."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipes.full_finetune", "-m", "hydra/launcher=local", "device=cpu",
+         "dtype=fp32", "epochs=1", "max_steps_per_epoch=2", "batch_size=2", "optimizer.lr=1e-5",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.out"))
+    assert "global_rank=0(2)" in logs and "global_rank=1(2)" in logs
+    state = torch.load(sweep / "0/epoch_0/recipe_state.pt", weights_only=True)
+    assert state["recipe_state"]["world_size"] == 2
+    assert json.loads((sweep / "0/result.json").read_text())["global_step"] == 2
+    assert [d.name for d in sweep.iterdir() if not d.name.startswith(".") and d.is_dir()] == ["0"]
+
+
+def test_torchrun_recipe_full_finetune(tmp_path):
+    """`torchrun --nproc-per-node 2 -m recipes.full_finetune`: one run dir, sharded step, full epoch."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+         "127.0.0.1", "--master-port", str(_free_port()), "-m", "recipes.full_finetune", "device=cpu",
+         "dtype=fp32", "epochs=1", "max_steps_per_epoch=3", "save_every_n_steps=2", "batch_size=2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = list((tmp_path / "outputs/full_finetune").iterdir())
+    assert len(runs) == 1  # both ranks agreed on the run dir
+    assert (runs[0] / "step_2/dcp/.metadata").is_file() and (runs[0] / "step_2/COMPLETE").is_file()
+    assert list((runs[0] / "epoch_0").glob("*.safetensors"))
+    assert json.loads((runs[0] / "result.json").read_text())["global_step"] == 3
