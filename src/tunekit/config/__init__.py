@@ -9,9 +9,12 @@ from tunekit.config.entrypoint import (
     compose,
     config_dir,
     find_shipped_dir,
+    is_multirun,
+    job_overrides,
     print_config,
     recipe_main,
     recipes_dir,
+    resolved_yaml,
 )
 from tunekit.config.errors import ConfigError, explain
 from tunekit.config.resolvers import default_models_root, register_resolvers
@@ -32,8 +35,11 @@ __all__ = [
     "explain",
     "find_shipped_dir",
     "instantiate",
+    "is_multirun",
+    "job_overrides",
     "locate",
     "print_config",
     "recipe_main",
     "recipes_dir",
+    "resolved_yaml",
 ]

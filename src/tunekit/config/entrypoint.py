@@ -22,7 +22,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tunekit.config.errors import ConfigError, explain
 from tunekit.config.validate import check_config
 
-__all__ = ["compose", "config_dir", "find_shipped_dir", "recipe_main", "recipes_dir"]
+__all__ = [
+    "compose",
+    "config_dir",
+    "find_shipped_dir",
+    "is_multirun",
+    "job_overrides",
+    "recipe_main",
+    "recipes_dir",
+    "resolved_yaml",
+]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # .../tunekit
 
@@ -189,3 +198,25 @@ def recipe_main(recipe: str) -> Callable[[Callable[[DictConfig], Any]], Callable
 def print_config(cfg: DictConfig) -> None:
     """Print the resolved config as YAML (what a recipe does until its body lands)."""
     print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+
+
+def job_overrides() -> list[str]:
+    """The command-line overrides of the running Hydra job (empty outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def is_multirun() -> bool:
+    """Whether the running Hydra job is one job of a ``-m`` sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    """The config with every interpolation resolved, as YAML (what a run used)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

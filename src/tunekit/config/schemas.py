@@ -187,12 +187,16 @@ class _TrainSettings(_RunSettings):
         """Rules that involve several training settings."""
         problems = []
         max_steps = cfg.max_steps_per_epoch
+        # Both count global optimizer steps, so they can trigger in a later epoch.
+        epochs = max(cfg.epochs, 1)
+        total = None if max_steps is None else max_steps * epochs
+        limit = f"`max_steps_per_epoch`={max_steps}" + (f" x `epochs`={epochs}" if epochs > 1 else "")
         for key in ("save_every_n_steps", "eval_every_n_steps"):
             every = cfg[key]
-            if every is not None and max_steps is not None and every > max_steps:
+            if every is not None and total is not None and every > total:
                 problems.append(
-                    f"`{key}`={every} exceeds `max_steps_per_epoch`={max_steps}, so it would"
-                    " never trigger; lower it or unset it"
+                    f"`{key}`={every} exceeds {limit} optimizer steps, so it would never"
+                    " trigger; lower it or unset it"
                 )
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None and cfg.epochs == 1:
             problems.append(
@@ -223,7 +227,10 @@ class GenerateSchema(_RunSettings):
     )
     adapter: Optional[str] = setting(None, doc="A PEFT/LoRA adapter dir applied on top.")
     prompt: str = setting("Tell me a short story about a llama.")
-    chat: bool = setting(False, doc="Format the prompt as a chat turn.")
+    chat: bool = setting(False, doc="Format the prompt as a Llama 2 chat turn ([INST] ... [/INST]).")
+    template: Optional[str] = setting(
+        None, _one_of(("alpaca",)), doc="alpaca = wrap the prompt as an Alpaca instruction."
+    )
     system_prompt: Optional[str] = setting(None, doc="Only with chat=true.")
     temperature: float = setting(0.8, _at_least(0.0), doc="0 = greedy.")
     top_k: Optional[int] = setting(50, _at_least(1))
@@ -239,6 +246,8 @@ class GenerateSchema(_RunSettings):
     def cross_checks(cfg: DictConfig, prefix: str) -> list[str]:
         """Rules that involve several generation settings."""
         problems = []
+        if cfg.chat and cfg.template is not None:
+            problems.append(f"`chat`=true and `template`={cfg.template!r} both format the prompt; keep one")
         if cfg.system_prompt is not None and not cfg.chat:
             problems.append("`system_prompt` is set but `chat`=false; set chat=true or drop it")
         for key in ("checkpoint", "adapter"):

@@ -1,0 +1,109 @@
+"""Sampling helpers and KV-cached generation on small random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunekit.generation import generate, sample_next_token, top_k_filter, top_p_filter
+from tunekit.models.llama2 import llama2
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return llama2(vocab_size=61, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=32,
+                  intermediate_dim=64, max_seq_len=48).eval()
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0], [0.0, -1.0, 2.0, 1.0, 3.0]])
+    out = top_k_filter(logits, 2)
+    assert torch.isfinite(out).tolist() == [[False, True, False, True, False], [False, False, True, False, True]]
+    assert torch.equal(out[torch.isfinite(out)], logits[torch.isfinite(out)])
+    assert torch.equal(top_k_filter(logits, 10), logits)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    keep = lambda p: torch.isfinite(top_p_filter(logits, p)).tolist()[0]  # noqa: E731
+    assert keep(0.5) == [True, False, False, False]
+    assert keep(0.6) == [True, True, False, False]
+    assert keep(0.8) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8
+    assert keep(0.81) == [True, True, True, False]
+    assert keep(1.0) == [True, True, True, True]
+    assert keep(1e-6) == [True, False, False, False]  # the top token always stays
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert torch.isfinite(top_p_filter(shuffled, 0.6)).tolist()[0] == [False, True, False, True]
+
+
+def test_sampling_respects_filters_and_generator():
+    logits = torch.randn(3, 50)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        tok = sample_next_token(logits, temperature=1.0, top_k=3, generator=g)
+        top3 = logits.topk(3).indices
+        assert all(t in row for t, row in zip(tok.tolist(), top3.tolist()))
+    a = sample_next_token(logits, temperature=0.7, top_p=0.9, generator=torch.Generator().manual_seed(5))
+    b = sample_next_token(logits, temperature=0.7, top_p=0.9, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    assert torch.equal(sample_next_token(logits, temperature=0.0), logits.argmax(-1))
+    assert torch.equal(sample_next_token(logits, temperature=1.0, top_k=1), logits.argmax(-1))
+
+
+def test_greedy_with_kv_cache_equals_argmax_of_full_recompute():
+    model = _model()
+    prompt = [1, 7, 9, 3, 22]
+    res = generate(model, prompt, max_new_tokens=12, temperature=0.0)
+    assert res.steps == 12 and res.stopped == [False] and not model.caches_are_enabled()
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    assert res.tokens[0] == seq[len(prompt):]
+
+
+def test_cached_decode_logits_match_full_recompute():
+    model = _model(1)
+    tokens = torch.randint(0, 61, (2, 10))
+    with torch.no_grad():
+        full = model(tokens)
+        model.setup_caches(batch_size=2, dtype=torch.float32, max_seq_len=10)
+        pre = model(tokens[:, :6], input_pos=torch.arange(6).expand(2, 6))
+        steps = [model(tokens[:, i : i + 1], input_pos=torch.full((2, 1), i)) for i in range(6, 10)]
+        model.remove_caches()
+    torch.testing.assert_close(pre, full[:, :6], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_stops_at_stop_token_and_batches():
+    model = _model(2)
+    first = generate(model, [1, 4, 5], max_new_tokens=8, temperature=0.0)
+    stop = first.tokens[0][2]
+    res = generate(model, [1, 4, 5], max_new_tokens=8, temperature=0.0, stop_tokens=[stop])
+    cut = first.tokens[0].index(stop)
+    assert res.tokens[0] == first.tokens[0][:cut] and res.stopped == [True] and res.steps == cut + 1
+    batch = generate(model, torch.tensor([[1, 4, 5], [1, 4, 5]]), max_new_tokens=8, temperature=0.0)
+    assert batch.tokens == [first.tokens[0], first.tokens[0]]
+    assert res.tokens_per_second > 0
+
+
+def test_sampled_generation_is_reproducible_and_capped_by_context():
+    model = _model(3)
+    a = generate(model, [1, 2], max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9,
+                 generator=torch.Generator().manual_seed(1))
+    b = generate(model, [1, 2], max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9,
+                 generator=torch.Generator().manual_seed(1))
+    assert a.tokens == b.tokens
+    long = generate(model, list(range(40)), max_new_tokens=100, temperature=0.0)
+    assert len(long.tokens[0]) == 48 - 40
+    with pytest.raises(ValueError, match="no room"):
+        generate(model, list(range(48)), max_new_tokens=1)
