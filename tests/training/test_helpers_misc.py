@@ -79,3 +79,28 @@ def test_device_and_dtype():
         with pytest.raises(ValueError, match="CUDA is not available"):
             get_device("cuda")
     assert memory_stats(torch.device("cpu")) == {}
+
+
+def test_compile_after_full_checkpointing_keeps_checkpoint_outside_the_graph():
+    from torch.utils.checkpoint import checkpoint as _ckpt  # noqa: F401
+
+    torch.manual_seed(0)
+    ref_model = TinyLM(num_layers=2)
+    model = TinyLM(num_layers=2)
+    model.load_state_dict(ref_model.state_dict())
+    batch = collate(make_samples(2))
+    apply_activation_checkpointing(model)
+    compile_model(model, backend="aot_eager")
+    compile_model(model, backend="aot_eager")  # idempotent
+    for layer in model.layers:
+        assert is_checkpointed(layer)
+        inner = layer.forward.args[0]  # partial(_checkpointed_forward, compiled body, False)
+        assert inner is not layer._tunekit_inner_forward and not layer.forward.args[1]
+    ref, _ = CrossEntropyLoss()(ref_model, batch)
+    out, _ = CrossEntropyLoss()(model, batch)
+    torch.testing.assert_close(out, ref)
+    ref.backward()
+    out.backward()
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert list(model.state_dict()) == list(ref_model.state_dict())

@@ -73,6 +73,10 @@ def apply_activation_checkpointing(
             continue
         if not is_checkpointed(layer):
             # Bind the original bound method; the instance attribute shadows the class one.
+            # The inner forward and the policy are kept so compile_model can compile the
+            # inner forward and leave the (full-recompute) checkpoint outside the graph.
+            layer._tunekit_inner_forward = layer.forward
+            layer._tunekit_save_matmuls = save_matmuls
             layer.forward = functools.partial(_checkpointed_forward, layer.forward, save_matmuls)
             setattr(layer, _MARK, True)
         done.append(i)

@@ -81,6 +81,78 @@ class LoRASpec:
         return self.alpha
 
 
+@torch.library.custom_op("tunekit::linear_plus_lowrank", mutates_args=())
+def _linear_plus_lowrank(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, u: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """``x w^T + bias + u v^T`` for 2-D ``x`` / ``u``: the low-rank product is added in place
+    by the GEMM epilogue (``addmm_``, beta=1). A custom op so that torch.compile keeps the
+    in-place form: functionalised, ``addmm_`` on an intermediate becomes an out-of-place
+    ``addmm`` that first copies its input (one device-to-device copy per call)."""
+    return F.linear(x, w, bias).addmm_(u, v.t())
+
+
+@_linear_plus_lowrank.register_fake
+def _(x, w, bias, u, v):
+    return x.new_empty((x.shape[0], w.shape[0]))
+
+
+class _LoRALinearFn(torch.autograd.Function):
+    """``x W^T + b + s * (x A^T) B^T`` with hand-written backward (no dropout).
+
+    Forward: ``a = s * x A^T`` (``[n, r]``, kept for backward), ``out = x W^T + b`` then
+    ``out.addmm_(a, B^T)``. Backward, with ``g`` the output gradient::
+
+        dB = g^T a            da = s * g B           dA = da^T x
+        dx = g W  (+)= da A   (addmm_: one GEMM epilogue, no [n, in] temporary)
+        dW = g^T x, db = sum(g)   (only when the base weight is trainable)
+
+    Saved: ``x`` (which the base linear needs anyway) and the rank-r ``a``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):  # type: ignore[override]
+        x2 = x.reshape(-1, x.shape[-1])
+        a = torch.mm(x2, lora_a.t()).mul_(scaling)  # [n, r]
+        out = _linear_plus_lowrank(x2, weight, bias, a, lora_b)  # [n, out]
+        ctx.save_for_backward(x2, weight, lora_a, lora_b, a)
+        ctx.scaling = scaling
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x2, weight, lora_a, lora_b, a = ctx.saved_tensors
+        need_x, need_w, need_b, need_a, need_bb, _ = ctx.needs_input_grad
+        g = grad.reshape(-1, grad.shape[-1])  # [n, out]
+        dx = dw = db = d_a = d_b = None
+        if need_bb:
+            d_b = torch.mm(g.t(), a)  # [out, r]
+        if need_x or need_a:
+            da = torch.mm(g, lora_b).mul_(ctx.scaling)  # [n, r]
+            if need_a:
+                d_a = torch.mm(da.t(), x2)  # [r, in]
+            if need_x:
+                dx = _linear_plus_lowrank(g, weight.t(), None, da, lora_a.t()).view(ctx.x_shape)
+        if need_w:
+            dw = torch.mm(g.t(), x2)
+        if need_b and ctx.has_bias:
+            db = g.sum(0)
+        return dx, dw, db, d_a, d_b, None
+
+
+def _lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    return _LoRALinearFn.apply(x, weight, bias, lora_a, lora_b, scaling)
+
+
 class LoRALinear(nn.Module):
     """``y = x W^T + b + (alpha / r) * B(A(dropout(x)))``.
 
@@ -133,9 +205,14 @@ class LoRALinear(nn.Module):
         return self.scaling * (self.lora_b.weight.float() @ self.lora_a.weight.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
         if self.disabled:
-            return out
+            return F.linear(x, self.weight, self.bias)
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            # Fused path: the adapter's [.., out_dim] output is never materialised (its add
+            # runs in the GEMM epilogue), the scaling is applied on the rank-r tensor, and the
+            # backward adds the adapter's input gradient in the base GEMM's epilogue too.
+            return _lora_linear(x, self.weight, self.bias, self.lora_a.weight, self.lora_b.weight, self.scaling)
+        out = F.linear(x, self.weight, self.bias)
         # In place on the fresh base output: no extra [.., out_dim] activation is kept, and
         # linear's backward needs only x and W, so autograd allows it.
         return out.add_(self.lora_b(self.lora_a(self.dropout(x))), alpha=self.scaling)
