@@ -226,3 +226,20 @@ def test_config_dir_discovery_for_both_layouts(tmp_path):
     with pytest.raises(ConfigError, match="Cannot find tunekit's `recipes` directory"):
         find_shipped_dir("recipes", installed)
     assert (config_dir() / "lora_finetune.yaml").is_file()
+
+
+def test_activation_checkpointing_policy_settings():
+    cfg = compose("lora_finetune", ["ac_policy=some", "ac_every_k_layers=0"])
+    text = "\n".join(config_problems(cfg, "lora_finetune"))
+    assert "`ac_policy`='some': must be one of: full, selective" in text
+    assert "`ac_every_k_layers`=0: must be >= 1" in text
+    cfg = compose("lora_finetune", ["activation_checkpointing=true", "ac_policy=selective"])
+    assert "needs `compile`=true" in "\n".join(config_problems(cfg, "lora_finetune"))
+    for overrides in (["activation_checkpointing=true", "ac_policy=selective", "compile=true"], []):
+        assert config_problems(compose("lora_finetune", overrides), "lora_finetune") == []
+    cfg = compose("full_finetune", ["activation_checkpointing=true", "ac_policy=selective"])
+    assert config_problems(cfg, "full_finetune") == []
+    from tunekit.training.setup import train_settings
+
+    s = train_settings(cfg)
+    assert (s.activation_checkpointing, s.ac_policy, s.ac_every_k_layers) == (True, "selective", 1)

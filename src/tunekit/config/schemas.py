@@ -23,6 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 __all__ = [
+    "AC_POLICIES",
     "DEVICES",
     "DTYPES",
     "LORA_TARGETS",
@@ -39,6 +40,7 @@ __all__ = [
 
 DTYPES = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda", "auto")
+AC_POLICIES = ("full", "selective")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output")
 
 Check = Callable[[Any], Optional[str]]
@@ -162,7 +164,15 @@ class _TrainSettings(_RunSettings):
     batch_size: int = setting(4, _at_least(1))
     gradient_accumulation_steps: int = setting(1, _at_least(1))
     clip_grad_norm: Optional[float] = setting(None, _positive)
-    activation_checkpointing: bool = setting(False)
+    activation_checkpointing: bool = setting(False, doc="Recompute decoder layers in backward.")
+    ac_policy: str = setting(
+        "full", _one_of(AC_POLICIES),
+        doc="With activation_checkpointing: full = recompute the whole layer; selective = keep"
+            " the matmul outputs, recompute only norms/activations/RoPE (more memory, less time).",
+    )
+    ac_every_k_layers: int = setting(
+        1, _at_least(1), doc="With activation_checkpointing: checkpoint layers 0, k, 2k, ... only."
+    )
     save_every_n_steps: Optional[int] = setting(None, _at_least(1), doc="Else once per epoch.")
     eval_every_n_steps: Optional[int] = setting(None, _at_least(1), doc="Else no evaluation.")
     log_every_n_steps: int = setting(10, _at_least(1))
@@ -211,6 +221,20 @@ class LoraFinetuneSchema(_TrainSettings):
     """``lora_finetune`` recipe."""
 
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    @staticmethod
+    def cross_checks(cfg: DictConfig, prefix: str) -> list[str]:
+        """The training rules, plus: eager selective checkpointing cannot run LoRA layers."""
+        problems = _TrainSettings.cross_checks(cfg, prefix)
+        if cfg.activation_checkpointing and cfg.ac_policy == "selective" and not cfg.compile:
+            # LoRALinear adds the adapter in place on the base matmul's output, which op-level
+            # selective checkpointing saved; in eager mode that is an error, compiled it is not.
+            problems.append(
+                "`ac_policy`=selective with LoRA needs `compile`=true (the LoRA layers update "
+                "the saved matmul outputs in place, which eager selective checkpointing "
+                "refuses); set compile=true or use ac_policy=full"
+            )
+        return problems
 
 
 @dataclass

@@ -51,6 +51,10 @@ __all__ = [
     "save_sharded_checkpoint",
     "load_sharded_checkpoint",
     "load_resume_state",
+    "is_sharded_checkpoint",
+    "sharded_model_shapes",
+    "materialize_random",
+    "materialize_empty",
 ]
 
 
@@ -274,10 +278,14 @@ from tunekit.training.fsdp import (  # noqa: E402
     gather_full_optimizer_state_dict,
     gather_full_state_dict,
     is_sharded,
+    is_sharded_checkpoint,
     load_full_state_dict,
     load_optimizer_state_dict,
     load_resume_state,
     load_sharded_checkpoint,
+    materialize_empty,
+    materialize_random,
     save_sharded_checkpoint,
     shard_model,
+    sharded_model_shapes,
 )

@@ -51,6 +51,9 @@ __all__ = [
     "save_sharded_checkpoint",
     "load_sharded_checkpoint",
     "load_resume_state",
+    "is_sharded_checkpoint",
+    "sharded_model_shapes",
+    "materialize_empty",
     "set_gradient_sync",
     "local_grads",
     "SHARDED_DIR",
@@ -90,6 +93,7 @@ def shard_model(
     cpu_offload: bool = False,
     activation_checkpointing: bool = False,
     ac_every_k_layers: int = 1,
+    ac_policy: str = "full",
     compile: bool = False,
 ) -> nn.Module:
     """Shard ``model`` with FSDP2 ``fully_shard``: one unit per ``model.layers`` entry + the root.
@@ -109,12 +113,17 @@ def shard_model(
         cpu_offload: keep the sharded parameters, gradients and optimizer step on the CPU.
         activation_checkpointing: checkpoint every ``ac_every_k_layers``-th layer (applied
             before sharding).
+        ac_policy: ``"full"`` (recompute the whole layer) or ``"selective"`` (keep the matmul
+            outputs: ``apply_activation_checkpointing(save_matmuls=True)``).
         compile: ``torch.compile`` each layer (applied after checkpointing, before sharding).
 
     Returns:
         ``model``, sharded in place. Single-process (no process group): the model unchanged
-        (AC/compile are then left to the loop).
+        (AC/compile are then left to the loop). The training loop applies neither to a sharded
+        model: pass here what ``TrainSettings`` asks for (the loop refuses a mismatch).
     """
+    if ac_policy not in ("full", "selective"):
+        raise ValueError(f"shard_model: ac_policy must be 'full' or 'selective', got {ac_policy!r}")
     if not is_distributed():
         return model
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
@@ -128,7 +137,8 @@ def shard_model(
         raise TypeError(f"shard_model: {type(model).__name__} has no `layers` ModuleList")
     param_dtype = get_dtype(dtype)
     if activation_checkpointing:
-        apply_activation_checkpointing(model, every_k_layers=ac_every_k_layers)
+        apply_activation_checkpointing(model, every_k_layers=ac_every_k_layers,
+                                       save_matmuls=ac_policy == "selective")
     if compile:
         compile_model(model)
     kwargs: dict[str, Any] = {}
@@ -150,16 +160,19 @@ def shard_model(
 
 
 @torch.no_grad()
-def _materialize(model: nn.Module, device: torch.device) -> None:
+def _materialize(model: nn.Module, device: torch.device, *, init: bool = True) -> None:
     """Allocate a meta-device model on ``device`` and give every parameter a fresh init.
 
     LoRA ``A`` gets its Kaiming init and ``B`` zeros (through ``LoRALinear.reset_parameters``;
-    its ``lora_a``/``lora_b`` children are skipped so ``B`` stays zero).
+    its ``lora_a``/``lora_b`` children are skipped so ``B`` stays zero). ``init=False`` only
+    allocates (every parameter is about to be overwritten).
     """
     from tunekit.modules import RotaryPositionalEmbeddings
     from tunekit.modules.peft import LoRALinear
 
     model.to_empty(device=device)
+    if not init:
+        return
     skip = {id(c) for m in model.modules() if isinstance(m, LoRALinear) for c in (m.lora_a, m.lora_b)}
     for m in model.modules():
         if id(m) in skip or isinstance(m, RotaryPositionalEmbeddings):
@@ -177,6 +190,18 @@ def materialize_random(model: nn.Module) -> nn.Module:
     """
     device = _mesh_device(model) if is_sharded(model) else torch.device("cpu")
     _materialize(model, device)
+    _init_buffers(model, device)
+    return model
+
+
+def materialize_empty(model: nn.Module) -> nn.Module:
+    """Allocate a meta-device model (sharded or not) without initialising its parameters.
+
+    For a model whose every parameter is loaded next (a sharded checkpoint); each rank
+    allocates only its shards. RoPE buffers are built.
+    """
+    device = _mesh_device(model) if is_sharded(model) else torch.device("cpu")
+    _materialize(model, device, init=False)
     _init_buffers(model, device)
     return model
 
@@ -214,8 +239,8 @@ def load_full_state_dict(model: nn.Module, full_sd: Mapping[str, torch.Tensor], 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     device = _mesh_device(model)
-    if meta:
-        _materialize(model, device)
+    if meta:  # strict: every parameter is overwritten below, so skip the random init
+        _materialize(model, device, init=not strict)
     result = set_model_state_dict(
         model, dict(full_sd) if is_rank_zero() else {},
         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict),
@@ -416,24 +441,52 @@ def load_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"])
 
 
+def is_sharded_checkpoint(checkpoint_dir: str | Path) -> bool:
+    """True for a step checkpoint written by :func:`save_sharded_checkpoint` (``dcp/``)."""
+    return (Path(checkpoint_dir).expanduser() / SHARDED_DIR).is_dir()
+
+
+def sharded_model_shapes(checkpoint_dir: str | Path) -> dict[str, tuple[int, ...]]:
+    """``{model key: shape}`` of a sharded checkpoint, read from its DCP metadata (no tensors)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meta = FileSystemReader(str(Path(checkpoint_dir).expanduser() / SHARDED_DIR)).read_metadata()
+    out = {}
+    for key, md in meta.state_dict_metadata.items():
+        if key.startswith("model.") and hasattr(md, "size"):
+            out[key[len("model."):]] = tuple(md.size)
+    return out
+
+
 def load_resume_state(checkpoint_dir: str | Path, model_type: str = "LLAMA2", *,
-                      lora: bool = False) -> dict[str, Any]:
+                      lora: bool = False, load_model: bool = True) -> dict[str, Any]:
     """What to pass to ``train(resume_state=...)`` for any checkpoint directory.
 
-    A sharded step checkpoint gives its training state plus ``sharded_checkpoint`` (the
-    loop then reads model + optimizer from the DCP files); a full checkpoint gives
-    ``tunekit.checkpointing.load_resume_state`` (full fine-tuning) or ``load_training_state``
-    (LoRA: adapter + training state; the recipe loads the base weights itself).
+    A sharded step checkpoint (``dcp/``, written under FSDP) gives its training state plus
+    ``sharded_checkpoint`` (the loop then reads model + optimizer from the DCP files,
+    resharding to this run's world size, a single process included); a full checkpoint
+    gives ``tunekit.checkpointing.load_resume_state`` (full fine-tuning: the weights under
+    ``model``) or ``load_training_state`` (LoRA: adapter + training state; the recipe loads
+    the base weights itself).
+
+    Args:
+        checkpoint_dir: an ``epoch_N`` / ``step_N`` directory.
+        model_type: key of ``tunekit.models.MODEL_TYPES`` (to read full-FT weights).
+        lora: the run is a LoRA run (never read the saved, merged, model weights).
+        load_model: False skips reading full-FT weights (ranks other than 0 of a sharded run,
+            which receive their shards from rank 0); ``model`` is then absent.
     """
     from tunekit.checkpointing import load_training_state
     from tunekit.checkpointing import load_resume_state as load_full
 
     d = Path(checkpoint_dir).expanduser()
-    if (d / SHARDED_DIR).is_dir():
+    if is_sharded_checkpoint(d):
         out = load_training_state(d)
         out["sharded_checkpoint"] = str((d / SHARDED_DIR).resolve())
         return out
-    return load_training_state(d) if lora else load_full(d, model_type)
+    if lora or not load_model:
+        return load_training_state(d)
+    return load_full(d, model_type)
 
 
 # ----------------------------------------------------------------------------- loop helpers

@@ -7,6 +7,12 @@ it stopped, with the same per-step losses as an uninterrupted run (exact on the 
 
 Host syncs: the loop keeps per-step losses on the device and reads them back only at log
 intervals, before evaluation/checkpointing and at the end (one ``.tolist()`` each time).
+
+The logged ``loss`` is the token-weighted mean over the steps since the previous log record
+(sum of token losses / tokens, accumulated on the device), so ``log_every_n_steps=20`` gives a
+smooth curve; ``TrainResult.step_losses`` stays per step. The interval's running sums are saved
+in every checkpoint's ``recipe_state["log_interval"]``, so a resumed run logs exactly the values
+of an uninterrupted one even when the resume point falls inside a log interval.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tunekit.training.activation_checkpointing import apply_activation_checkpointing
+from tunekit.training.activation_checkpointing import apply_activation_checkpointing, is_checkpointed
 from tunekit.training.compile import compile_loss, compile_model
 from tunekit.training.data_loading import StatefulSampler
 from tunekit.training.device import get_device
@@ -62,6 +68,9 @@ __all__ = [
 ]
 
 
+AC_POLICIES = ("full", "selective")
+
+
 class Checkpointer(Protocol):
     """The part of a checkpointer the loop uses."""
 
@@ -91,6 +100,9 @@ class TrainSettings:
         dtype: "fp32" or "bf16" (the model and optimizer state are cast to it).
         compile: torch.compile each decoder layer and the loss.
         activation_checkpointing: checkpoint decoder layers.
+        ac_policy: with activation_checkpointing: ``"full"`` recomputes the whole layer in
+            backward, ``"selective"`` keeps the matmul outputs and recomputes only the cheap
+            pointwise ops (``apply_activation_checkpointing(save_matmuls=True)``).
         ac_every_k_layers: with activation_checkpointing, checkpoint every k-th layer only.
         seed: seeds python/numpy/torch at the start of a fresh run.
         handle_signals: SIGTERM/SIGINT finish the step, save a step checkpoint and return.
@@ -108,6 +120,7 @@ class TrainSettings:
     dtype: str = "fp32"
     compile: bool = False
     activation_checkpointing: bool = False
+    ac_policy: str = "full"
     ac_every_k_layers: int = 1
     seed: int = 0
     handle_signals: bool = True
@@ -125,6 +138,8 @@ class TrainSettings:
                 out.append(f"{name} must be >= 1 or null, got {v}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             out.append(f"clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
+        if self.ac_policy not in AC_POLICIES:
+            out.append(f"ac_policy must be one of {', '.join(AC_POLICIES)}, got {self.ac_policy!r}")
         try:
             get_dtype(self.dtype)
         except ValueError as err:
@@ -269,11 +284,37 @@ def _restore_weights(model: nn.Module, state: Mapping[str, Any], lora: bool) -> 
         model.load_state_dict(state["model"])
 
 
+def _is_compiled(layer: nn.Module) -> bool:
+    # compile_model marks the layers it compiled (a fully checkpointed layer is compiled
+    # inside its checkpoint, without _compiled_call_impl); nn.Module.compile sets the latter.
+    return bool(getattr(layer, "_tunekit_compiled", False)) or (
+        getattr(layer, "_compiled_call_impl", None) is not None
+    )
+
+
 def _layers_compiled(model: nn.Module) -> bool:
     layers = getattr(model, "layers", None)
-    return isinstance(layers, nn.ModuleList) and any(
-        getattr(layer, "_compiled_call_impl", None) is not None for layer in layers
-    )
+    return isinstance(layers, nn.ModuleList) and any(_is_compiled(layer) for layer in layers)
+
+
+def _sharded_wrapping_problems(model: nn.Module, settings: TrainSettings) -> list[str]:
+    """A sharded model must already carry the AC/compile the settings ask for.
+
+    ``shard_model`` applies them in the one valid order (checkpoint, compile, then
+    ``fully_shard``); applying them here, after sharding, would wrap FSDP's hooks.
+    """
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        return []
+    out = []
+    if settings.activation_checkpointing and not any(is_checkpointed(layer) for layer in layers):
+        out.append("activation_checkpointing=True but the sharded model's layers are not "
+                   "checkpointed: pass activation_checkpointing=True (and ac_policy, "
+                   "ac_every_k_layers) to shard_model(), which applies it before fully_shard")
+    if settings.compile and not _layers_compiled(model):
+        out.append("compile=True but the sharded model's layers are not compiled: pass "
+                   "compile=True to shard_model(), which compiles before fully_shard")
+    return out
 
 
 def _sampler(loader: Any) -> Any:
@@ -299,8 +340,13 @@ def _epoch_batches(loader: Any, epoch: int, skip_batches: int, seed: int) -> Ite
 
 
 def _recipe_state(*, epoch: int, step_in_epoch: int, global_step: int, settings: TrainSettings,
-                  loader: Any, steps_in_epoch: int) -> dict[str, Any]:
-    """Where to resume from: the next step to run, RNG states, data position (plain data)."""
+                  loader: Any, steps_in_epoch: int,
+                  log_interval: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Where to resume from: the next step to run, RNG states, data position (plain data).
+
+    ``log_interval``: the running sums of the current log interval (``loss_sum``, ``tokens``),
+    so a resumed run's first logged loss covers the same steps as the uninterrupted run's.
+    """
     sampler = _sampler(loader)
     sampler_state = None
     if isinstance(sampler, StatefulSampler):
@@ -323,6 +369,7 @@ def _recipe_state(*, epoch: int, step_in_epoch: int, global_step: int, settings:
         "seed": settings.seed,
         "rng": get_rng_state(),
         "sampler": sampler_state,
+        "log_interval": None if log_interval is None else dict(log_interval),
     }
 
 
@@ -443,6 +490,13 @@ def train(
             "tunekit.training.distributed.shard_model(model, ...) before train() (each rank "
             "would otherwise train its own copy on its share of the data)"
         )
+    if sharded:
+        problems += _sharded_wrapping_problems(model, settings)
+    if (adapter_config is not None and settings.activation_checkpointing
+            and settings.ac_policy == "selective" and not settings.compile):
+        problems.append("ac_policy='selective' with LoRA needs compile=True: LoRA layers add the "
+                        "adapter in place on the base matmul's output, which eager selective "
+                        "checkpointing saved and refuses to see mutated")
     if problems:
         raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
 
@@ -453,18 +507,28 @@ def train(
     ga = settings.gradient_accumulation_steps
     lora = adapter_config is not None
 
-    if not sharded:  # a sharded model is already placed; shard_model set its precision
+    if not sharded:
+        # A sharded model is already placed, and shard_model applied its precision, AC and
+        # compile before fully_shard (checked above); a plain model gets them here, in the
+        # same order (checkpoint, then compile the checkpointed layer).
         _place_model(model, device, dtype)
-    if settings.activation_checkpointing:  # idempotent: shard_model may have applied it
-        apply_activation_checkpointing(model, every_k_layers=settings.ac_every_k_layers)
-    if settings.compile:
-        if not _layers_compiled(model):
+        if settings.activation_checkpointing:  # idempotent
+            apply_activation_checkpointing(model, every_k_layers=settings.ac_every_k_layers,
+                                           save_matmuls=settings.ac_policy == "selective")
+        if settings.compile and not _layers_compiled(model):
             compile_model(model)
+    if settings.compile:
         compile_loss(loss_fn)
 
     epoch, step_in_epoch, global_step = 0, 0, 0
+    # The current log interval's sum of token losses and token count (all ranks), on the device.
+    log_loss = torch.zeros((), dtype=torch.float64, device=device)
+    log_tokens = torch.zeros((), dtype=torch.int64, device=device)
     if resume_state is not None:
         rs = resume_state["recipe_state"]
+        if rs.get("log_interval"):  # absent in older checkpoints: the interval restarts
+            log_loss.fill_(float(rs["log_interval"]["loss_sum"]))
+            log_tokens.fill_(int(rs["log_interval"]["tokens"]))
         if resume_state.get("sharded_checkpoint") is not None:  # model + optimizer, resharded
             load_sharded_checkpoint(resume_state["sharded_checkpoint"], model, optimizer)
         else:
@@ -498,11 +562,18 @@ def train(
     pbar = tqdm(total=total_steps, initial=global_step, disable=not (progress and rank_zero),
                 desc="train", dynamic_ncols=True, unit="step")
 
-    def flush(current_epoch: int) -> None:
-        """Read pending losses back (one sync); stop on the first non-finite one."""
-        if not pending:
-            return
-        values = torch.stack(pending).tolist()
+    def flush(current_epoch: int, extra: torch.Tensor | None = None) -> float | None:
+        """Read pending losses (and ``extra``, a 0-dim tensor) back in one sync.
+
+        Stops on the first non-finite step loss; returns ``extra``'s value (None without it).
+        """
+        if not pending and extra is None:
+            return None
+        read = [torch.stack(pending).double()] if pending else []
+        if extra is not None:
+            read.append(extra.double().reshape(1))
+        values = torch.cat(read).tolist()
+        extra_value = values.pop() if extra is not None else None
         first = global_step - len(values) + 1
         pending.clear()
         for i, v in enumerate(values):
@@ -510,6 +581,7 @@ def train(
                 pbar.close()
                 raise NonFiniteLossError(_non_finite_message(first + i, current_epoch, v, last_ckpt))
         result.step_losses.extend(values)
+        return extra_value
 
     def save(current_epoch: int, state_epoch: int, state_step_in_epoch: int, step: int | None,
              final: bool) -> None:
@@ -517,11 +589,14 @@ def train(
         flush(current_epoch)  # never save after a non-finite loss
         if checkpointer is None:
             return
+        interval_loss, interval_tokens = torch.stack([log_loss, log_tokens.double()]).tolist()
         training_state = {
             "lr_scheduler": lr_scheduler.state_dict(),
             "recipe_state": _recipe_state(epoch=state_epoch, step_in_epoch=state_step_in_epoch,
                                           global_step=global_step, settings=settings,
-                                          loader=train_loader, steps_in_epoch=spe),
+                                          loader=train_loader, steps_in_epoch=spe,
+                                          log_interval={"loss_sum": interval_loss,
+                                                        "tokens": int(interval_tokens)}),
         }
         output_dir = getattr(checkpointer, "output_dir", None)
         if sharded and step is not None and output_dir is not None:
@@ -586,6 +661,8 @@ def train(
                     num_tokens += mb_tokens
                 all_reduce_sum(loss_sum)
                 all_reduce_sum(num_tokens)
+                log_loss += loss_sum  # the log interval's running sums: no host sync
+                log_tokens += num_tokens
                 denom = num_tokens.clamp(min=1).float()
                 # Data-parallel wrappers average grads over ranks; undo that and divide by
                 # the global token count instead.
@@ -612,12 +689,17 @@ def train(
                 if global_step % settings.log_every_n_steps == 0 or (
                     end_of_epoch and epoch == settings.epochs - 1
                 ):
-                    flush(epoch)
+                    # Token-weighted mean loss of the interval, read with the step losses.
+                    # Rounded to fp32 like the step losses: a one-step interval logs exactly
+                    # that step's loss (fp64 division rounded to fp32 == the fp32 division).
+                    interval_loss = flush(epoch, extra=(log_loss / log_tokens.clamp(min=1)).float())
+                    log_loss.zero_()
+                    log_tokens.zero_()
                     gn = float(last_grad_norm) if last_grad_norm is not None else float("nan")
                     now = time.perf_counter()
                     tps = tokens_since_log * world_size / max(now - t_log, 1e-9)
                     tokens_since_log, t_log = 0, now
-                    metrics = {"loss": result.step_losses[-1], "lr": lr, "grad_norm": gn,
+                    metrics = {"loss": interval_loss, "lr": lr, "grad_norm": gn,
                                "tokens_per_second": tps, "epoch": epoch, **memory_stats(device)}
                     if metric_logger is not None:
                         metric_logger.log_dict(metrics, step=global_step)

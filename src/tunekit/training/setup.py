@@ -26,16 +26,23 @@ __all__ = [
     "RESULT_FILE",
     "RUN_INFO_FILE",
     "RESOLVED_CONFIG_FILE",
+    "announce_run",
     "build_datasets",
     "build_loaders",
     "build_model",
+    "build_training_model",
     "check_adapter_compatible",
+    "check_resume_fits",
     "check_tokenizer_fits",
     "find_auto_resume_dir",
     "init_distributed",
     "load_model_weights",
+    "load_resume",
     "package_versions",
+    "pin_memory_for",
+    "report_result",
     "resolve_resume_dir",
+    "train_settings",
     "user_errors",
     "write_result",
     "write_run_info",
@@ -167,6 +174,90 @@ def build_model(make_model: Callable[..., nn.Module], state_dict: Mapping[str, t
     return model
 
 
+def _cast_params_(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating parameters (not buffers) to ``dtype``, as the single-device loop does."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
+def build_training_model(make_model: Callable[..., nn.Module],
+                         load_weights: Callable[[], Mapping[str, torch.Tensor]] | None, *,
+                         settings: Any, lora: Any = None, source: str = "the checkpoint",
+                         world_size: int = 1, rank: int = 0) -> nn.Module:
+    """The model a fine-tuning recipe trains, on one process or sharded over several.
+
+    One process: :func:`build_model` (meta build, the weights assigned without a copy); the
+    loop then places it and applies activation checkpointing and compile.
+
+    Several ranks (FSDP2): every rank builds on the meta device, casts the parameters to
+    ``settings.dtype`` (pure-bf16 storage with ``dtype=bf16``, as on one device) and shards
+    with ``shard_model`` (mixed precision per ``settings.dtype``, activation checkpointing
+    per ``activation_checkpointing`` / ``ac_policy`` / ``ac_every_k_layers``, ``compile``:
+    applied before ``fully_shard``, so the loop does not apply them again). Only rank 0 calls
+    ``load_weights`` and builds the full model on its CPU (fresh LoRA adapters drawn exactly
+    as one process draws them); ``load_full_state_dict`` broadcasts it and every rank keeps
+    only its shards.
+
+    Args:
+        make_model: the builder (``instantiate(cfg.model, _partial_=True)``).
+        load_weights: returns the plain (base, or resumed full-FT) weights, tunekit names;
+            None when a sharded checkpoint supplies every weight (the parameters are then
+            only allocated, and the loop loads them).
+        settings: the run's ``TrainSettings`` (dtype, AC, compile).
+        lora: a ``LoRASpec`` or None.
+        source: where the weights come from, for error messages.
+        world_size, rank: from :func:`init_distributed`.
+    """
+    from tunekit.modules.peft import set_trainable_params
+
+    if world_size <= 1:
+        if load_weights is not None:
+            return build_model(make_model, load_weights(), lora=lora, source=source)
+        from tunekit.training.distributed import materialize_empty
+
+        with torch.device("meta"):
+            model = make_model(lora=lora) if lora is not None else make_model()
+        materialize_empty(model)
+        if lora is not None:
+            set_trainable_params(model)
+        return model
+
+    from tunekit.training import distributed
+    from tunekit.training.precision import get_dtype
+
+    with torch.device("meta"):
+        model = make_model(lora=lora) if lora is not None else make_model()
+    _cast_params_(model, get_dtype(settings.dtype))
+    distributed.shard_model(
+        model, dtype=settings.dtype, activation_checkpointing=settings.activation_checkpointing,
+        ac_every_k_layers=settings.ac_every_k_layers, ac_policy=settings.ac_policy,
+        compile=settings.compile,
+    )
+    if load_weights is None:
+        distributed.materialize_empty(model)
+    else:
+        full: Mapping[str, torch.Tensor] = {}
+        error: BaseException | None = None
+        if rank == 0:
+            try:
+                full = build_model(make_model, load_weights(), lora=lora, source=source).state_dict()
+            except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
+                error = exc
+        message = distributed.broadcast_object(None if error is None else str(error))
+        if message is not None:
+            if error is not None:
+                raise error
+            from tunekit.checkpointing import CheckpointError
+
+            raise CheckpointError(f"(rank 0) {message}")
+        distributed.load_full_state_dict(model, full, strict=True)
+        del full
+    if lora is not None:
+        set_trainable_params(model)
+    return model
+
+
 def check_tokenizer_fits(tokenizer: Any, model: nn.Module) -> str | None:
     """Refuse a tokenizer whose ids exceed the model's vocabulary; note a smaller one.
 
@@ -189,16 +280,28 @@ def check_tokenizer_fits(tokenizer: Any, model: nn.Module) -> str | None:
     return None
 
 
-def check_adapter_compatible(model: nn.Module, adapter: Mapping[str, torch.Tensor], source: str) -> None:
+def _shapes(items: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in items.items()}
+
+
+def _is_adapter_key(key: str) -> bool:
+    return ".lora_a." in key or ".lora_b." in key
+
+
+def check_adapter_compatible(model: nn.Module, adapter: Mapping[str, Any], source: str) -> None:
     """The saved adapter has exactly the model's LoRA keys and shapes (same lora.* settings).
+
+    Args:
+        adapter: the saved adapter tensors, or ``{key: shape}`` (a sharded checkpoint's).
 
     Raises:
         CheckpointError: naming the first differences and the settings to restore.
     """
     from tunekit.checkpointing import CheckpointError
 
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if ".lora_a." in k or ".lora_b." in k}
-    saved = {k: tuple(v.shape) for k, v in adapter.items()}
+    # Parameters, not state_dict(): global shapes for a sharded model too, and no FSDP hooks.
+    own = {k: tuple(v.shape) for k, v in model.named_parameters() if _is_adapter_key(k)}
+    saved = _shapes(adapter)
     if own == saved:
         return
     only_saved = sorted(set(saved) - set(own))
@@ -210,6 +313,99 @@ def check_adapter_compatible(model: nn.Module, adapter: Mapping[str, torch.Tenso
         f"different shapes: {shapes[:3]}). Resume with the lora.rank / lora.targets / "
         "lora.rank_pattern it was trained with, or start a new run."
     )
+
+
+def check_resume_fits(model: nn.Module, resume_state: Mapping[str, Any], source: str, *,
+                      lora: bool) -> None:
+    """The checkpoint being resumed fits the model built from this run's config.
+
+    LoRA: the adapter's keys and shapes (:func:`check_adapter_compatible`). A sharded
+    checkpoint: every parameter's shape, from its metadata (no tensors read). Full-format
+    full-FT weights were already checked when the model was built from them.
+
+    Raises:
+        CheckpointError: what differs and what to change.
+    """
+    from tunekit.checkpointing import CheckpointError
+
+    saved = resume_state.get("sharded_shapes")
+    if lora:
+        adapter = resume_state.get("adapter")
+        if saved is not None:
+            adapter = {k: v for k, v in saved.items() if _is_adapter_key(k)}
+        check_adapter_compatible(model, adapter or {}, source)
+    if saved is None:
+        return
+    own = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    if own != dict(saved):
+        diff = sorted(k for k in set(own) | set(saved) if own.get(k) != saved.get(k))
+        raise CheckpointError(
+            f"resume: the weights in {source} do not fit the model chosen by the config "
+            f"(first differences: {[(k, saved.get(k), own.get(k)) for k in diff[:3]]} as "
+            "(key, saved, now)). Resume with the `model=` option it was trained with."
+        )
+
+
+def load_resume(resume_dir: Path, *, lora: bool, model_type: str, rank: int = 0) -> dict[str, Any]:
+    """The resume state of either checkpoint layout, refused when the other recipe saved it.
+
+    Full checkpoints (``epoch_N/``, single-process ``step_N/``) and sharded step checkpoints
+    (``step_N/dcp/``, written under FSDP) both work, on any number of ranks (see
+    ``tunekit.training.distributed.load_resume_state``). Full fine-tuning: the saved weights
+    come under ``model`` on rank 0 only (other ranks get their shards from it); a sharded
+    checkpoint gives ``sharded_checkpoint`` (the loop loads model + optimizer) and
+    ``sharded_shapes`` (for :func:`check_resume_fits`).
+
+    Raises:
+        CheckpointError: a LoRA checkpoint given to full fine-tuning or the reverse.
+    """
+    from tunekit.checkpointing import ADAPTER_FILE, CheckpointError
+    from tunekit.training import distributed
+
+    shapes = None
+    if distributed.is_sharded_checkpoint(resume_dir):
+        shapes = distributed.sharded_model_shapes(resume_dir)
+        has_adapter = any(_is_adapter_key(k) for k in shapes)
+        what = "LoRA adapter weights"
+    else:
+        has_adapter = (resume_dir / ADAPTER_FILE).is_file()
+        what = ADAPTER_FILE
+    if lora and not has_adapter:
+        raise CheckpointError(
+            f"resume: {resume_dir} holds no LoRA adapter ({what}); it was saved by "
+            "full_finetune. Resume it with `python -m recipes.full_finetune resume=...`."
+        )
+    if not lora and has_adapter:
+        raise CheckpointError(
+            f"resume: {resume_dir} was saved by lora_finetune (it holds {what}); its "
+            "model files are merged LoRA weights. Resume it with `python -m "
+            "recipes.lora_finetune resume=...`, or fine-tune the merged model from scratch "
+            f"with checkpointer.checkpoint_dir={resume_dir}."
+        )
+    state = distributed.load_resume_state(resume_dir, model_type, lora=lora, load_model=rank == 0)
+    if shapes is not None:
+        state["sharded_shapes"] = shapes
+    return state
+
+
+def train_settings(values: Mapping[str, Any]) -> Any:
+    """``TrainSettings`` from the recipe config's training fields (same names as the schema's).
+
+    Every ``TrainSettings`` field found in ``values`` is taken; the others keep their
+    defaults. The fine-tuning schemas name their loop settings exactly as ``TrainSettings``
+    does, so a setting added to both reaches the loop without touching the recipes.
+    """
+    from tunekit.training.loop import TrainSettings
+
+    names = [f.name for f in dataclasses.fields(TrainSettings)]
+    return TrainSettings(**{n: values[n] for n in names if n in values})
+
+
+def pin_memory_for(device: str) -> bool:
+    """Page-locked host batches when training on CUDA (the loop copies with non_blocking)."""
+    from tunekit.training.device import get_device
+
+    return get_device(device).type == "cuda"
 
 
 # ---------------------------------------------------------------------------- data
@@ -228,19 +424,25 @@ def build_datasets(make_dataset: Callable[..., Any], tokenizer: Any, *, validati
 
 
 def build_loaders(train_ds: Any, val_ds: Any, *, batch_size: int, packed: bool, pad_id: int,
-                  seed: int, rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
-    """Loaders the loop resumes exactly (``StatefulSampler``); validation in file order."""
+                  seed: int, rank: int = 0, world_size: int = 1,
+                  pin_memory: bool = False) -> tuple[Any, Any]:
+    """Loaders the loop resumes exactly (``StatefulSampler``); validation in file order.
+
+    ``pin_memory``: page-locked batches (CUDA runs: :func:`pin_memory_for`), so the loop's
+    ``non_blocking`` host-to-device copies overlap with compute.
+    """
     from functools import partial
 
     from tunekit.data import packed_collate, padded_collate
 
     padded = partial(padded_collate, pad_id=pad_id)
     train_loader = build_dataloader(train_ds, batch_size, packed_collate if packed else padded,
-                                    shuffle=True, seed=seed, rank=rank, world_size=world_size)
+                                    shuffle=True, seed=seed, rank=rank, world_size=world_size,
+                                    pin_memory=pin_memory)
     val_loader = None
     if val_ds is not None:
         val_loader = build_dataloader(val_ds, batch_size, padded, shuffle=False, seed=seed,
-                                      rank=rank, world_size=world_size)
+                                      rank=rank, world_size=world_size, pin_memory=pin_memory)
     return train_loader, val_loader
 
 
@@ -348,6 +550,51 @@ def write_run_info(output_dir: str | Path, *, recipe: str, resolved_config_yaml:
         "cuda": torch.version.cuda,
     }
     _atomic_write(out / RUN_INFO_FILE, json.dumps(info, indent=2) + "\n")
+
+
+def announce_run(*, recipe: str, output_dir: str, resolved_config_yaml: str, config: Mapping[str, Any],
+                 overrides: Sequence[str], metric_logger: Any, model_summary: str, num_train: int,
+                 num_val: int, total_steps: int, resume_dir: Path | None, resume_auto: bool,
+                 note: str | None) -> None:
+    """Rank 0's start of a run: run records, the config to the metric logger, a summary line.
+
+    Args:
+        model_summary: the recipe's words on the model ("1.2M parameters, all trainable").
+        resume_auto: ``resume=auto`` was asked (said when it found nothing).
+        note: a warning for stderr (e.g. from :func:`check_tokenizer_fits`), or None.
+    """
+    write_run_info(output_dir, recipe=recipe, resolved_config_yaml=resolved_config_yaml,
+                   overrides=overrides, resumed_from=None if resume_dir is None else str(resume_dir))
+    metric_logger.log_config(dict(config))
+    print(f"tunekit {recipe}: {model_summary}; {num_train} train / {num_val} validation samples; "
+          f"{total_steps} optimizer steps; output: {output_dir}", flush=True)
+    if resume_dir is not None:
+        print(f"tunekit {recipe}: resuming from {resume_dir}", flush=True)
+    elif resume_auto:
+        print(f"tunekit {recipe}: resume=auto found no checkpoint; starting fresh", flush=True)
+    if note:
+        print(f"tunekit {recipe}: {note}", file=sys.stderr, flush=True)
+
+
+def report_result(recipe: str, output_dir: str, result: Any, *, overrides: Sequence[str],
+                  seconds: float, rank_zero: bool) -> float | None:
+    """Rank 0 writes result.json and prints a one-line summary; returns what sweeps minimise.
+
+    Returns:
+        The final validation loss, else the final training loss (every rank).
+    """
+    if rank_zero:
+        write_result(output_dir, result, overrides=overrides, wall_seconds=seconds)
+        losses = result.step_losses
+        span = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no steps run"
+        val = "" if result.final_val_loss is None else f", val_loss {result.final_val_loss:.4f}"
+        if result.interrupted:
+            print(f"tunekit {recipe}: interrupted at step {result.global_step} ({span}); checkpoint "
+                  f"saved; continue with resume={output_dir}", flush=True)
+        else:
+            print(f"tunekit {recipe}: done in {seconds:.1f}s, {result.global_step} steps, {span}{val}; "
+                  f"checkpoints in {output_dir}", flush=True)
+    return result.final_val_loss if result.final_val_loss is not None else result.final_train_loss
 
 
 def write_result(output_dir: str | Path, result: Any, *, overrides: Sequence[str],
