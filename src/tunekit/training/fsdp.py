@@ -167,19 +167,11 @@ def _materialize(model: nn.Module, device: torch.device, *, init: bool = True) -
     its ``lora_a``/``lora_b`` children are skipped so ``B`` stays zero). ``init=False`` only
     allocates (every parameter is about to be overwritten).
     """
-    from tunekit.modules import RotaryPositionalEmbeddings
-    from tunekit.modules.peft import LoRALinear
+    from tunekit.modules.peft import reset_all_parameters
 
     model.to_empty(device=device)
-    if not init:
-        return
-    skip = {id(c) for m in model.modules() if isinstance(m, LoRALinear) for c in (m.lora_a, m.lora_b)}
-    for m in model.modules():
-        if id(m) in skip or isinstance(m, RotaryPositionalEmbeddings):
-            continue
-        reset = getattr(m, "reset_parameters", None)
-        if callable(reset):
-            reset()
+    if init:
+        reset_all_parameters(model)
 
 
 def materialize_random(model: nn.Module) -> nn.Module:

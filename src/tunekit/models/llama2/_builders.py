@@ -24,7 +24,7 @@ from tunekit.modules import (
     TransformerDecoder,
     TransformerDecoderLayer,
 )
-from tunekit.modules.peft import LoRALinear, LoRASpec
+from tunekit.modules.peft import LoRALinear, LoRASpec, reset_all_parameters
 
 
 def _linear(name: str, in_dim: int, out_dim: int, lora: LoRASpec | None) -> nn.Module:
@@ -170,13 +170,6 @@ def init_on_device(
     if dtype is not None:
         model.to(dtype=dtype)
     model.to_empty(device=device)
-    # lora_a / lora_b are nn.Linear children of LoRALinear, whose own reset inits them.
-    skip = {id(c) for m in model.modules() if isinstance(m, LoRALinear) for c in (m.lora_a, m.lora_b)}
-    for m in model.modules():
-        if id(m) in skip or isinstance(m, RotaryPositionalEmbeddings):
-            continue
-        reset = getattr(m, "reset_parameters", None)
-        if callable(reset):
-            reset()
+    reset_all_parameters(model)
     model.init_buffers(device=device)
     return model

@@ -5,6 +5,7 @@ from tunekit.modules.peft._utils import (
     get_adapter_state_dict,
     get_merged_state_dict,
     merge_lora_weights_,
+    reset_all_parameters,
     set_trainable_params,
 )
 from tunekit.modules.peft.lora import LORA_TARGETS, LoRALinear, LoRASpec
@@ -17,5 +18,6 @@ __all__ = [
     "get_adapter_state_dict",
     "get_merged_state_dict",
     "merge_lora_weights_",
+    "reset_all_parameters",
     "set_trainable_params",
 ]

@@ -23,6 +23,25 @@ def _is_adapter_key(key: str) -> bool:
     return key.endswith(_ADAPTER_SUFFIXES) or key.startswith(("lora_a.", "lora_b."))
 
 
+@torch.no_grad()
+def reset_all_parameters(model: nn.Module) -> None:
+    """Fresh random init of every parameter through each module's own ``reset_parameters``.
+
+    LoRA layers init themselves (``A`` Kaiming, ``B`` zero), so their ``lora_a``/``lora_b``
+    children are skipped (a plain ``nn.Linear`` reset would make ``B`` non-zero). RoPE tables
+    are buffers, rebuilt by ``init_buffers``, not here.
+    """
+    from tunekit.modules.position_embeddings import RotaryPositionalEmbeddings
+
+    skip = {id(c) for _, m in _lora_modules(model) for c in (m.lora_a, m.lora_b)}
+    for m in model.modules():
+        if id(m) in skip or isinstance(m, RotaryPositionalEmbeddings):
+            continue
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
 def set_trainable_params(model: nn.Module) -> None:
     """Freezes everything except the LoRA ``lora_a`` / ``lora_b`` weights.
 
