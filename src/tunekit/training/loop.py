@@ -669,6 +669,9 @@ def train(
                 grads = local_grads(params)  # DTensor grads: scale the local shards
                 if grads:
                     torch._foreach_mul_(grads, world_size / denom)  # fp32 0-dim: no bf16 rounding of the scale
+                # A list of the gradients kept past zero_grad(set_to_none=True) would keep a
+                # whole model's worth of them alive through the next forward and backward.
+                del grads
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     params, settings.clip_grad_norm if settings.clip_grad_norm else float("inf")
                 )
