@@ -1,23 +1,33 @@
-"""Greedy decoding speed on the Llama-2-7B shape, batch 1, bf16, KV cache: tunekit vs HF generate.
+"""Decoding speed on the Llama-2-7B shape, batch 1, bf16, KV cache: tunekit vs HF generate.
 
 One process holds one set of random weights: the tunekit model (built on meta, materialised
-in bf16 on the GPU) and an HF ``LlamaForCausalLM`` loaded with the same weights through
+in bf16 on the device) and an HF ``LlamaForCausalLM`` loaded with the same weights through
 tunekit's HF conversion (q/k permuted to rotate-half). Measured, each after a warm-up run:
 
-- tunekit eager: prefill the prompt, then one ``model(token, input_pos=...)`` per new token
-  over a static KV cache of ``prompt + new`` slots (the decode loop is written here:
-  ``tunekit.generation`` does not exist yet);
-- tunekit compiled: the same loop with the per-token step (forward + argmax) under
-  ``torch.compile(mode="reduce-overhead", fullgraph=True)`` (CUDA graphs; static shapes);
+- tunekit eager: ``tunekit.generation.TokenGenerator(model)`` — the code path of
+  ``recipes/generate.py`` (eager prefill, then one ``model(token, input_pos=...)`` per new
+  token over a static KV cache of ``prompt + new`` slots, on-device token pick, a host check
+  for stop tokens every 8 steps);
+- tunekit compiled: ``TokenGenerator(model, compile=True)`` — the same loop with the one-token
+  step (forward + pick) under ``torch.compile(fullgraph=True, dynamic=False)``, mode
+  ``reduce-overhead`` (CUDA graphs) on CUDA, ``default`` on the CPU (= ``compile=true`` in
+  the recipe);
+- with ``--sampling``, also the compiled step sampling (temperature 0.8, top-k 50, the
+  recipe's defaults; on-device Gumbel-max with seeded hash noise): one more compilation;
 - HF ``generate`` (eager, its default dynamic cache, ``do_sample=False``).
 
-tokens/s = new tokens / wall time of the whole generation (prefill included). The bandwidth
-limit is what batch-1 decoding cannot beat: every weight byte is read once per token, so
-limit = HBM bandwidth / weight bytes (``--hbm-tbps``, default 3.35 TB/s = H100 SXM datasheet;
-13.5 GB of bf16 weights for the 7B shape gives ~248 tokens/s).
+Greedy decoding everywhere else, so the tokens can be compared with tunekit eager's. The
+tunekit runs pass a stop token that never occurs (id = vocab size), so every run makes exactly
+``--new-tokens`` tokens while paying the recipe's periodic stop check.
 
-    python benchmarks/generate_7b.py                      # 7B, 256 new tokens (~2-3 min on an H100 incl. compile)
-    python benchmarks/generate_7b.py --tiny --device cpu  # smoke run on the CPU (no compile)
+tokens/s = new tokens / wall time of the whole call (prefill included; compilation is done in
+the warm-up and reported apart). The bandwidth limit is what batch-1 decoding cannot beat:
+every weight byte is read once per token, so limit = HBM bandwidth / weight bytes
+(``--hbm-tbps``, default 3.35 TB/s = H100 SXM datasheet; 13.5 GB of bf16 weights for the 7B
+shape gives ~248 tokens/s).
+
+    python benchmarks/generate_7b.py                      # 7B on CUDA, 256 new tokens (~3 min on an H100)
+    python benchmarks/generate_7b.py --tiny --device cpu  # smoke run on the CPU
 """
 
 from __future__ import annotations
@@ -33,20 +43,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import SHAPE_7B, SHAPE_TINY, build_tunekit, env_line, hf_config, sync  # noqa: E402
 
-
-def tunekit_generate(model, prompt: torch.Tensor, n_new: int, step) -> torch.Tensor:
-    """Greedy decode ``n_new`` tokens after ``prompt`` ([1, P]); returns [1, n_new]."""
-    p = prompt.shape[1]
-    model.reset_caches()
-    pos = torch.arange(p, device=prompt.device).unsqueeze(0)
-    tok = model(prompt, input_pos=pos)[:, -1].argmax(-1, keepdim=True)  # [1, 1]
-    out = [tok]
-    input_pos = torch.full((1, 1), p, dtype=torch.long, device=prompt.device)
-    for _ in range(n_new - 1):
-        tok = step(tok, input_pos).clone()  # clone: a CUDA-graph output is overwritten next replay
-        out.append(tok)
-        input_pos += 1
-    return torch.cat(out, dim=1)
+from tunekit.generation import TokenGenerator  # noqa: E402
 
 
 def timed(fn, device: str, repeats: int):
@@ -66,87 +63,103 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=None, help="default 256 (tiny: 32)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per system (median)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="also measure the compiled decode step (default: on for CUDA)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per tunekit system (median)")
+    p.add_argument("--hf-repeats", type=int, default=1, help="timed HF generate runs (slow; default 1)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the compiled decode step (default: on)")
+    p.add_argument("--sampling", action="store_true",
+                   help="also measure compiled sampling (T=0.8, top-k 50; one more compile)")
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--hbm-tbps", type=float, default=3.35, help="HBM bandwidth, TB/s (default: H100 SXM)")
     a = p.parse_args()
     a.new_tokens = a.new_tokens or (32 if a.tiny else 256)
-    if a.compile is None:
-        a.compile = a.device.startswith("cuda")
     shape = SHAPE_TINY if a.tiny else SHAPE_7B
     device, dtype = a.device, torch.bfloat16
     cache_len = a.prompt_len + a.new_tokens
     torch.manual_seed(0)
+    start = time.perf_counter()
 
     model, _ = build_tunekit(shape, cache_len, device, dtype, lora=False, max_seq_len=max(cache_len, 4096))
     model.requires_grad_(False).eval()
     weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
+    # The cache the recipe's TokenGenerator would size for itself: exactly prompt + new slots.
     model.setup_caches(1, dtype, max_seq_len=cache_len)
     prompt = torch.randint(0, shape["vocab_size"], (1, a.prompt_len), device=device)
+    never = [shape["vocab_size"]]  # a stop id outside the vocabulary: checked, never produced
 
-    def decode(tok: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return model(tok, input_pos=input_pos)[:, -1].argmax(-1, keepdim=True)
+    def run(gen: TokenGenerator, n: int, **sampling) -> torch.Tensor:
+        kw = sampling or dict(temperature=0.0)
+        res = gen.generate(prompt, max_new_tokens=n, stop_tokens=never, seed=0, **kw)
+        assert res.steps == n, (res.steps, n)
+        return torch.tensor(res.tokens)
 
     rows = []
-    with torch.no_grad():
-        tunekit_generate(model, prompt, 4, decode)  # warm-up
-        t, eager_out = timed(lambda: tunekit_generate(model, prompt, a.new_tokens, decode), device, a.repeats)
-        rows.append(("tunekit eager", t, eager_out, None))
-        print(f"tunekit eager: {a.new_tokens / t:.1f} tokens/s", flush=True)
-        if a.compile:
-            step = torch.compile(decode, mode="reduce-overhead", fullgraph=True)
+    eager = TokenGenerator(model)
+    run(eager, 4)  # warm-up
+    t, eager_out = timed(lambda: run(eager, a.new_tokens), device, a.repeats)
+    rows.append(("tunekit eager", t, eager_out, None))
+    print(f"tunekit eager: {a.new_tokens / t:.1f} tokens/s", flush=True)
+    if a.compile:
+        variants = [("greedy", {})]
+        if a.sampling:
+            variants.append(("sampling T=0.8 top-k 50", dict(temperature=0.8, top_k=50)))
+        compiled = TokenGenerator(model, compile=True)
+        for label, sampling in variants:
             t0 = time.perf_counter()
-            tunekit_generate(model, prompt, 8, step)  # compile + CUDA-graph capture
-            tunekit_generate(model, prompt, 8, step)
-            sync(device)
+            run(compiled, 8, **sampling)  # compile + CUDA-graph capture (compile_seconds), then 8 tokens
+            run(compiled, 8, **sampling)
             compile_s = time.perf_counter() - t0
-            t, comp_out = timed(lambda: tunekit_generate(model, prompt, a.new_tokens, step), device, a.repeats)
-            rows.append(("tunekit compiled (reduce-overhead)", t, comp_out, compile_s))
-            print(f"tunekit compiled: {a.new_tokens / t:.1f} tokens/s (compile {compile_s:.0f} s)", flush=True)
+            t, out = timed(lambda: run(compiled, a.new_tokens, **sampling), device, a.repeats)
+            name = f"tunekit compiled ({compiled.compile_mode}{'' if not sampling else ', ' + label})"
+            rows.append((name, t, None if sampling else out, compile_s))
+            print(f"{name}: {a.new_tokens / t:.1f} tokens/s (compile + warm-up {compile_s:.0f} s)", flush=True)
+    model.remove_caches()
 
-        if not a.no_hf:
-            from transformers import LlamaForCausalLM
+    if not a.no_hf:
+        from transformers import LlamaForCausalLM
 
-            from tunekit.models.llama2._convert import tunekit_to_hf
+        from tunekit.models.llama2._convert import tunekit_to_hf
 
-            cfg = hf_config(shape, max(cache_len, 4096))
-            cfg.use_cache = True
-            prev = torch.get_default_dtype()
-            torch.set_default_dtype(dtype)
-            try:
-                with torch.device(device):
-                    hf = LlamaForCausalLM(cfg)
-            finally:
-                torch.set_default_dtype(prev)
-            sd = tunekit_to_hf(model.state_dict(), shape["num_heads"], shape["num_kv_heads"], shape["embed_dim"])
-            hf.load_state_dict(sd, strict=True)
-            del sd
-            hf.requires_grad_(False).eval()
-            kw = dict(attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True, pad_token_id=0)
+        cfg = hf_config(shape, max(cache_len, 4096))
+        cfg.use_cache = True
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                hf = LlamaForCausalLM(cfg)
+        finally:
+            torch.set_default_dtype(prev)
+        sd = tunekit_to_hf(model.state_dict(), shape["num_heads"], shape["num_kv_heads"], shape["embed_dim"])
+        hf.load_state_dict(sd, strict=True)
+        del sd
+        hf.requires_grad_(False).eval()
+        kw = dict(attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True, pad_token_id=0)
 
-            def hf_gen(n: int) -> torch.Tensor:
+        def hf_gen(n: int) -> torch.Tensor:
+            with torch.no_grad():
                 out = hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kw)
-                return out[:, a.prompt_len:]
+            return out[:, a.prompt_len:]
 
-            hf_gen(4)  # warm-up
-            t, hf_out = timed(lambda: hf_gen(a.new_tokens), device, a.repeats)
-            rows.append(("HF generate (eager)", t, hf_out, None))
+        hf_gen(4)  # warm-up
+        t, hf_out = timed(lambda: hf_gen(a.new_tokens), device, a.hf_repeats)
+        rows.append(("HF generate (eager)", t, hf_out, None))
 
     limit = a.hbm_tbps * 1e12 / weight_bytes
     ref = rows[0][2]
     print(f"\n{'tiny' if a.tiny else 'Llama-2-7B'} shape, bf16, batch 1, prompt {a.prompt_len}, "
-          f"{a.new_tokens} new tokens (greedy), KV cache {cache_len} slots, median of {a.repeats}")
+          f"{a.new_tokens} new tokens (greedy unless noted), KV cache {cache_len} slots, median of {a.repeats} "
+          f"(HF: {a.hf_repeats}); "
+          f"tunekit = tunekit.generation.TokenGenerator (the recipe's path)")
     print(env_line(device))
+    print(f"command: python {' '.join(sys.argv)}  (whole run {time.perf_counter() - start:.0f} s)")
     print(f"bandwidth limit = {a.hbm_tbps:g} TB/s / {weight_bytes / 1e9:.2f} GB of weights = {limit:,.0f} tokens/s")
     print("| system | tokens/s | ms/token | % of bandwidth limit | tokens equal to tunekit eager | compile s |")
     print("|---|---|---|---|---|---|")
     for name, t, out, cs in rows:
         tps = a.new_tokens / t
-        same = int((out.cpu() == ref.cpu()).long().cumprod(-1).sum())
+        same = "—" if out is None else f"{int((out.cpu() == ref.cpu()).long().cumprod(-1).sum())}/{a.new_tokens}"
         print(f"| {name} | {tps:,.1f} | {1e3 * t / a.new_tokens:.2f} | {100 * tps / limit:.1f}% | "
-              f"{same}/{a.new_tokens} | {'' if cs is None else f'{cs:.0f}'} |")
+              f"{same} | {'' if cs is None else f'{cs:.0f}'} |")
     by = {r[0]: a.new_tokens / r[1] for r in rows}
     hf_tps = by.get("HF generate (eager)")
     if hf_tps:

@@ -11,7 +11,8 @@ Weights, in this order of preference:
 
 The prompt is encoded as plain text after BOS, or as an Alpaca instruction (`template=alpaca`),
 or as a Llama 2 chat turn (`chat=true`, optional `system_prompt=...`). Generation uses the KV
-cache, stops at EOS, and prints the text and the tokens/s.
+cache, stops at EOS, and prints the text and the tokens/s. `compile=true` compiles the one-token
+decode step (`torch.compile`, CUDA graphs on GPUs; the compile time is printed apart).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run(cfg: DictConfig) -> str:
     """Load the weights, encode the prompt, generate, print."""
     import torch
 
-    from tunekit.generation import generate
+    from tunekit.generation import TokenGenerator
     from tunekit.generation._loading import find_weights_dir, load_adapter, load_weights_dir, merge_adapter
     from tunekit.training import setup
     from tunekit.training.device import get_device
@@ -82,16 +83,21 @@ def run(cfg: DictConfig) -> str:
     if note:
         print(f"tunekit {RECIPE}: {note}", file=sys.stderr)
     prompt = _prompt_tokens(cfg, tokenizer)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    result = generate(model, prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                      top_k=cfg.top_k, top_p=cfg.top_p, stop_tokens=[tokenizer.eos_id],
-                      generator=generator)
+    # compile=true compiles the one-token decode step (CUDA graphs on GPUs); the cache holds
+    # exactly prompt + max_new_tokens slots, as attention reads all of it every step.
+    with TokenGenerator(model, compile=cfg.compile) as generator:
+        result = generator.generate(prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                    top_k=cfg.top_k, top_p=cfg.top_p, stop_tokens=[tokenizer.eos_id],
+                                    seed=cfg.seed)
     text = tokenizer.decode(result.tokens[0])
     print(f"{cfg.prompt}{'' if cfg.prompt.endswith((' ', chr(10))) else ' '}{text}", flush=True)
     ended = "stopped at EOS" if result.stopped[0] else f"reached max_new_tokens={cfg.max_new_tokens}"
+    compiled = (f"; decode step compiled ({generator.compile_mode}) in {result.compile_seconds:.1f}s"
+                if cfg.compile else "")
     print(f"[generate] {len(result.tokens[0])} new tokens from a {result.prompt_len}-token prompt "
           f"in {result.prefill_seconds + result.decode_seconds:.2f}s: {result.tokens_per_second:.1f} "
-          f"tokens/s ({ended}; weights: {source}{'' if cfg.adapter is None else ' + adapter ' + str(cfg.adapter)})",
+          f"tokens/s ({ended}{compiled}; weights: {source}"
+          f"{'' if cfg.adapter is None else ' + adapter ' + str(cfg.adapter)})",
           file=sys.stderr, flush=True)
     return text
 

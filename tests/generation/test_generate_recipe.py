@@ -51,3 +51,12 @@ def test_generate_from_outputs_and_base_plus_adapter(tmp_path):
     meta_out = _run("recipes.generate", f"hydra.run.dir={tmp_path / 'g4'}", f"checkpoint={meta / 'epoch_0'}",
                     "checkpointer=meta", "chat=true", "system_prompt=Be brief.", "prompt=Hi", "max_new_tokens=8")
     assert "tokens/s" in meta_out.stderr and str(meta / "epoch_0") in meta_out.stderr
+
+
+def test_generate_with_compile_runs_and_prints_tokens_per_second(tmp_path):
+    # Greedy, 24-token default prompt + 40 new tokens: the shapes of test_compiled_generation.py
+    # (which checks compiled == eager token for token); inductor's on-disk cache serves them.
+    proc = _run("recipes.generate", f"hydra.run.dir={tmp_path}", "compile=true", "temperature=0",
+                "max_new_tokens=40")
+    assert _text(proc, "Tell me a short story about a llama.").strip()
+    assert "tokens/s" in proc.stderr and "decode step compiled (default)" in proc.stderr

@@ -107,3 +107,100 @@ def test_sampled_generation_is_reproducible_and_capped_by_context():
     assert len(long.tokens[0]) == 48 - 40
     with pytest.raises(ValueError, match="no room"):
         generate(model, list(range(48)), max_new_tokens=1)
+
+
+# ---- on-device sampling (the decode loop's, eager and compiled) -------------------------------
+
+
+def test_on_device_sampling_follows_the_distribution():
+    from tunekit.generation import pick_next_token
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    n = 8000
+    logits = probs.log().expand(n, 4)
+    args = dict(temperature=torch.tensor(1.0), top_k=torch.tensor(4), top_p=torch.tensor(1.0),
+                seed=torch.tensor(7))
+    tok = pick_next_token(logits, greedy=False, position=torch.zeros(n, dtype=torch.long), **args)
+    freq = torch.bincount(tok, minlength=4).float() / n
+    torch.testing.assert_close(freq, probs, atol=0.02, rtol=0)
+    # Per position too: one row, many steps.
+    tok = torch.cat([pick_next_token(probs.log()[None], greedy=False, position=torch.tensor([p]), **args)
+                     for p in range(2000)])
+    torch.testing.assert_close(torch.bincount(tok, minlength=4).float() / 2000, probs, atol=0.035, rtol=0)
+    # Temperature sharpens: T -> 0 is argmax.
+    cold = pick_next_token(logits, greedy=False, position=torch.zeros(n, dtype=torch.long),
+                           **{**args, "temperature": torch.tensor(0.05)})
+    assert (cold == 0).float().mean() > 0.99
+
+
+def test_on_device_sampling_keeps_exactly_the_filtered_tokens():
+    from tunekit.generation import pick_next_token
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 40) * 2
+    for k, p in [(5, 1.0), (40, 0.7), (8, 0.6), (1, 1.0), (100, 1e-4)]:
+        allowed = top_k_filter(logits / 0.9, min(k, 40))
+        allowed = torch.isfinite(top_p_filter(allowed, p))[0].nonzero().flatten().tolist()
+        seen = set()
+        for pos in range(400):
+            t = pick_next_token(logits, greedy=False, temperature=torch.tensor(0.9), top_k=torch.tensor(k),
+                                top_p=torch.tensor(p), seed=torch.tensor(3), position=torch.tensor([pos]))
+            seen.add(int(t))
+        assert seen == set(allowed), (k, p)
+    assert torch.equal(pick_next_token(logits, greedy=True), logits.argmax(-1))
+
+
+def test_uniform_noise_is_deterministic_and_in_range():
+    from tunekit.generation import uniform_noise
+
+    u = uniform_noise(torch.tensor(5), torch.tensor([0, 1, 1]), 1000)
+    assert u.shape == (3, 1000) and u.dtype == torch.float32
+    assert (u > 0).all() and (u < 1).all() and abs(u.mean().item() - 0.5) < 0.02
+    assert torch.equal(u, uniform_noise(torch.tensor(5), torch.tensor([0, 1, 1]), 1000))
+    assert not torch.equal(u[1], u[2])  # rows differ at the same position
+    assert not torch.equal(u[0], u[1])  # positions differ
+    assert not torch.equal(u, uniform_noise(torch.tensor(6), torch.tensor([0, 1, 1]), 1000))
+
+
+def test_seed_and_generator_make_sampling_reproducible():
+    model = _model(4)
+    kw = dict(max_new_tokens=12, temperature=0.9, top_k=30, top_p=0.95)
+    a = generate(model, [1, 2, 3], seed=11, **kw)
+    assert generate(model, [1, 2, 3], seed=11, **kw).tokens == a.tokens
+    assert generate(model, [1, 2, 3], seed=12, **kw).tokens != a.tokens
+    torch.manual_seed(3)
+    b = generate(model, [1, 2, 3], **kw)
+    torch.manual_seed(3)
+    assert generate(model, [1, 2, 3], **kw).tokens == b.tokens
+
+
+def test_stop_check_interval_does_not_change_the_result():
+    from tunekit.generation import TokenGenerator
+
+    model = _model(2)
+    first = generate(model, [1, 4, 5], max_new_tokens=20, temperature=0.0)
+    stop = first.tokens[0][3]
+    cut = first.tokens[0].index(stop)
+    for every in (1, 3, 8, 50):
+        with TokenGenerator(model, stop_check_interval=every) as gen:
+            res = gen.generate([1, 4, 5], max_new_tokens=20, temperature=0.0, stop_tokens=[stop, 60])
+        assert res.tokens[0] == first.tokens[0][:cut] and res.stopped == [True] and res.steps == cut + 1
+    assert not model.caches_are_enabled()
+
+
+def test_token_generator_reuses_a_caller_cache_and_grows_its_own():
+    from tunekit.generation import TokenGenerator
+
+    model = _model(5)
+    ref = generate(model, [1, 2, 3, 4], max_new_tokens=10, temperature=0.0).tokens
+    model.setup_caches(batch_size=1, dtype=torch.float32, max_seq_len=10)
+    with TokenGenerator(model) as gen:
+        res = gen.generate([1, 2, 3, 4], max_new_tokens=10, temperature=0.0)
+    assert res.tokens[0] == ref[0][:6]  # capped by the caller's 10-slot cache
+    assert model.caches_are_enabled()  # the caller's cache stays
+    model.remove_caches()
+    with TokenGenerator(model, cache_len=8) as gen:
+        assert gen.generate([1, 2, 3, 4], max_new_tokens=4, temperature=0.0).tokens[0] == ref[0][:4]
+        assert gen.generate([1, 2, 3, 4], max_new_tokens=10, temperature=0.0).tokens == ref  # grows to 14
+        assert model.layers[0].attn.kv_cache.k_cache.shape[2] == 14
+    assert not model.caches_are_enabled()

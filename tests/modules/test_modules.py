@@ -166,3 +166,40 @@ def test_lora_linear_formula_merge_and_disable():
     merged = merge_lora_weights_(lin)
     assert type(merged) is nn.Linear
     torch.testing.assert_close(merged(x), expected)
+
+
+def test_grouped_query_decode_without_repeating_kv_matches_repeat():
+    import torch.nn.functional as F
+
+    from tunekit.modules.attention import _grouped_sdpa
+
+    torch.manual_seed(0)
+    b, n, n_kv, hd, L = 2, 8, 2, 16, 12
+    for s in (1, 3):
+        q = torch.randn(b, s, n, hd).transpose(1, 2)  # [b, n, s, hd], non-contiguous like the model's
+        k, v = torch.randn(b, n_kv, L, hd), torch.randn(b, n_kv, L, hd)
+        pos = torch.tensor([[5 + t for t in range(s)], [2 + t for t in range(s)]])
+        mask = pos.unsqueeze(-1) >= torch.arange(L)  # [b, s, L]
+        ref = F.scaled_dot_product_attention(q, k.repeat_interleave(n // n_kv, 1),
+                                             v.repeat_interleave(n // n_kv, 1), attn_mask=mask.unsqueeze(1))
+        torch.testing.assert_close(_grouped_sdpa(q, k, v, mask), ref, atol=1e-6, rtol=1e-5)
+
+
+def test_cached_gqa_decode_through_the_grouped_path_equals_full_recompute(monkeypatch):
+    import tunekit.modules.attention as attention
+    from tunekit.models.llama2 import llama2
+
+    torch.manual_seed(0)
+    model = llama2(vocab_size=64, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=32,
+                   intermediate_dim=64, max_seq_len=32).eval()
+    tokens = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        full = model(tokens)
+        # As on a GPU with a mask: no native GQA, so cached attention takes the grouped path.
+        monkeypatch.setattr(attention, "_native_gqa_ok", lambda q, mask: False)
+        model.setup_caches(batch_size=2, dtype=torch.float32, max_seq_len=12)
+        pre = model(tokens[:, :5], input_pos=torch.arange(5).expand(2, 5))
+        steps = [model(tokens[:, i : i + 1], input_pos=torch.full((2, 1), i)) for i in range(5, 9)]
+        model.remove_caches()
+    torch.testing.assert_close(pre, full[:, :5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 5:], atol=1e-5, rtol=1e-5)

@@ -21,6 +21,33 @@ def _native_gqa_ok(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
     return mask is None and q.dtype in (torch.float16, torch.bfloat16)
 
 
+def _grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked grouped-query attention without repeating K/V heads (the KV-cache path).
+
+    The ``g = n_heads / n_kv`` query heads that share a K/V head are folded into the query
+    length: ``q [b, n, s, hd] -> [b, n_kv, g*s, hd]`` (head ``h`` uses K/V head ``h // g``, as
+    ``enable_gqa`` and ``repeat_interleave`` do). Every query row still attends on its own,
+    so the result is the same attention, but any SDPA kernel serves it with equal head
+    counts and the cache is read once instead of copied ``g`` times per step.
+
+    Args:
+        q: ``[b, n_heads, s, hd]``.
+        k, v: ``[b, n_kv, L, hd]``.
+        mask: bool ``[b, s, L]``, True = may attend.
+
+    Returns:
+        ``[b, n_heads, s, hd]``.
+    """
+    b, n, s, hd = q.shape
+    n_kv, kv_len = k.shape[1], k.shape[2]
+    g = n // n_kv
+    q = q.reshape(b, n_kv, g * s, hd)  # [b, n_kv, g*s, hd]
+    # [b, s, L] -> [b, 1, g*s, L]: query row j*s + t of a group is position t (a view for s = 1).
+    m = mask.unsqueeze(1).unsqueeze(2).expand(b, 1, g, s, kv_len).reshape(b, 1, g * s, kv_len)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=m)  # [b, n_kv, g*s, hd]
+    return out.view(b, n, s, hd)
+
+
 class MultiHeadAttention(nn.Module):
     """Causal self-attention through ``F.scaled_dot_product_attention``.
 
@@ -28,7 +55,9 @@ class MultiHeadAttention(nn.Module):
     multi-query). Without a mask and a cache SDPA runs with ``is_causal=True`` and
     ``enable_gqa=True``, which the flash kernel serves without repeating K/V heads. Where
     flash cannot run on an accelerator (explicit mask, fp32), K/V heads are repeated first so
-    the memory-efficient kernel serves the call instead of the math fallback.
+    the memory-efficient kernel serves the call instead of the math fallback; with a KV cache
+    (decoding) the query heads of a group are folded into the query length instead, so the
+    cache is never copied.
 
     Args:
         embed_dim: model width.
@@ -100,6 +129,10 @@ class MultiHeadAttention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)  # [b, n_kv, cache_len, hd]
 
         gqa = self.num_kv_heads != self.num_heads
+        if gqa and self.kv_cache is not None and not _native_gqa_ok(q, mask):
+            out = _grouped_sdpa(q, k, v, mask)  # decoding: no copies of the cache per step
+            out = out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)  # [b, s, n*hd]
+            return self.output_proj(out)
         if gqa and not _native_gqa_ok(q, mask):
             # [b, n_kv, L, hd] -> [b, n_heads, L, hd]; same head order as enable_gqa.
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
