@@ -222,20 +222,6 @@ class LoraFinetuneSchema(_TrainSettings):
 
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
-    @staticmethod
-    def cross_checks(cfg: DictConfig, prefix: str) -> list[str]:
-        """The training rules, plus: eager selective checkpointing cannot run LoRA layers."""
-        problems = _TrainSettings.cross_checks(cfg, prefix)
-        if cfg.activation_checkpointing and cfg.ac_policy == "selective" and not cfg.compile:
-            # LoRALinear adds the adapter in place on the base matmul's output, which op-level
-            # selective checkpointing saved; in eager mode that is an error, compiled it is not.
-            problems.append(
-                "`ac_policy`=selective with LoRA needs `compile`=true (the LoRA layers update "
-                "the saved matmul outputs in place, which eager selective checkpointing "
-                "refuses); set compile=true or use ac_policy=full"
-            )
-        return problems
-
 
 @dataclass
 class FullFinetuneSchema(_TrainSettings):

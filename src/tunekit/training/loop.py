@@ -492,11 +492,6 @@ def train(
         )
     if sharded:
         problems += _sharded_wrapping_problems(model, settings)
-    if (adapter_config is not None and settings.activation_checkpointing
-            and settings.ac_policy == "selective" and not settings.compile):
-        problems.append("ac_policy='selective' with LoRA needs compile=True: LoRA layers add the "
-                        "adapter in place on the base matmul's output, which eager selective "
-                        "checkpointing saved and refuses to see mutated")
     if problems:
         raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
 

@@ -113,7 +113,9 @@ class _LoRALinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):  # type: ignore[override]
         x2 = x.reshape(-1, x.shape[-1])
-        a = torch.mm(x2, lora_a.t()).mul_(scaling)  # [n, r]
+        # Out of place: selective activation checkpointing may have saved the mm output, and
+        # must not see it mutated. [n, r] is tiny.
+        a = torch.mm(x2, lora_a.t()).mul(scaling)  # [n, r]
         out = _linear_plus_lowrank(x2, weight, bias, a, lora_b)  # [n, out]
         ctx.save_for_backward(x2, weight, lora_a, lora_b, a)
         ctx.scaling = scaling
@@ -213,9 +215,9 @@ class LoRALinear(nn.Module):
             # backward adds the adapter's input gradient in the base GEMM's epilogue too.
             return _lora_linear(x, self.weight, self.bias, self.lora_a.weight, self.lora_b.weight, self.scaling)
         out = F.linear(x, self.weight, self.bias)
-        # In place on the fresh base output: no extra [.., out_dim] activation is kept, and
-        # linear's backward needs only x and W, so autograd allows it.
-        return out.add_(self.lora_b(self.lora_a(self.dropout(x))), alpha=self.scaling)
+        # Out of place (selective activation checkpointing may have saved ``out``); add's
+        # backward needs neither input, so no extra [.., out_dim] activation is kept.
+        return torch.add(out, self.lora_b(self.lora_a(self.dropout(x))), alpha=self.scaling)
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, alpha={self.alpha}"
