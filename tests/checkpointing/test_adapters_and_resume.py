@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_tk_model
+from _ckpt_helpers import tiny_tk_model
 
 import tunekit.checkpointing._io as ckpt_io
 from tunekit.checkpointing import (

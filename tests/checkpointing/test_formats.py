@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import HEADS, KV_HEADS, meta_params, tiny_tk_model
+from _ckpt_helpers import HEADS, KV_HEADS, meta_params, tiny_tk_model
 
 from tunekit.checkpointing import FullModelHFCheckpointer, FullModelMetaCheckpointer, load_state_file
 from tunekit.models.llama2._convert import MERGE_DIMS
