@@ -95,7 +95,7 @@ def run(cfg: DictConfig) -> float | None:
             config=OmegaConf.to_container(cfg, resolve=True), overrides=overrides,
             metric_logger=metric_logger,
             model_summary=(f"{n_all / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable "
-                           f"({100 * n_train / n_all:.2f}%, LoRA rank {spec.rank} on "
+                           f"({100 * n_train / n_all:.2f}%, {'DoRA' if spec.use_dora else 'LoRA'} rank {spec.rank} on "
                            f"{', '.join(spec.targets)})"),
             num_train=len(train_ds), num_val=0 if val_ds is None else len(val_ds),
             total_steps=total_steps, resume_dir=resume_dir, resume_auto=cfg.resume == "auto",

@@ -127,6 +127,7 @@ class LoRAConfig:
     targets: List[str] = setting(["q_proj", "v_proj"], _non_empty, _each_one_of(LORA_TARGETS))
     rank_pattern: Dict[str, int] = setting({}, doc="Per-target rank overrides.")
     alpha_pattern: Dict[str, float] = setting({}, doc="Per-target alpha overrides.")
+    use_dora: bool = setting(False, doc="DoRA (PEFT use_dora): also learn a per-row magnitude.")
 
     @staticmethod
     def cross_checks(cfg: DictConfig, prefix: str) -> list[str]:

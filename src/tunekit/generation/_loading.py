@@ -119,7 +119,8 @@ def load_adapter(path: str | Path, *, model_type: str, num_heads: int, num_kv_he
 
 def merge_adapter(state_dict: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor],
                   scalings: dict[str, float]) -> dict[str, torch.Tensor]:
-    """``W + scaling * B @ A`` for every adapted module (fp32 math, the weight's dtype kept).
+    """``W + scaling * B @ A`` for every adapted module (fp32 math, the weight's dtype kept);
+    with a DoRA magnitude (``<module>.lora_magnitude``) each row is rescaled as DoRA merges.
 
     Raises:
         CheckpointError: the adapter names a module the weights lack, or the shapes differ.
@@ -138,5 +139,9 @@ def merge_adapter(state_dict: dict[str, torch.Tensor], adapter: dict[str, torch.
                 f"The adapter's {module} is {b.shape[0]}x{a.shape[1]} but the weight is "
                 f"{tuple(w.shape)}: the adapter was trained on a different model."
             )
-        out[key] = (w.float() + scale * (b.float() @ a.float())).to(w.dtype)
+        merged = w.float() + scale * (b.float() @ a.float())
+        mag = adapter.get(f"{module}.lora_magnitude")
+        if mag is not None:  # DoRA: m / ||W + s B A||_row * (W + s B A)
+            merged = (mag.float() / torch.linalg.norm(merged, dim=1)).unsqueeze(1) * merged
+        out[key] = merged.to(w.dtype)
     return out

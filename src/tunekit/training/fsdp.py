@@ -254,12 +254,12 @@ def _gather_full_model(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 def _adapter_keys(sd: Mapping[str, Any]) -> list[str]:
-    return [k for k in sd if k.endswith((".lora_a.weight", ".lora_b.weight"))]
+    return [k for k in sd if k.endswith((".lora_a.weight", ".lora_b.weight", ".lora_magnitude"))]
 
 
 @torch.no_grad()
 def _merge_full(model: nn.Module, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``W + (alpha/r) B @ A`` for every enabled LoRA module of ``model``, from ``full``."""
+    """``W + (alpha/r) B @ A`` (DoRA: rescaled per row) for every enabled LoRA module, from ``full``."""
     from tunekit.modules.peft import LoRALinear
 
     adapter = set(_adapter_keys(full))
@@ -269,7 +269,11 @@ def _merge_full(model: nn.Module, full: dict[str, torch.Tensor]) -> dict[str, to
             continue
         w = full[f"{name}.weight"]
         a, b = full[f"{name}.lora_a.weight"], full[f"{name}.lora_b.weight"]
-        out[f"{name}.weight"] = (w.float() + m.scaling * (b.float() @ a.float())).to(w.dtype)
+        merged = w.float() + m.scaling * (b.float() @ a.float())
+        if m.use_dora:  # DoRA: m / ||W + s B A||_row * (W + s B A)
+            mag = full[f"{name}.lora_magnitude"].float()
+            merged = (mag / torch.linalg.norm(merged, dim=1)).unsqueeze(1) * merged
+        out[f"{name}.weight"] = merged.to(w.dtype)
     return out
 
 

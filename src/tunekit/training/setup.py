@@ -107,10 +107,13 @@ def _materialize_meta_(model: nn.Module, device: torch.device) -> list[str]:
 
     names = [n for n, p in model.named_parameters() if p.is_meta]
     for m in model.modules():
-        if isinstance(m, LoRALinear) and (m.lora_a.weight.is_meta or m.lora_b.weight.is_meta):
+        dora_meta = isinstance(m, LoRALinear) and m.use_dora and m.lora_magnitude.is_meta
+        if isinstance(m, LoRALinear) and (m.lora_a.weight.is_meta or m.lora_b.weight.is_meta or dora_meta):
             dtype = m.weight.dtype if m.weight.is_floating_point() else torch.float32
             m.lora_a.to_empty(device=device).to(dtype)
             m.lora_b.to_empty(device=device).to(dtype)
+            if dora_meta:  # DoRA: its magnitude is the row norm of the weight just loaded
+                m.lora_magnitude = nn.Parameter(torch.empty(m.out_dim, device=device, dtype=dtype))
             m.reset_adapter()
     return names
 
@@ -137,7 +140,7 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
             + (" ".join(lines) or str(err).splitlines()[0])
             + " Pick the matching `model=` option (or the right checkpoint directory)."
         ) from None
-    missing = [k for k in missing if not (lora and (".lora_a." in k or ".lora_b." in k))]
+    missing = [k for k in missing if not (lora and _is_adapter_key(k))]
     if missing or unexpected:
         raise CheckpointError(
             f"The weights in {source} do not fit the model chosen by the config: "
@@ -285,7 +288,7 @@ def _shapes(items: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def _is_adapter_key(key: str) -> bool:
-    return ".lora_a." in key or ".lora_b." in key
+    return ".lora_a." in key or ".lora_b." in key or key.endswith(".lora_magnitude")
 
 
 def check_adapter_compatible(model: nn.Module, adapter: Mapping[str, Any], source: str) -> None:
@@ -311,7 +314,7 @@ def check_adapter_compatible(model: nn.Module, adapter: Mapping[str, Any], sourc
         f"resume: the LoRA adapter in {source} does not match this run's `lora` settings "
         f"(only in the checkpoint: {only_saved[:3]}; only in this run: {only_model[:3]}; "
         f"different shapes: {shapes[:3]}). Resume with the lora.rank / lora.targets / "
-        "lora.rank_pattern it was trained with, or start a new run."
+        "lora.rank_pattern / lora.use_dora it was trained with, or start a new run."
     )
 
 

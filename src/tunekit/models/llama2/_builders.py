@@ -30,7 +30,9 @@ from tunekit.modules.peft import LoRALinear, LoRASpec, reset_all_parameters
 def _linear(name: str, in_dim: int, out_dim: int, lora: LoRASpec | None) -> nn.Module:
     """``nn.Linear`` or, when ``name``'s last part is a LoRA target, ``LoRALinear``."""
     if lora is not None and name.rpartition(".")[2] in lora.targets:
-        return LoRALinear(in_dim, out_dim, lora.rank_for(name), lora.alpha_for(name), lora.dropout)
+        return LoRALinear(
+            in_dim, out_dim, lora.rank_for(name), lora.alpha_for(name), lora.dropout, use_dora=lora.use_dora
+        )
     return nn.Linear(in_dim, out_dim, bias=False)
 
 

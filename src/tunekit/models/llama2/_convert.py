@@ -360,8 +360,15 @@ def expected_shapes(d: Llama2Dims) -> dict[str, tuple[int | None, ...]]:
 
 
 # --- LoRA adapters <-> PEFT ----------------------------------------------------------------
-_ADAPTER_RE = re.compile(r"^(.*)\.lora_([ab])\.weight$")
-_PEFT_RE = re.compile(r"^base_model\.model\.(.*)\.lora_([AB])\.weight$")
+_ADAPTER_RE = re.compile(r"^(.*)\.lora_(?:([ab])\.weight|(magnitude))$")
+_PEFT_RE = re.compile(r"^base_model\.model\.(.*)\.lora_(?:([AB])\.weight|(magnitude)_vector\.weight)$")
+
+
+def _permute_rows(key: str, w: torch.Tensor, n_heads: int, permute: Any) -> torch.Tensor:
+    # B matrices are [rows, rank]; DoRA magnitudes are [rows] and get the same row order.
+    if w.dim() == 1:
+        return permute(w.unsqueeze(1), n_heads).squeeze(1)
+    return permute(w, n_heads)
 
 
 def adapter_to_peft(
@@ -370,8 +377,9 @@ def adapter_to_peft(
     """Convert a tunekit adapter state dict to PEFT ``adapter_model.safetensors`` names.
 
     ``layers.0.attn.q_proj.lora_a.weight`` -> ``base_model.model.model.layers.0.self_attn.q_proj
-    .lora_A.weight``. The B matrices of q/k get the same row permutation as the q/k weights,
-    since their rows are the same output features.
+    .lora_A.weight``; DoRA's ``<linear>.lora_magnitude`` -> ``<module>.lora_magnitude_vector
+    .weight``. The B matrices (and DoRA magnitudes) of q/k get the same row permutation as the
+    q/k weights, since their rows are the same output features.
 
     Raises:
         ConversionError: listing keys that are not LoRA weights of a known linear.
@@ -385,12 +393,13 @@ def adapter_to_peft(
         if m is None or hf is None:
             unknown.append(key)
             continue
-        if m.group(2) == "b" and base_key.endswith("attn.q_proj.weight"):
-            w = permute_to_hf(w, num_heads)
-        elif m.group(2) == "b" and base_key.endswith("attn.k_proj.weight"):
-            w = permute_to_hf(w, num_kv_heads)
+        rows = m.group(2) == "b" or m.group(3) is not None  # output-feature rows
+        if rows and base_key.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
+            heads = num_heads if base_key.endswith("attn.q_proj.weight") else num_kv_heads
+            w = _permute_rows(key, w, heads, permute_to_hf)
         module = hf[: -len(".weight")]
-        out[f"base_model.model.{module}.lora_{m.group(2).upper()}.weight"] = w.contiguous()
+        name = "lora_magnitude_vector" if m.group(3) else f"lora_{m.group(2).upper()}"
+        out[f"base_model.model.{module}.{name}.weight"] = w.contiguous()
     if unknown:
         raise _unknown(unknown, "tunekit adapter", "'layers.0.attn.q_proj.lora_a.weight'")
     return out
@@ -409,11 +418,12 @@ def peft_to_adapter(
         if tk is None:
             unknown.append(key)
             continue
-        if m.group(2) == "B" and tk.endswith("attn.q_proj.weight"):
-            w = permute_from_hf(w, num_heads)
-        elif m.group(2) == "B" and tk.endswith("attn.k_proj.weight"):
-            w = permute_from_hf(w, num_kv_heads)
-        out[f"{tk[: -len('.weight')]}.lora_{m.group(2).lower()}.weight"] = w
+        rows = m.group(2) == "B" or m.group(3) is not None
+        if rows and tk.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
+            heads = num_heads if tk.endswith("attn.q_proj.weight") else num_kv_heads
+            w = _permute_rows(key, w, heads, permute_from_hf)
+        name = "lora_magnitude" if m.group(3) else f"lora_{m.group(2).lower()}.weight"
+        out[f"{tk[: -len('.weight')]}.{name}"] = w
     if unknown:
         raise _unknown(unknown, "PEFT adapter", "'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'")
     return out
@@ -453,7 +463,7 @@ def peft_config(adapter_config: Mapping[str, Any], base_model_name_or_path: str 
 
     Args:
         adapter_config: keys ``rank``, ``alpha``, ``dropout``, ``targets`` and optionally
-            ``rank_pattern``, ``alpha_pattern`` (tunekit target names).
+            ``rank_pattern``, ``alpha_pattern`` (tunekit target names), ``use_dora``.
         base_model_name_or_path: recorded for PEFT; the base model directory.
 
     Raises:
@@ -483,5 +493,5 @@ def peft_config(adapter_config: Mapping[str, Any], base_model_name_or_path: str 
         "init_lora_weights": True,
         "modules_to_save": None,
         "use_rslora": False,
-        "use_dora": False,
+        "use_dora": bool(adapter_config.get("use_dora", False)),
     }

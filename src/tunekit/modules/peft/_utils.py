@@ -10,7 +10,7 @@ from torch import nn
 
 from tunekit.modules.peft.lora import LoRALinear
 
-_ADAPTER_SUFFIXES = (".lora_a.weight", ".lora_b.weight")
+_ADAPTER_SUFFIXES = (".lora_a.weight", ".lora_b.weight", ".lora_magnitude")
 
 
 def _lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
@@ -20,7 +20,7 @@ def _lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
 
 
 def _is_adapter_key(key: str) -> bool:
-    return key.endswith(_ADAPTER_SUFFIXES) or key.startswith(("lora_a.", "lora_b."))
+    return key.endswith(_ADAPTER_SUFFIXES) or key.startswith(("lora_a.", "lora_b.")) or key == "lora_magnitude"
 
 
 @torch.no_grad()
@@ -43,13 +43,16 @@ def reset_all_parameters(model: nn.Module) -> None:
 
 
 def set_trainable_params(model: nn.Module) -> None:
-    """Freezes everything except the LoRA ``lora_a`` / ``lora_b`` weights.
+    """Freezes everything except the LoRA ``lora_a`` / ``lora_b`` weights (and DoRA's
+    ``lora_magnitude``).
 
     Raises:
         ValueError: if the model has no LoRA layers (nothing would train).
     """
     adapter_params = {
-        id(p) for _, m in _lora_modules(model) for p in (*m.lora_a.parameters(), *m.lora_b.parameters())
+        id(p)
+        for _, m in _lora_modules(model)
+        for p in (*m.lora_a.parameters(), *m.lora_b.parameters(), *([m.lora_magnitude] if m.use_dora else []))
     }
     if not adapter_params:
         raise ValueError("set_trainable_params: the model has no LoRALinear layers (was it built with lora=None?)")
@@ -58,13 +61,15 @@ def set_trainable_params(model: nn.Module) -> None:
 
 
 def get_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights only, under tunekit names (``layers.0.attn.q_proj.lora_a.weight``)."""
+    """The adapter weights only, under tunekit names (``layers.0.attn.q_proj.lora_a.weight``;
+    with DoRA also ``layers.0.attn.q_proj.lora_magnitude``)."""
     return {k: v for k, v in model.state_dict().items() if _is_adapter_key(k)}
 
 
 @torch.no_grad()
 def get_merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The plain model's state dict with every adapter merged: ``W + (alpha/r) * B @ A``.
+    """The plain model's state dict with every adapter merged: ``W + (alpha/r) * B @ A``
+    (DoRA: ``m / ||W + (alpha/r) B A||_row * (W + (alpha/r) B A)``, bias unchanged).
 
     The merge is computed in fp32 and cast to the base weight's dtype; adapter keys are
     dropped, so the result loads into a model built with ``lora=None``. The model itself is
@@ -75,7 +80,7 @@ def get_merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         if m.disabled:
             continue
         key = f"{name}.weight" if name else "weight"
-        sd[key] = (m.weight.float() + m.delta_weight()).to(m.weight.dtype)
+        sd[key] = m.merged_weight()
     return sd
 
 
@@ -88,7 +93,7 @@ def merge_lora_weights_(model: nn.Module) -> nn.Module:
     """
 
     def merged(m: LoRALinear) -> nn.Linear:
-        w = m.weight if m.disabled else (m.weight.float() + m.delta_weight()).to(m.weight.dtype)
+        w = m.weight if m.disabled else m.merged_weight()
         lin = nn.Linear(m.in_dim, m.out_dim, bias=m.bias is not None, device="meta")
         lin.weight = nn.Parameter(w, requires_grad=m.weight.requires_grad)
         if m.bias is not None:

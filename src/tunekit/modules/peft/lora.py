@@ -32,6 +32,9 @@ class LoRASpec:
             against a module path such as ``layers.3.attn.q_proj`` or any dotted suffix of
             it (``q_proj`` matches every layer's).
         alpha_pattern: per-module alpha overrides, same matching.
+        use_dora: weight-decomposed LoRA (DoRA, Liu et al., 2024) as PEFT's
+            ``LoraConfig(use_dora=True)``: each adapted linear also learns a magnitude vector
+            (state-dict key ``<linear>.lora_magnitude``). False keeps plain LoRA.
     """
 
     rank: int = 8
@@ -40,8 +43,10 @@ class LoRASpec:
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
+    use_dora: bool = False
 
     def __post_init__(self) -> None:
+        self.use_dora = bool(self.use_dora)
         self.targets = list(self.targets)
         self.rank_pattern = dict(self.rank_pattern)
         self.alpha_pattern = dict(self.alpha_pattern)
@@ -156,12 +161,24 @@ def _lora_linear(
 
 
 class LoRALinear(nn.Module):
-    """``y = x W^T + b + (alpha / r) * B(A(dropout(x)))``.
+    """``y = x W^T + b + (alpha / r) * B(A(dropout(x)))``, or DoRA with ``use_dora=True``.
 
     ``weight`` (and ``bias``) keep the plain ``nn.Linear`` keys, so a plain checkpoint
     loads with ``strict=False`` missing only ``lora_a.weight`` / ``lora_b.weight``. ``A`` is
     Kaiming-uniform with ``a=sqrt(5)`` and ``B`` zero, as in PEFT, so a fresh adapter is a
     no-op.
+
+    DoRA (``use_dora=True``, PEFT's formulation): a learnable magnitude ``m`` (``[out_dim]``,
+    key ``lora_magnitude``, initialised to the row norms of ``W``) rescales each output
+    feature::
+
+        n = ||W + s B A||_row  (detached: no gradient flows through the norm)
+        y = (m / n) * (x W^T + s B(A(dropout(x)))) + b
+
+    computed, as PEFT does, as ``base + (m/n - 1) * x W^T + (m/n) * s * B(A(x))``; with
+    dropout active (training, ``dropout > 0``) the base term inside the DoRA correction uses
+    the dropped-out input while ``base`` itself uses ``x`` (PEFT's behaviour). A plain
+    checkpoint then also misses ``lora_magnitude``, set from ``W`` by ``reset_adapter``.
 
     Args:
         in_dim: input features.
@@ -170,10 +187,18 @@ class LoRALinear(nn.Module):
         alpha: scaling numerator.
         dropout: dropout on the adapter input only.
         bias: whether the base layer has a bias.
+        use_dora: add DoRA's magnitude vector (see above).
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, rank: int, alpha: float, dropout: float = 0.0, bias: bool = False
+        self,
+        in_dim: int,
+        out_dim: int,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        bias: bool = False,
+        use_dora: bool = False,
     ) -> None:
         super().__init__()
         self.in_dim = in_dim
@@ -186,6 +211,9 @@ class LoRALinear(nn.Module):
         self.lora_a = nn.Linear(in_dim, rank, bias=False)
         self.lora_b = nn.Linear(rank, out_dim, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.use_dora = use_dora
+        if use_dora:
+            self.lora_magnitude = nn.Parameter(torch.empty(out_dim))
         self.disabled = False  # set by disable_adapters()
         self.reset_parameters()
 
@@ -198,17 +226,56 @@ class LoRALinear(nn.Module):
         self.reset_adapter()
 
     def reset_adapter(self) -> None:
-        """Re-initialises only the adapter (``A`` Kaiming-uniform, ``B`` zero)."""
+        """Re-initialises only the adapter (``A`` Kaiming-uniform, ``B`` zero; DoRA's
+        magnitude to the row norms of the current base weight, as PEFT does)."""
         nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_b.weight)
+        if self.use_dora:
+            self.reset_magnitude()
+
+    @torch.no_grad()
+    def reset_magnitude(self) -> None:
+        """DoRA: ``m = ||W + s B A||_row`` from the current weights (no-op without DoRA or on meta)."""
+        if not self.use_dora or self.weight.is_meta or self.lora_magnitude.is_meta:
+            return
+        self.lora_magnitude.copy_(self.weight_norm())
 
     def delta_weight(self) -> torch.Tensor:
         """``(alpha / r) * B @ A`` in fp32, shape ``[out_dim, in_dim]``."""
         return self.scaling * (self.lora_b.weight.float() @ self.lora_a.weight.float())
 
+    def weight_norm(self) -> torch.Tensor:
+        """DoRA's ``||W + (alpha/r) B @ A||`` per output row, fp32 and detached, ``[out_dim]``."""
+        with torch.no_grad():
+            return torch.linalg.norm(self.weight.float() + self.delta_weight(), dim=1)
+
+    def merged_weight(self) -> torch.Tensor:
+        """The weight an ``nn.Linear`` needs to compute this layer, in the base weight's dtype:
+        ``W + s B A``, or with DoRA ``m / ||W + s B A||_row * (W + s B A)``."""
+        with torch.no_grad():
+            w = self.weight.float() + self.delta_weight()
+            if self.use_dora:
+                w = (self.lora_magnitude.float() / torch.linalg.norm(w, dim=1)).unsqueeze(1) * w
+            return w.to(self.weight.dtype)
+
+    def _dora_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # PEFT's DoraLinearLayer.forward (peft/tuners/lora/dora.py) term by term.
+        result = F.linear(x, self.weight, self.bias)
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            base = result if self.bias is None else result - self.bias
+        else:
+            x = self.dropout(x)
+            base = F.linear(x, self.weight)
+        norm = self.weight_norm().to(x.dtype)  # detached, as in the paper's section 4.3
+        mag_norm_scale = (self.lora_magnitude / norm).view(1, -1)
+        lora_result = self.lora_b(self.lora_a(x))
+        return result + ((mag_norm_scale - 1) * base + mag_norm_scale * lora_result * self.scaling)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:
             return F.linear(x, self.weight, self.bias)
+        if self.use_dora:
+            return self._dora_forward(x)
         if isinstance(self.dropout, nn.Identity) or not self.training:
             # Fused path: the adapter's [.., out_dim] output is never materialised (its add
             # runs in the GEMM epilogue), the scaling is applied on the rank-r tensor, and the
@@ -220,4 +287,5 @@ class LoRALinear(nn.Module):
         return torch.add(out, self.lora_b(self.lora_a(self.dropout(x))), alpha=self.scaling)
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, alpha={self.alpha}"
+        dora = ", use_dora=True" if self.use_dora else ""
+        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, alpha={self.alpha}{dora}"
