@@ -15,27 +15,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tunekit.models.llama2 import init_on_device, llama2
-from tunekit.modules.peft import LoRASpec, set_trainable_params
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHAPE_7B, SHAPE_TINY, build_hf, build_tunekit  # noqa: E402
 
-SHAPE_7B = dict(
-    vocab_size=32_000, num_layers=32, num_heads=32, num_kv_heads=32, embed_dim=4096, intermediate_dim=11_008
-)
-SHAPE_TINY = dict(vocab_size=512, num_layers=4, num_heads=4, num_kv_heads=2, embed_dim=128, intermediate_dim=352)
-LORA_TARGETS = ["q_proj", "v_proj", "output_proj", "w1", "w2", "w3"]
-PEFT_NAMES = {
-    "q_proj": "q_proj", "v_proj": "v_proj", "output_proj": "o_proj",
-    "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj",
-}  # fmt: skip
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
@@ -47,43 +40,6 @@ class Result:
     tokens_per_s: float
     peak_gib: float | None
     loss: float
-
-
-def build_tunekit(shape: dict, seq: int, device: str, dtype: torch.dtype, lora: bool) -> nn.Module:
-    spec = LoRASpec(rank=8, alpha=16.0, targets=LORA_TARGETS) if lora else None
-    with torch.device("meta"):
-        model = llama2(**shape, max_seq_len=max(seq, 4096), lora=spec)
-    init_on_device(model, device, dtype=dtype)
-    if lora:
-        set_trainable_params(model)
-    return model
-
-
-def build_hf(shape: dict, seq: int, device: str, dtype: torch.dtype, lora: bool) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=shape["vocab_size"], hidden_size=shape["embed_dim"], intermediate_size=shape["intermediate_dim"],
-        num_hidden_layers=shape["num_layers"], num_attention_heads=shape["num_heads"],
-        num_key_value_heads=shape["num_kv_heads"], max_position_embeddings=max(seq, 4096), rms_norm_eps=1e-5,
-        attn_implementation="sdpa", use_cache=False,
-    )  # fmt: skip
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(prev)
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        lcfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[PEFT_NAMES[t] for t in LORA_TARGETS])
-        # bf16 adapters on both sides (PEFT would otherwise upcast them to fp32)
-        model = get_peft_model(model, lcfg, autocast_adapter_dtype=False)
-    else:
-        model.requires_grad_(True)
-    return model
 
 
 def make_step(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, hf: bool) -> Callable[[], torch.Tensor]:
@@ -177,9 +133,9 @@ def main() -> None:
     lora = args.mode == "lora"
     device = args.device
 
-    runs = [("tunekit", lambda: build_tunekit(shape, args.seq, device, dtype, lora), False)]
+    runs = [("tunekit", lambda: build_tunekit(shape, args.seq, device, dtype, lora)[0], False)]
     if not args.no_hf:
-        runs.append(("HF" + (" + PEFT" if lora else ""), lambda: build_hf(shape, args.seq, device, dtype, lora), True))
+        runs.append(("HF" + (" + PEFT" if lora else ""), lambda: build_hf(shape, args.seq, device, dtype, lora, peft_bf16=True), True))
     results = [measure(name, build, args, device, hf) for name, build, hf in runs]
 
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
