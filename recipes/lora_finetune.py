@@ -33,9 +33,10 @@ RECIPE = "lora_finetune"
 @recipe_main("lora_finetune")
 def main(cfg: DictConfig) -> float | None:
     """Run the `lora_finetune` recipe on a validated config."""
-    from tunekit.training.setup import user_errors  # lazy: torch loads only when a run starts
+    # lazy: torch loads only when a run starts
+    from tunekit.training.setup import process_group_teardown, user_errors
 
-    with user_errors():
+    with user_errors(), process_group_teardown():
         return run(cfg)
 
 

@@ -219,3 +219,31 @@ def test_torchrun_recipe_full_finetune(tmp_path):
     assert (runs[0] / "step_2/dcp/.metadata").is_file() and (runs[0] / "step_2/COMPLETE").is_file()
     assert list((runs[0] / "epoch_0").glob("*.safetensors"))
     assert json.loads((runs[0] / "result.json").read_text())["global_step"] == 3
+
+
+def _one_rank_group(store_file: Path) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(store_file), 1), rank=0,
+                            world_size=1)
+
+
+def test_process_group_teardown_destroys_the_group_after_success_and_failure(tmp_path):
+    """The recipes' teardown: gloo left to interpreter finalisation can SIGABRT a finished run."""
+    import torch.distributed as dist
+
+    from tunekit.training.setup import process_group_teardown
+
+    with process_group_teardown():  # no group: nothing to do
+        pass
+    assert not dist.is_initialized()
+
+    _one_rank_group(tmp_path / "store_ok")
+    with process_group_teardown():
+        dist.all_reduce(torch.ones(1))
+    assert not dist.is_initialized()
+
+    _one_rank_group(tmp_path / "store_err")
+    with pytest.raises(ValueError, match="boom"), process_group_teardown():
+        raise ValueError("boom")
+    assert not dist.is_initialized()

@@ -94,6 +94,27 @@ def init_distributed(device: str) -> tuple[int, int]:
     return distributed.init_distributed(device)
 
 
+@contextlib.contextmanager
+def process_group_teardown() -> Iterator[None]:
+    """Destroy the process group a recipe started, when the recipe ends (no-op for one process).
+
+    Without it the interpreter tears gloo/NCCL down during finalisation, where gloo's worker
+    threads can abort the process ("terminate called without an active exception", SIGABRT)
+    after a run that otherwise succeeded. On success the ranks meet at a barrier first, so no
+    rank leaves while another still writes; after an error there is no barrier (the other
+    ranks may never arrive).
+    """
+    from tunekit.training import distributed
+
+    try:
+        yield
+    except BaseException:
+        distributed.destroy_distributed()
+        raise
+    distributed.barrier()
+    distributed.destroy_distributed()
+
+
 # ---------------------------------------------------------------------------- model
 
 
