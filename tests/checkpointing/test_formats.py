@@ -92,23 +92,145 @@ def test_hf_and_meta_give_identical_tunekit_state(hf_dir, meta_dir, tmp_path):
     _same(hf, meta)
 
 
-def test_meta_model_parallel_merge(meta_dir, tmp_path):
-    full = torch.load(meta_dir / "consolidated.00.pth", weights_only=True)
-    mp = tmp_path / "meta_mp"
-    mp.mkdir()
-    shutil.copy(meta_dir / "params.json", mp)
-    parts = [{}, {}]
+# The split dim of each Meta weight, written out here from Meta's reference model (not read from
+# tunekit's table): ParallelEmbedding splits the embedding width; ColumnParallelLinear (wq, wk,
+# wv, w1, w3, output) splits output rows; RowParallelLinear (wo, w2) splits input columns.
+_META_SPLIT = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0,
+               "w3": 0, "w2": 1}
+
+
+def _meta_split_dim(key: str) -> int | None:
+    return _META_SPLIT.get(key.removesuffix(".weight").rsplit(".", 1)[-1])
+
+
+def _split_meta(full: dict, n: int) -> list[dict]:
+    parts = [{} for _ in range(n)]
     for k, w in full.items():
-        dim = None if k == "rope.freqs" else MERGE_DIMS[k.split(".", 2)[-1] if k.startswith("layers.") else k]
-        for i, piece in enumerate([w, w] if dim is None else w.chunk(2, dim=dim)):
+        dim = _meta_split_dim(k)
+        for i, piece in enumerate([w] * n if dim is None else w.chunk(n, dim=dim)):
             parts[i][k] = piece.clone()
+    return parts
+
+
+def _meta_mp_dir(meta_dir, d, n: int):
+    d.mkdir()
+    for name in ("params.json", "tokenizer.model"):
+        shutil.copy(meta_dir / name, d)
+    parts = _split_meta(torch.load(meta_dir / "consolidated.00.pth", weights_only=True), n)
     for i, p in enumerate(parts):
-        torch.save(p, mp / f"consolidated.{i:02d}.pth")
-    ckpt = FullModelMetaCheckpointer(mp, tmp_path / "out")
+        torch.save(p, d / f"consolidated.{i:02d}.pth")
+    return parts
+
+
+def test_split_table_agrees_with_meta_reference():
+    assert all(MERGE_DIMS[k] == _meta_split_dim(k) for k in MERGE_DIMS), MERGE_DIMS
+
+
+def test_meta_model_parallel_merge(meta_dir, tmp_path):
+    _meta_mp_dir(meta_dir, tmp_path / "meta_mp", 2)
+    ckpt = FullModelMetaCheckpointer(tmp_path / "meta_mp", tmp_path / "out")
     assert [f.name for f in ckpt.checkpoint_files] == ["consolidated.00.pth", "consolidated.01.pth"]
     merged = ckpt.load_checkpoint()["model"]
     single = FullModelMetaCheckpointer(meta_dir, tmp_path / "out2").load_checkpoint()["model"]
     _same(merged, single)
+
+
+def test_meta_model_parallel_round_trip_keeps_the_file_layout(meta_dir, tmp_path):
+    """Meta -> tunekit -> Meta on 2 model-parallel files gives back the same 2 files' tensors."""
+    parts = _meta_mp_dir(meta_dir, tmp_path / "meta_mp", 2)
+    ckpt = FullModelMetaCheckpointer(tmp_path / "meta_mp", tmp_path / "out")
+    assert ckpt.model_parallel_size == 2
+    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
+    assert sorted(f.name for f in out.glob("*.pth")) == ["consolidated.00.pth", "consolidated.01.pth"]
+    for i, part in enumerate(parts):
+        del part["rope.freqs"]  # a cache Meta ships; not a weight, not written back
+        _same(torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True), part)
+    assert json.loads((out / "params.json").read_text()) == meta_params()
+    # ... and it reads back as the same model
+    again = FullModelMetaCheckpointer(out, tmp_path / "out2").load_checkpoint()["model"]
+    _same(again, FullModelMetaCheckpointer(meta_dir, tmp_path / "out3").load_checkpoint()["model"])
+
+
+def test_meta_model_parallel_size_overrides_the_input_count(meta_dir, tmp_path):
+    single = torch.load(meta_dir / "consolidated.00.pth", weights_only=True)
+    del single["rope.freqs"]
+    # one file in, two out (what Meta's 13B layout looks like)
+    ckpt = FullModelMetaCheckpointer(meta_dir, tmp_path / "a", model_parallel_size=2)
+    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
+    for i, part in enumerate(_split_meta(single, 2)):
+        _same(torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True), part)
+    # two files in, one merged file out
+    _meta_mp_dir(meta_dir, tmp_path / "meta_mp", 2)
+    ckpt = FullModelMetaCheckpointer(tmp_path / "meta_mp", tmp_path / "b", model_parallel_size=1)
+    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
+    assert [f.name for f in out.glob("*.pth")] == ["consolidated.00.pth"]
+    _same(torch.load(out / "consolidated.00.pth", weights_only=True), single)
+
+
+def test_meta_model_parallel_files_compute_the_model_as_tensor_parallel_slices(meta_dir, tmp_path):
+    """The written slices work as Meta's tensor parallelism uses them, independent of any table:
+    per-file attention (its whole q heads with their GQA kv heads) and SwiGLU outputs sum to the
+    full layer's; per-file embedding columns and logit rows concatenate to the full ones."""
+    import torch.nn.functional as F
+
+    ckpt = FullModelMetaCheckpointer(meta_dir, tmp_path / "o", model_parallel_size=2)
+    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
+    full = torch.load(meta_dir / "consolidated.00.pth", weights_only=True)
+    parts = [torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True) for i in range(2)]
+
+    def attention(sd, x, heads, kv_heads):
+        t, hd = x.shape[0], 32 // HEADS
+        q = (x @ sd["layers.0.attention.wq.weight"].T).view(t, heads, hd).transpose(0, 1)
+        k = (x @ sd["layers.0.attention.wk.weight"].T).view(t, kv_heads, hd).transpose(0, 1)
+        v = (x @ sd["layers.0.attention.wv.weight"].T).view(t, kv_heads, hd).transpose(0, 1)
+        k, v = (z.repeat_interleave(heads // kv_heads, dim=0) for z in (k, v))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(0, 1).reshape(t, -1)
+        return o @ sd["layers.0.attention.wo.weight"].T
+
+    def swiglu(sd, x):
+        w = lambda n: sd[f"layers.0.feed_forward.{n}.weight"]  # noqa: E731
+        return (F.silu(x @ w("w1").T) * (x @ w("w3").T)) @ w("w2").T
+
+    x = torch.randn(7, 32)
+    torch.testing.assert_close(sum(attention(p, x, HEADS // 2, KV_HEADS // 2) for p in parts),
+                               attention(full, x, HEADS, KV_HEADS))
+    torch.testing.assert_close(sum(swiglu(p, x) for p in parts), swiglu(full, x))
+    tokens = torch.tensor([1, 5, 63])
+    torch.testing.assert_close(torch.cat([p["tok_embeddings.weight"][tokens] for p in parts], -1),
+                               full["tok_embeddings.weight"][tokens])
+    torch.testing.assert_close(torch.cat([x @ p["output.weight"].T for p in parts], -1),
+                               x @ full["output.weight"].T)
+    for p in parts:
+        _same({"n": p["norm.weight"]}, {"n": full["norm.weight"]})
+
+
+@pytest.mark.parametrize("value, message", [
+    (0, "model_parallel_size must be a positive integer or null (the input's file count), got 0"),
+    ("2", "model_parallel_size must be a positive integer or null (the input's file count), got '2'"),
+    (3, "model_parallel_size (3) must divide n_heads=4, n_kv_heads=2, dim=32 from"),
+    (4, "model_parallel_size (4) must divide n_kv_heads=2 from"),
+])  # fmt: skip
+def test_meta_model_parallel_size_errors(meta_dir, tmp_path, value, message):
+    from tunekit.checkpointing import CheckpointError
+
+    with pytest.raises(CheckpointError) as info:
+        FullModelMetaCheckpointer(meta_dir, tmp_path / "out", model_parallel_size=value)
+    assert message in str(info.value)
+    if isinstance(value, int) and value > 1:
+        assert "params.json" in str(info.value) and "a divisor" in str(info.value)
+
+
+def test_meta_save_refuses_weights_that_do_not_split_evenly(meta_dir, tmp_path):
+    from tunekit.checkpointing import CheckpointError
+
+    ckpt = FullModelMetaCheckpointer(meta_dir, tmp_path / "out", model_parallel_size=2)
+    sd = ckpt.load_checkpoint()["model"]
+    sd["output.weight"] = torch.zeros(63, 32)  # an odd vocabulary cannot be cut in two
+    with pytest.raises(CheckpointError) as info:
+        ckpt.save_checkpoint({"model": sd}, epoch=0)
+    assert ("Cannot save epoch_0 as 2 model-parallel files: 2 does not divide output.weight "
+            "(dim 0 = 63)") in str(info.value)
+    assert not (tmp_path / "out" / "epoch_0").exists()  # nothing half-written left behind
 
 
 def test_hf_output_loads_in_transformers_with_equal_logits(hf_dir, tmp_path):

@@ -81,6 +81,39 @@ def test_full_finetune_meta_in_meta_out_equals_hf(tmp_path):
     assert not list(out.glob("*.safetensors")) and not (out / "adapter_0.pt").exists()
     assert list((hf / "epoch_0").glob("model-*.safetensors"))
 
+    # The same weights as Meta ships 13B: two model-parallel files in, two out, same training.
+    mp_in, mp = tmp_path / "meta_mp_in", tmp_path / "meta_mp"
+    mp_in.mkdir()
+    for name in ("params.json", "tokenizer.model"):
+        (mp_in / name).write_bytes((ASSETS / "meta" / name).read_bytes())
+    split = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w3": 0, "w2": 1}
+    full = torch.load(ASSETS / "meta" / "consolidated.00.pth", weights_only=True)
+    for i in range(2):
+        part = {}
+        for k, w in full.items():
+            dim = split.get(k.removesuffix(".weight").rsplit(".", 1)[-1])
+            part[k] = w.clone() if dim is None else w.chunk(2, dim=dim)[i].clone()
+        torch.save(part, mp_in / f"consolidated.{i:02d}.pth")
+    run_recipe("full_finetune", mp, *FAST, "checkpointer=meta", f"checkpointer.checkpoint_dir={mp_in}")
+    c = step_losses(mp)
+    assert sorted(c) == [1, 2, 3] and all(c[s] == pytest.approx(b[s], abs=1e-6) for s in b)
+    files = sorted((mp / "epoch_0").glob("consolidated.*.pth"))
+    assert [f.name for f in files] == ["consolidated.00.pth", "consolidated.01.pth"]
+    one = torch.load(out / "consolidated.00.pth", weights_only=True)
+    parts = [torch.load(f, weights_only=True) for f in files]
+    for k, w in one.items():
+        dim = split.get(k.removesuffix(".weight").rsplit(".", 1)[-1])
+        got = parts[0][k] if dim is None else torch.cat([p[k] for p in parts], dim=dim)
+        torch.testing.assert_close(got, w, rtol=0, atol=1e-6)
+
+
+def test_meta_model_parallel_size_that_splits_heads_is_refused(tmp_path):
+    proc = run_recipe("full_finetune", tmp_path / "run", *FAST, "checkpointer=meta",
+                      "checkpointer.model_parallel_size=3", check=False)
+    assert proc.returncode == 1
+    assert "model_parallel_size (3) must divide n_heads=4, n_kv_heads=2, dim=128" in proc.stderr
+    assert "Set checkpointer.model_parallel_size to a divisor" in proc.stderr
+
 
 def test_gradient_accumulation_equivalence(tmp_path):
     """batch 4 x accumulation 2 gives the same per-step losses as batch 8 x 1."""

@@ -6,7 +6,7 @@ same format into ``output_dir/epoch_{e}/`` (or ``step_{s}/``), atomically:
 ```
 epoch_0/
   model-00001-of-00002.safetensors ... model.safetensors.index.json   (HF; or pytorch_model-*.bin)
-  consolidated.00.pth + params.json                                    (Meta)
+  consolidated.00.pth [.. .07.pth] + params.json                       (Meta; the input's file count)
   config.json, generation_config.json, tokenizer* ...                  (copied from the input)
   adapter_0.pt                     LoRA weights in tunekit names (for resuming)
   adapter/adapter_config.json      PEFT adapter: peft.PeftModel.from_pretrained(base, epoch_0/adapter)
@@ -416,6 +416,53 @@ def _merge_model_parallel(files: Sequence[Path], mt: ModelType) -> dict[str, tor
     return merged
 
 
+def _check_model_parallel_size(n: Any, dims: Any, *, given: bool, source: Path) -> int:
+    what = "model_parallel_size" if given else "the input's model-parallel file count"
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CheckpointError(f"FullModelMetaCheckpointer: model_parallel_size must be a positive "
+                              f"integer or null (the input's file count), got {n!r}")
+    sizes = {"n_heads": dims.num_heads, "n_kv_heads": dims.num_kv_heads, "dim": dims.embed_dim}
+    bad = [f"{k}={v}" for k, v in sizes.items() if v % n]
+    if bad:
+        raise CheckpointError(
+            f"FullModelMetaCheckpointer: {what} ({n}) must divide {', '.join(bad)} from {source}: "
+            f"each model-parallel file holds whole heads. Set checkpointer.model_parallel_size to "
+            f"a divisor (1 writes one merged consolidated.00.pth)."
+        )
+    return n
+
+
+def _save_model_parallel(
+    meta: Mapping[str, torch.Tensor], n: int, mt: ModelType, out_dir: Path, name: str
+) -> None:
+    """Write ``meta`` as ``consolidated.00.pth`` .. ``consolidated.{n-1:02d}.pth``.
+
+    Each weight is cut into ``n`` equal slices along the dim it is split on in Meta's
+    tensor-parallel model (replicated weights go to every file), the inverse of
+    :func:`_merge_model_parallel`. One file's slices are copied at a time, so at most ``1/n``
+    of the model is held on top of ``meta``.
+    """
+    dims: dict[str, int | None] = {}
+    uneven = []
+    for k, v in meta.items():
+        try:
+            dims[k] = None if n == 1 else mt.meta_merge_dim(k)
+        except ConversionError as err:
+            raise CheckpointError(f"Cannot save {name}: {err}") from None
+        if dims[k] is not None and v.shape[dims[k]] % n:
+            uneven.append(f"{k} (dim {dims[k]} = {v.shape[dims[k]]})")
+    if uneven:
+        raise CheckpointError(
+            f"Cannot save {name} as {n} model-parallel files: {n} does not divide "
+            f"{', '.join(uneven[:5])}{' ...' if len(uneven) > 5 else ''}. Set "
+            f"checkpointer.model_parallel_size to a divisor (1 writes one merged file)."
+        )
+    for i in range(n):
+        part = {k: own_storage(v if dims[k] is None else v.chunk(n, dim=dims[k])[i]) for k, v in meta.items()}
+        torch.save(part, out_dir / f"consolidated.{i:02d}.pth")
+        del part
+
+
 def read_meta_model(
     checkpoint_dir: Path, files: Sequence[Path], mt: ModelType, key_files: dict[str, str] | None = None
 ) -> dict[str, torch.Tensor]:
@@ -443,9 +490,17 @@ def read_meta_model(
 class FullModelMetaCheckpointer:
     """Reads and writes Meta-format checkpoints (``consolidated.*.pth`` + ``params.json``).
 
-    Model-parallel inputs (``consolidated.00.pth`` ... ``.07.pth``) are merged; the output is
-    always one ``consolidated.00.pth`` with ``params.json`` and ``tokenizer.model`` copied.
-    Arguments as :class:`FullModelHFCheckpointer` (without ``max_shard_size``).
+    Model-parallel inputs (``consolidated.00.pth`` ... ``.07.pth``, as Meta ships 13B and 70B)
+    are merged on load. The output keeps the input's layout: as many ``consolidated.NN.pth``
+    files as the input had, each weight split along the dim Meta's tensor-parallel layers use
+    (the layout Meta's reference code and HF's ``convert_llama_weights_to_hf`` expect), with
+    ``params.json`` and ``tokenizer.model`` copied. Other arguments as
+    :class:`FullModelHFCheckpointer` (without ``max_shard_size``), plus:
+
+    Args:
+        model_parallel_size: number of ``consolidated.NN.pth`` files to write; None (default)
+            keeps the input's count, 1 writes one merged file. It must divide the head counts,
+            the model width and every split dimension.
     """
 
     def __init__(
@@ -458,6 +513,7 @@ class FullModelMetaCheckpointer:
         recipe_checkpoint: str | None = None,
         resume_from_checkpoint: bool = False,
         keep_last_n: int | None = None,
+        model_parallel_size: int | None = None,
     ) -> None:
         s = _setup(checkpoint_dir, output_dir, checkpoint_files, model_type, adapter_checkpoint,
                    recipe_checkpoint, resume_from_checkpoint, _discover_meta)
@@ -470,6 +526,9 @@ class FullModelMetaCheckpointer:
         except ConversionError as err:
             raise CheckpointError(f"{s.checkpoint_dir / 'params.json'}: {err}") from None
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
+        self.model_parallel_size = _check_model_parallel_size(
+            len(s.files) if model_parallel_size is None else model_parallel_size, d,
+            given=model_parallel_size is not None, source=s.checkpoint_dir / "params.json")
 
     def load_checkpoint(self) -> dict[str, Any]:
         """Read the weights (and, when resuming, adapter + training state); see the HF checkpointer."""
@@ -490,7 +549,7 @@ class FullModelMetaCheckpointer:
                 meta = s.model_type.tunekit_to_meta(state["model"])
             except ConversionError as err:
                 raise CheckpointError(f"Cannot save {name}: {err}") from None
-            torch.save({k: own_storage(v) for k, v in meta.items()}, tmp / "consolidated.00.pth")
+            _save_model_parallel(meta, self.model_parallel_size, s.model_type, tmp, name)
             del meta
             _copy_aux(s.checkpoint_dir, tmp, _META_AUX)
             _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
