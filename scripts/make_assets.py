@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from tunekit.data import bundled_text_files
 from tunekit.models import MODEL_TYPES
 from tunekit.models.llama2 import llama2_tiny
+from tunekit.models.llama2._convert import Llama2Dims
 from tunekit.tokenizers import TINY_TOKENIZER_PATH, SentencePieceTokenizer
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "tunekit" / "assets" / "tiny_llama2"
@@ -82,44 +83,22 @@ def pretrain(steps: int, batch_size: int, seq_len: int, lr: float, seed: int) ->
 def write_hf(sd: dict, out: Path) -> None:
     """config.json + model.safetensors + tokenizer files, loadable by transformers."""
     out.mkdir(parents=True, exist_ok=True)
-    hf = MODEL_TYPES["LLAMA2"].tunekit_to_hf(
-        sd, DIMS["num_heads"], DIMS["num_kv_heads"], DIMS["embed_dim"]
-    )
+    mt = MODEL_TYPES["LLAMA2"]
+    hf = mt.tunekit_to_hf(sd, DIMS["num_heads"], DIMS["num_kv_heads"], DIMS["embed_dim"])
     save_file({k: v.contiguous() for k, v in hf.items()}, out / "model.safetensors",
               metadata={"format": "pt"})  # fmt: skip
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": DIMS["vocab_size"],
-        "hidden_size": DIMS["embed_dim"],
-        "intermediate_size": DIMS["intermediate_dim"],
-        "num_hidden_layers": DIMS["num_layers"],
-        "num_attention_heads": DIMS["num_heads"],
-        "num_key_value_heads": DIMS["num_kv_heads"],
-        "max_position_embeddings": DIMS["max_seq_len"],
-        "rms_norm_eps": DIMS["norm_eps"],
-        "rope_theta": DIMS["rope_base"],
-        "hidden_act": "silu",
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": "float32",
-    }
+    dims = Llama2Dims(num_layers=DIMS["num_layers"], num_heads=DIMS["num_heads"],
+                      num_kv_heads=DIMS["num_kv_heads"], embed_dim=DIMS["embed_dim"],
+                      vocab_size=DIMS["vocab_size"], intermediate_dim=DIMS["intermediate_dim"])
+    config = mt.hf_config(dims, norm_eps=DIMS["norm_eps"], rope_theta=DIMS["rope_base"],
+                          max_position_embeddings=DIMS["max_seq_len"], dtype=torch.float32)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 1, "eos_token_id": 2, "max_length": 512}, indent=2) + "\n"
     )
     shutil.copy(TINY_TOKENIZER_PATH, out / "tokenizer.model")
     (out / "tokenizer_config.json").write_text(
-        json.dumps(
-            {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-             "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-             "legacy": True, "model_max_length": DIMS["max_seq_len"]},  # fmt: skip
-            indent=2,
-        )
-        + "\n"
+        json.dumps(mt.hf_tokenizer_config(DIMS["max_seq_len"]), indent=2) + "\n"
     )
 
 

@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from tunekit.checkpointing import write_hf_weights, write_meta_weights
 from tunekit.models import get_model_type
 from tunekit.models import llama2 as llama2_builders
 from tunekit.models.llama2 import init_on_device
+from tunekit.models.llama2._convert import Llama2Dims
 from tunekit.tokenizers import TINY_TOKENIZER_PATH
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -57,62 +57,27 @@ def model_dims(model: torch.nn.Module) -> dict:
     }
 
 
-def _meta_ffn_params(dim: int, intermediate: int) -> dict:
-    """``multiple_of`` / ``ffn_dim_multiplier`` that Meta's rule turns into ``intermediate``."""
-    base = int(2 * 4 * dim / 3)
-    for multiplier, multiple_of in ((None, 256), (None, 32), (1.3, 4096), (None, 4096)):
-        hidden = base if multiplier is None else int(multiplier * base)
-        if multiple_of * math.ceil(hidden / multiple_of) == intermediate:
-            return {"multiple_of": multiple_of, "ffn_dim_multiplier": multiplier}
-    return {"multiple_of": 1, "ffn_dim_multiplier": (intermediate + 0.5) / base}
+def _dims(d: dict) -> Llama2Dims:
+    return Llama2Dims(num_layers=d["num_layers"], num_heads=d["num_heads"], num_kv_heads=d["num_kv_heads"],
+                      embed_dim=d["embed_dim"], vocab_size=d["vocab_size"],
+                      intermediate_dim=d["intermediate_dim"])
 
 
-def write_hf(sd: dict, d: dict, out: Path, dtype_name: str, max_shard_bytes: int) -> None:
+def write_hf(sd: dict, d: dict, out: Path, max_shard_bytes: int) -> None:
     mt = get_model_type("LLAMA2")
-    keys = list(sd)
-    shards, cur, size = [], [], 0
-    for k in keys:
-        n = sd[k].numel() * sd[k].element_size()
-        if cur and size + n > max_shard_bytes:
-            shards.append(cur)
-            cur, size = [], 0
-        cur.append(k)
-        size += n
-    shards.append(cur)
-    weight_map, total = {}, 0
-    for i, group in enumerate(shards, start=1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        hf = mt.tunekit_to_hf({k: sd[k] for k in group}, d["num_heads"], d["num_kv_heads"], d["embed_dim"])
-        hf = {k: v.detach().to("cpu").contiguous() for k, v in hf.items()}
-        save_file(hf, str(out / name), metadata={"format": "pt"})
-        for k, v in hf.items():
-            weight_map[k] = name
-            total += v.numel() * v.element_size()
-        del hf
-    (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
-    config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": d["vocab_size"], "hidden_size": d["embed_dim"],
-        "intermediate_size": d["intermediate_dim"], "num_hidden_layers": d["num_layers"],
-        "num_attention_heads": d["num_heads"], "num_key_value_heads": d["num_kv_heads"],
-        "max_position_embeddings": d["max_seq_len"], "rms_norm_eps": d["norm_eps"],
-        "rope_theta": d["rope_base"], "hidden_act": "silu", "tie_word_embeddings": False,
-        "attention_bias": False, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2,
-        "torch_dtype": {"bf16": "bfloat16", "fp32": "float32"}[dtype_name],
-    }  # fmt: skip
+    heads = (d["num_heads"], d["num_kv_heads"], d["embed_dim"])
+    write_hf_weights(sd, out, mt, heads, fmt="safetensors", max_shard_bytes=max_shard_bytes, name=str(out))
+    config = mt.hf_config(_dims(d), norm_eps=d["norm_eps"], rope_theta=d["rope_base"],
+                          max_position_embeddings=d["max_seq_len"], dtype=next(iter(sd.values())).dtype)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 1, "eos_token_id": 2}, indent=2) + "\n")
 
 
 def write_meta(sd: dict, d: dict, out: Path) -> None:
-    meta = get_model_type("LLAMA2").tunekit_to_meta(sd)
-    torch.save({k: v.detach().to("cpu").contiguous() for k, v in meta.items()}, out / "consolidated.00.pth")
-    params = {"dim": d["embed_dim"], "n_layers": d["num_layers"], "n_heads": d["num_heads"],
-              "n_kv_heads": d["num_kv_heads"], "vocab_size": d["vocab_size"],
-              **_meta_ffn_params(d["embed_dim"], d["intermediate_dim"]),
-              "norm_eps": d["norm_eps"], "rope_theta": d["rope_base"]}  # fmt: skip
+    mt = get_model_type("LLAMA2")
+    write_meta_weights(mt.tunekit_to_meta(sd), 1, mt, out, str(out))
+    params = mt.meta_params(_dims(d), norm_eps=d["norm_eps"], rope_theta=d["rope_base"])
     (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
 
 
@@ -133,10 +98,11 @@ def main() -> None:
         model = getattr(llama2_builders, args.model)()
     init_on_device(model, args.device, DTYPES[args.dtype])
     d = model_dims(model)
-    sd = model.state_dict()
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # written from host memory
+    del model
     args.out.mkdir(parents=True, exist_ok=True)
     if args.format == "hf":
-        write_hf(sd, d, args.out, args.dtype, int(args.max_shard_gb * 1024**3))
+        write_hf(sd, d, args.out, int(args.max_shard_gb * 1024**3))
     else:
         write_meta(sd, d, args.out)
     shutil.copy(TINY_TOKENIZER_PATH, args.out / "tokenizer.model")

@@ -62,3 +62,20 @@ def meta_params() -> dict:
     # multiple_of=16: int(2*4*32/3)=85 -> 96? we need 64: use ffn_dim_multiplier to land on 64.
     return {"dim": 32, "n_layers": 2, "n_heads": HEADS, "n_kv_heads": KV_HEADS, "vocab_size": -1,
             "multiple_of": 16, "ffn_dim_multiplier": 0.76, "norm_eps": 1e-5}  # fmt: skip
+
+
+def read_weights(d, pattern: str) -> dict[str, torch.Tensor]:
+    """Every tensor in the files of ``d`` matching ``pattern`` (safetensors, .bin or .pth)."""
+    from tunekit.checkpointing import load_state_file
+
+    sd = {}
+    for f in sorted(d.glob(pattern)):
+        sd.update(load_state_file(f))
+    return sd
+
+
+def assert_same(a: dict, b: dict) -> None:
+    """The same keys, dtypes and values, bit for bit."""
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k

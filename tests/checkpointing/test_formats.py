@@ -7,23 +7,10 @@ import shutil
 
 import pytest
 import torch
-from _ckpt_helpers import HEADS, KV_HEADS, meta_params, tiny_tk_model
+from _ckpt_helpers import HEADS, KV_HEADS, assert_same, meta_params, read_weights, tiny_tk_model
 
-from tunekit.checkpointing import FullModelHFCheckpointer, FullModelMetaCheckpointer, load_state_file
+from tunekit.checkpointing import FullModelHFCheckpointer, FullModelMetaCheckpointer
 from tunekit.models.llama2._convert import MERGE_DIMS
-
-
-def _read_dir(d, pattern):
-    sd = {}
-    for f in sorted(d.glob(pattern)):
-        sd.update(load_state_file(f))
-    return sd
-
-
-def _same(a, b):
-    assert set(a) == set(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
 def test_hf_safetensors_round_trip_sharded(hf_dir, hf_state, tmp_path):
@@ -37,7 +24,7 @@ def test_hf_safetensors_round_trip_sharded(hf_dir, hf_state, tmp_path):
     assert len(shards) > 1
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {f.name for f in shards}
-    _same(_read_dir(out, "model-*.safetensors"), hf_state)
+    assert_same(read_weights(out, "model-*.safetensors"), hf_state)
     for name in ("config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
                  "special_tokens_map.json", "COMPLETE"):  # fmt: skip
         assert (out / name).is_file(), name
@@ -51,7 +38,7 @@ def test_hf_bin_in_bin_out(hf_bin_dir, hf_state, tmp_path):
     sd = ckpt.load_checkpoint()["model"]
     out = ckpt.save_checkpoint({"model": sd}, epoch=1)
     assert (out / "pytorch_model.bin.index.json").is_file() and not list(out.glob("*.safetensors"))
-    _same(_read_dir(out, "pytorch_model-*.bin"), hf_state)
+    assert_same(read_weights(out, "pytorch_model-*.bin"), hf_state)
 
 
 def test_hf_discovery_without_index(hf_bin_dir, hf_state, tmp_path):
@@ -72,7 +59,7 @@ def test_hf_single_file_discovery(hf_model_dir, hf_state, tmp_path):
     ckpt = FullModelHFCheckpointer(d, tmp_path / "out")
     assert [f.name for f in ckpt.checkpoint_files] == ["model.safetensors"]
     out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=2)  # load's dict goes straight back in
-    _same(_read_dir(out, "model-*.safetensors"), hf_state)
+    assert_same(read_weights(out, "model-*.safetensors"), hf_state)
 
 
 def test_meta_round_trip(meta_dir, tmp_path):
@@ -81,7 +68,7 @@ def test_meta_round_trip(meta_dir, tmp_path):
     out = ckpt.save_checkpoint({"model": sd}, epoch=0)
     orig = torch.load(meta_dir / "consolidated.00.pth", weights_only=True)
     del orig["rope.freqs"]
-    _same(torch.load(out / "consolidated.00.pth", weights_only=True), orig)
+    assert_same(torch.load(out / "consolidated.00.pth", weights_only=True), orig)
     assert json.loads((out / "params.json").read_text()) == meta_params()
     assert (out / "tokenizer.model").is_file()
 
@@ -89,7 +76,7 @@ def test_meta_round_trip(meta_dir, tmp_path):
 def test_hf_and_meta_give_identical_tunekit_state(hf_dir, meta_dir, tmp_path):
     hf = FullModelHFCheckpointer(hf_dir, tmp_path / "o1").load_checkpoint()["model"]
     meta = FullModelMetaCheckpointer(meta_dir, tmp_path / "o2").load_checkpoint()["model"]
-    _same(hf, meta)
+    assert_same(hf, meta)
 
 
 # The split dim of each Meta weight, written out here from Meta's reference model (not read from
@@ -132,7 +119,7 @@ def test_meta_model_parallel_merge(meta_dir, tmp_path):
     assert [f.name for f in ckpt.checkpoint_files] == ["consolidated.00.pth", "consolidated.01.pth"]
     merged = ckpt.load_checkpoint()["model"]
     single = FullModelMetaCheckpointer(meta_dir, tmp_path / "out2").load_checkpoint()["model"]
-    _same(merged, single)
+    assert_same(merged, single)
 
 
 def test_meta_model_parallel_round_trip_keeps_the_file_layout(meta_dir, tmp_path):
@@ -144,11 +131,11 @@ def test_meta_model_parallel_round_trip_keeps_the_file_layout(meta_dir, tmp_path
     assert sorted(f.name for f in out.glob("*.pth")) == ["consolidated.00.pth", "consolidated.01.pth"]
     for i, part in enumerate(parts):
         del part["rope.freqs"]  # a cache Meta ships; not a weight, not written back
-        _same(torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True), part)
+        assert_same(torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True), part)
     assert json.loads((out / "params.json").read_text()) == meta_params()
     # ... and it reads back as the same model
     again = FullModelMetaCheckpointer(out, tmp_path / "out2").load_checkpoint()["model"]
-    _same(again, FullModelMetaCheckpointer(meta_dir, tmp_path / "out3").load_checkpoint()["model"])
+    assert_same(again, FullModelMetaCheckpointer(meta_dir, tmp_path / "out3").load_checkpoint()["model"])
 
 
 def test_meta_model_parallel_size_overrides_the_input_count(meta_dir, tmp_path):
@@ -158,13 +145,13 @@ def test_meta_model_parallel_size_overrides_the_input_count(meta_dir, tmp_path):
     ckpt = FullModelMetaCheckpointer(meta_dir, tmp_path / "a", model_parallel_size=2)
     out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
     for i, part in enumerate(_split_meta(single, 2)):
-        _same(torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True), part)
+        assert_same(torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True), part)
     # two files in, one merged file out
     _meta_mp_dir(meta_dir, tmp_path / "meta_mp", 2)
     ckpt = FullModelMetaCheckpointer(tmp_path / "meta_mp", tmp_path / "b", model_parallel_size=1)
     out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
     assert [f.name for f in out.glob("*.pth")] == ["consolidated.00.pth"]
-    _same(torch.load(out / "consolidated.00.pth", weights_only=True), single)
+    assert_same(torch.load(out / "consolidated.00.pth", weights_only=True), single)
 
 
 def test_meta_model_parallel_files_compute_the_model_as_tensor_parallel_slices(meta_dir, tmp_path):
@@ -201,7 +188,7 @@ def test_meta_model_parallel_files_compute_the_model_as_tensor_parallel_slices(m
     torch.testing.assert_close(torch.cat([x @ p["output.weight"].T for p in parts], -1),
                                x @ full["output.weight"].T)
     for p in parts:
-        _same({"n": p["norm.weight"]}, {"n": full["norm.weight"]})
+        assert_same({"n": p["norm.weight"]}, {"n": full["norm.weight"]})
 
 
 @pytest.mark.parametrize("value, message", [

@@ -11,8 +11,11 @@ from tunekit.checkpointing._checkpointer import (
     Checkpointer,
     FullModelHFCheckpointer,
     FullModelMetaCheckpointer,
+    write_hf_weights,
+    write_meta_weights,
 )
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
+from tunekit.checkpointing._export import checkpoint_format, convert_checkpoint, find_weights_dir
 from tunekit.checkpointing._io import COMPLETE_MARKER, load_state_file, validate_state_dict
 from tunekit.checkpointing._resume import (
     find_resume_dir,
@@ -31,10 +34,15 @@ __all__ = [
     "Checkpointer",
     "FullModelHFCheckpointer",
     "FullModelMetaCheckpointer",
+    "checkpoint_format",
+    "convert_checkpoint",
     "find_resume_dir",
+    "find_weights_dir",
     "list_checkpoints",
     "load_resume_state",
     "load_state_file",
     "load_training_state",
     "validate_state_dict",
+    "write_hf_weights",
+    "write_meta_weights",
 ]

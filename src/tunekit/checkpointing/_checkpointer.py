@@ -58,6 +58,8 @@ __all__ = [
     "RECIPE_STATE_FILE",
     "read_hf_model",
     "read_meta_model",
+    "write_hf_weights",
+    "write_meta_weights",
 ]
 
 ADAPTER_FILE = "adapter_0.pt"
@@ -288,6 +290,29 @@ def read_hf_model(
     return sd
 
 
+def write_hf_weights(
+    model: Mapping[str, torch.Tensor], out_dir: Path, mt: ModelType, heads: tuple[int, int, int], *,
+    fmt: str, max_shard_bytes: int, name: str,
+) -> list[str]:
+    """Write a tunekit state dict as HF shards (+ index) into ``out_dir``, one shard at a time.
+
+    Args:
+        heads: ``(num_heads, num_kv_heads, embed_dim)`` for the q/k RoPE permutation.
+        fmt: ``"safetensors"`` or ``"bin"``.
+        name: what is being saved, for error messages.
+    """
+    groups = plan_shards(model, max_shard_bytes)
+
+    def converted():
+        for keys in groups:
+            try:
+                yield mt.tunekit_to_hf({k: model[k] for k in keys}, *heads)
+            except ConversionError as err:
+                raise CheckpointError(f"Cannot save {name}: {err}") from None
+
+    return save_shards(converted(), len(groups), out_dir, fmt=fmt)
+
+
 class FullModelHFCheckpointer:
     """Reads and writes HF-format checkpoints (``config.json`` + safetensors or ``.bin`` shards).
 
@@ -365,16 +390,8 @@ class FullModelHFCheckpointer:
         _clean_stale(self.output_dir)
         info = {"epoch": epoch, "step": step, "intermediate": intermediate_checkpoint, "format": f"hf-{self.format}"}
         with atomic_checkpoint_dir(self.output_dir, name, info) as tmp:
-            groups = plan_shards(model, self.max_shard_bytes)
-
-            def converted():
-                for keys in groups:
-                    try:
-                        yield s.model_type.tunekit_to_hf({k: model[k] for k in keys}, *self._heads)
-                    except ConversionError as err:
-                        raise CheckpointError(f"Cannot save {name}: {err}") from None
-
-            save_shards(converted(), len(groups), tmp, fmt=self.format)
+            write_hf_weights(model, tmp, s.model_type, self._heads, fmt=self.format,
+                             max_shard_bytes=self.max_shard_bytes, name=name)
             _copy_aux(s.checkpoint_dir, tmp, _HF_AUX)
             _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
         _prune(self.output_dir, self.keep_last_n)
@@ -416,7 +433,7 @@ def _merge_model_parallel(files: Sequence[Path], mt: ModelType) -> dict[str, tor
     return merged
 
 
-def _check_model_parallel_size(n: Any, dims: Any, *, given: bool, source: Path) -> int:
+def check_model_parallel_size(n: Any, dims: Any, *, given: bool, source: Path) -> int:
     what = "model_parallel_size" if given else "the input's model-parallel file count"
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise CheckpointError(f"FullModelMetaCheckpointer: model_parallel_size must be a positive "
@@ -432,7 +449,7 @@ def _check_model_parallel_size(n: Any, dims: Any, *, given: bool, source: Path) 
     return n
 
 
-def _save_model_parallel(
+def write_meta_weights(
     meta: Mapping[str, torch.Tensor], n: int, mt: ModelType, out_dir: Path, name: str
 ) -> None:
     """Write ``meta`` as ``consolidated.00.pth`` .. ``consolidated.{n-1:02d}.pth``.
@@ -526,7 +543,7 @@ class FullModelMetaCheckpointer:
         except ConversionError as err:
             raise CheckpointError(f"{s.checkpoint_dir / 'params.json'}: {err}") from None
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
-        self.model_parallel_size = _check_model_parallel_size(
+        self.model_parallel_size = check_model_parallel_size(
             len(s.files) if model_parallel_size is None else model_parallel_size, d,
             given=model_parallel_size is not None, source=s.checkpoint_dir / "params.json")
 
@@ -549,7 +566,7 @@ class FullModelMetaCheckpointer:
                 meta = s.model_type.tunekit_to_meta(state["model"])
             except ConversionError as err:
                 raise CheckpointError(f"Cannot save {name}: {err}") from None
-            _save_model_parallel(meta, self.model_parallel_size, s.model_type, tmp, name)
+            write_meta_weights(meta, self.model_parallel_size, s.model_type, tmp, name)
             del meta
             _copy_aux(s.checkpoint_dir, tmp, _META_AUX)
             _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)

@@ -1,4 +1,4 @@
-"""The ``tunekit`` command: ls, cp, validate, run (and plug-in subcommands such as download).
+"""The ``tunekit`` command: ls, cp, validate, run (and plug-in subcommands: download, convert).
 
 Nothing here imports torch at module level; ``validate`` imports the modules that config
 nodes name (which may import torch) but builds nothing.
@@ -21,6 +21,7 @@ __all__ = ["EXTERNAL_COMMANDS", "config_groups", "list_recipes", "main"]
 # Subcommands implemented in other modules: name -> (module with `main(argv) -> int`, help).
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("tunekit.cli.download", "download a model from the Hugging Face Hub"),
+    "convert": ("tunekit.cli.convert", "write a checkpoint in HF or Meta format"),
 }
 
 _EPILOG = """\

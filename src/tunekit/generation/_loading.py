@@ -12,46 +12,19 @@ import torch
 __all__ = ["find_weights_dir", "load_adapter", "load_weights_dir", "merge_adapter"]
 
 
-def _has_hf(d: Path) -> bool:
-    return (d / "config.json").is_file() and (
-        any(d.glob("model*.safetensors")) or any(d.glob("pytorch_model*.bin"))
-    )
-
-
-def _has_meta(d: Path) -> bool:
-    return (d / "params.json").is_file() and any(d.glob("consolidated.*.pth"))
-
-
 def find_weights_dir(path: str | Path) -> Path:
-    """The directory holding model weights for ``path``.
+    """The directory holding model weights for ``checkpoint=path`` (see
+    :func:`tunekit.checkpointing.find_weights_dir`)."""
+    from tunekit.checkpointing import find_weights_dir as find
 
-    ``path`` may itself hold HF (``config.json`` + ``model*.safetensors`` / ``.bin``) or Meta
-    (``params.json`` + ``consolidated.*.pth``) weights, or be a run directory: then its newest
-    complete ``epoch_*`` / ``step_*`` checkpoint is used.
-
-    Raises:
-        CheckpointError: no weights found.
-    """
-    from tunekit.checkpointing import CheckpointError, list_checkpoints
-
-    d = Path(path).expanduser()
-    if _has_hf(d) or _has_meta(d):
-        return d
-    found = list_checkpoints(d) if d.is_dir() else []
-    if found:
-        return found[-1]
-    raise CheckpointError(
-        f"checkpoint={str(d)!r} holds no model weights: expected an HF directory (config.json + "
-        "model*.safetensors), a Meta directory (params.json + consolidated.00.pth), or a run "
-        "directory with complete epoch_*/step_* checkpoints."
-    )
+    return find(path, what="checkpoint")
 
 
 def load_weights_dir(d: Path, *, model_type: str, output_dir: str | Path) -> dict[str, torch.Tensor]:
     """Read the weights of ``d`` (format detected by its files) into tunekit names."""
-    from tunekit.checkpointing import FullModelHFCheckpointer, FullModelMetaCheckpointer
+    from tunekit.checkpointing import FullModelHFCheckpointer, FullModelMetaCheckpointer, checkpoint_format
 
-    cls = FullModelHFCheckpointer if _has_hf(d) else FullModelMetaCheckpointer
+    cls = FullModelHFCheckpointer if checkpoint_format(d) == "hf" else FullModelMetaCheckpointer
     return cls(checkpoint_dir=d, output_dir=output_dir, model_type=model_type).load_checkpoint()["model"]
 
 

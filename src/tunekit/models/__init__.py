@@ -31,6 +31,9 @@ class ModelType:
         hf_config_dims / meta_params_dims: ``config.json`` / ``params.json`` dict -> dims.
         expected_shapes: ``dims -> {tunekit key: shape}`` for the plain model.
         meta_merge_dim: ``Meta key -> dim`` of model-parallel splits (None: replicated).
+        hf_config / meta_params: dims (+ norm_eps, rope_theta, ...) -> ``config.json`` /
+            ``params.json`` dict, for cross-format export; hf_tokenizer_config likewise.
+        rope_theta_of: an HF ``config.json`` dict -> its RoPE base.
         peft_target_names: tunekit LoRA target -> PEFT module name.
     """
 
@@ -46,6 +49,10 @@ class ModelType:
     meta_params_dims: Callable[[Mapping[str, Any]], Any]
     expected_shapes: Callable[[Any], dict[str, tuple[int | None, ...]]]
     meta_merge_dim: Callable[[str], int | None]
+    hf_config: Callable[..., dict[str, Any]]
+    meta_params: Callable[..., dict[str, Any]]
+    hf_tokenizer_config: Callable[[int], dict[str, Any]]
+    rope_theta_of: Callable[[Mapping[str, Any]], float]
     peft_target_names: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -63,6 +70,10 @@ MODEL_TYPES: dict[str, ModelType] = {
         meta_params_dims=_llama2.meta_params_dims,
         expected_shapes=_llama2.expected_shapes,
         meta_merge_dim=_llama2.meta_merge_dim,
+        hf_config=_llama2.hf_config,
+        meta_params=_llama2.meta_params,
+        hf_tokenizer_config=_llama2.hf_tokenizer_config,
+        rope_theta_of=_llama2.rope_theta_of,
         peft_target_names=_llama2.PEFT_TARGET_NAMES,
     ),
 }

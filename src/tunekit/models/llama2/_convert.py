@@ -23,16 +23,20 @@ __all__ = [
     "PEFT_TARGET_NAMES",
     "adapter_to_peft",
     "expected_shapes",
+    "hf_config",
     "hf_config_dims",
+    "hf_tokenizer_config",
     "hf_to_tunekit",
     "hf_to_tunekit_key",
     "meta_merge_dim",
+    "meta_params",
     "meta_params_dims",
     "meta_to_tunekit",
     "peft_config",
     "peft_to_adapter",
     "permute_from_hf",
     "permute_to_hf",
+    "rope_theta_of",
     "tunekit_to_hf",
     "tunekit_to_hf_key",
     "tunekit_to_meta",
@@ -335,6 +339,96 @@ def meta_params_dims(params: Mapping[str, Any]) -> Llama2Dims:
         vocab_size=int(vocab) if vocab is not None and int(vocab) > 0 else None,
         intermediate_dim=hidden,
     )
+
+
+# --- writing configs (cross-format export) ------------------------------------------------
+def rope_theta_of(config: Mapping[str, Any]) -> float:
+    """RoPE base of an HF ``config.json`` (top-level ``rope_theta``, or transformers 5's
+    ``rope_parameters``); 10000 when absent."""
+    rp = config.get("rope_parameters") or {}
+    return float(config.get("rope_theta") or rp.get("rope_theta") or 10000.0)
+
+
+def hf_config(d: Llama2Dims, *, norm_eps: float, rope_theta: float, max_position_embeddings: int,
+              dtype: torch.dtype) -> dict[str, Any]:
+    """An HF ``config.json`` for ``LlamaForCausalLM`` with these sizes (as HF ships Llama 2).
+
+    Raises:
+        ConversionError: when ``d`` lacks the vocabulary or FFN size.
+    """
+    if d.vocab_size is None or d.intermediate_dim is None:
+        raise ConversionError("hf_config needs vocab_size and intermediate_dim")
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": d.vocab_size,
+        "hidden_size": d.embed_dim,
+        "intermediate_size": d.intermediate_dim,
+        "num_hidden_layers": d.num_layers,
+        "num_attention_heads": d.num_heads,
+        "num_key_value_heads": d.num_kv_heads,
+        "max_position_embeddings": max_position_embeddings,
+        "rms_norm_eps": norm_eps,
+        "rope_theta": rope_theta,
+        "rope_scaling": None,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def hf_tokenizer_config(model_max_length: int) -> dict[str, Any]:
+    """``tokenizer_config.json`` for Llama 2's SentencePiece ``tokenizer.model`` (BOS, no EOS)."""
+    return {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+            "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": True,
+            "model_max_length": model_max_length}  # fmt: skip
+
+
+# (ffn_dim_multiplier, multiple_of) pairs tried in order: Meta's for Llama 2 7B/13B and 70B,
+# then smaller powers of two (small models), before the exact fallback.
+_META_FFN_RULES = ((None, 256), (1.3, 4096), *((None, 2**k) for k in range(7, 2, -1)))
+
+
+def meta_params(d: Llama2Dims, *, norm_eps: float, rope_theta: float) -> dict[str, Any]:
+    """A Meta ``params.json`` for these sizes, written as Meta ships Llama 2.
+
+    ``vocab_size`` is -1 (Meta reads it from the tokenizer); ``n_kv_heads`` and ``rope_theta``
+    appear only when they differ from ``n_heads`` and 10000 (Llama 2's reference code rejects
+    keys it does not know). The FFN width becomes Meta's ``multiple_of`` /
+    ``ffn_dim_multiplier`` rule, chosen so that :func:`meta_params_dims` gives it back.
+
+    Raises:
+        ConversionError: when ``d`` lacks the FFN size.
+    """
+    if d.intermediate_dim is None:
+        raise ConversionError("meta_params needs intermediate_dim")
+    params: dict[str, Any] = {"dim": d.embed_dim, "n_layers": d.num_layers, "n_heads": d.num_heads}
+    if d.num_kv_heads != d.num_heads:
+        params["n_kv_heads"] = d.num_kv_heads
+    base = int(2 * 4 * d.embed_dim / 3)
+    rules = [*_META_FFN_RULES, (None, d.intermediate_dim) if base <= d.intermediate_dim
+             else (d.intermediate_dim / base, d.intermediate_dim)]
+    for ffn, multiple_of in rules:
+        trial = {"dim": d.embed_dim, "n_layers": 1, "n_heads": 1, "multiple_of": multiple_of,
+                 "ffn_dim_multiplier": ffn}
+        if meta_params_dims(trial).intermediate_dim == d.intermediate_dim:
+            if ffn is not None:
+                params["ffn_dim_multiplier"] = ffn
+            params["multiple_of"] = multiple_of
+            break
+    else:  # pragma: no cover - the last rule reproduces any width by construction
+        raise ConversionError(f"no multiple_of rule gives intermediate_dim={d.intermediate_dim}")
+    params["norm_eps"] = norm_eps
+    if rope_theta != 10000.0:
+        params["rope_theta"] = rope_theta
+    params["vocab_size"] = -1
+    return params
 
 
 def expected_shapes(d: Llama2Dims) -> dict[str, tuple[int | None, ...]]:

@@ -1,0 +1,235 @@
+"""Finding weights in a directory, and converting a checkpoint to the other format.
+
+``convert_checkpoint`` turns a Meta checkpoint into an HF one (``config.json``, sharded
+safetensors, tokenizer files) or back, or re-writes one in its own format with another dtype,
+shard size or model-parallel split. It is what ``tunekit convert`` runs. Weights pass through
+tunekit names, so every conversion is the same pair of tested key tables the checkpointers use;
+only the config file (``config.json`` <-> ``params.json``) is written anew.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunekit.checkpointing._checkpointer import (
+    _HF_AUX,
+    _META_AUX,
+    _copy_aux,
+    _read_json,
+    check_model_parallel_size,
+    read_hf_model,
+    read_meta_model,
+    write_hf_weights,
+    write_meta_weights,
+    _discover_hf,
+    _discover_meta,
+)
+from tunekit.checkpointing._errors import CheckpointError
+from tunekit.checkpointing._io import atomic_checkpoint_dir, parse_size
+from tunekit.models import get_model_type
+from tunekit.models.llama2._convert import ConversionError
+
+__all__ = ["FORMATS", "checkpoint_format", "convert_checkpoint", "find_weights_dir"]
+
+FORMATS = ("hf", "meta")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Files both formats share (SentencePiece model, license) when converting between them.
+_SHARED_AUX = ("tokenizer.model", "LICENSE*", "USE_POLICY.md", "README.md")
+# Llama 2's context length; Meta's params.json does not record it.
+DEFAULT_MAX_POSITION_EMBEDDINGS = 4096
+
+
+def checkpoint_format(d: Path) -> str | None:
+    """``"hf"`` (config.json + model*.safetensors / pytorch_model*.bin), ``"meta"``
+    (params.json + consolidated.*.pth) or None for what ``d`` holds."""
+    if (d / "config.json").is_file() and (any(d.glob("model*.safetensors")) or any(d.glob("pytorch_model*.bin"))):
+        return "hf"
+    if (d / "params.json").is_file() and any(d.glob("consolidated.*.pth")):
+        return "meta"
+    return None
+
+
+def find_weights_dir(path: str | Path, *, what: str = "checkpoint") -> Path:
+    """The directory holding model weights for ``path``.
+
+    ``path`` may itself hold HF or Meta weights (see :func:`checkpoint_format`), or be a run
+    directory: then its newest complete ``epoch_*`` / ``step_*`` checkpoint is used.
+
+    Args:
+        what: the setting ``path`` came from, named in the error.
+
+    Raises:
+        CheckpointError: no weights found.
+    """
+    from tunekit.checkpointing._resume import list_checkpoints
+
+    d = Path(path).expanduser()
+    if checkpoint_format(d):
+        return d
+    found = list_checkpoints(d) if d.is_dir() else []
+    if found:
+        return found[-1]
+    raise CheckpointError(
+        f"{what}={str(d)!r} holds no model weights: expected an HF directory (config.json + "
+        "model*.safetensors), a Meta directory (params.json + consolidated.00.pth), or a run "
+        "directory with complete epoch_*/step_* checkpoints."
+    )
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in _DTYPES:
+        raise CheckpointError(f"dtype must be one of {', '.join(_DTYPES)} (or omitted to keep the "
+                              f"checkpoint's), got {name!r}")
+    return _DTYPES[name]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")  # "bfloat16": the name config.json uses
+
+
+def _hf_to_meta_settings(config: dict[str, Any], source: Path) -> None:
+    # What Meta's params.json cannot say: refuse rather than write a model that differs.
+    problems = []
+    for key in ("rope_scaling", "rope_parameters"):  # older and transformers-5 spellings
+        rope = config.get(key) or {}
+        kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+        if kind not in ("default", None):
+            problems.append(f"RoPE scaling {kind!r}")
+            break
+    for key in ("attention_bias", "mlp_bias"):
+        if config.get(key):
+            problems.append(f"{key}=true")
+    if config.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={config['hidden_act']!r}")
+    if problems:
+        raise CheckpointError(f"{source / 'config.json'} uses {', '.join(problems)}, which Meta's "
+                              "params.json cannot express; this checkpoint can only stay in HF format.")
+
+
+def convert_checkpoint(
+    source: str | Path,
+    dest: str | Path,
+    *,
+    to: str,
+    model_type: str = "LLAMA2",
+    dtype: str | None = None,
+    max_shard_size: int | str = "5GB",
+    model_parallel_size: int | None = None,
+    max_position_embeddings: int | None = None,
+    force: bool = False,
+) -> Path:
+    """Write the weights under ``source`` into ``dest`` in format ``to`` (``"hf"`` or ``"meta"``).
+
+    Args:
+        source: an HF or Meta directory, or a run directory (its newest complete checkpoint).
+        dest: the new directory; it must not exist yet unless ``force`` (then it is replaced).
+        dtype: ``fp32`` / ``bf16`` / ``fp16`` to cast to; None keeps the checkpoint's.
+        max_shard_size: largest HF output shard (HF output only).
+        model_parallel_size: ``consolidated.NN.pth`` files to write (Meta output only); None
+            keeps a Meta input's count, 1 for an HF input.
+        max_position_embeddings: written to ``config.json`` (HF output from Meta only: Meta does
+            not record it); None gives Llama 2's 4096.
+
+    Returns:
+        ``dest``. It holds the weights, the config file of its format, the tokenizer files and
+        a ``COMPLETE`` marker; it is written under a temporary name and renamed into place.
+
+    Raises:
+        CheckpointError: a bad argument, a source without weights, or weights the target format
+            cannot express (each message names the file or setting).
+    """
+    if to not in FORMATS:
+        raise CheckpointError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
+    try:
+        mt = get_model_type(model_type)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    cast = _dtype(dtype)
+    max_shard_bytes = parse_size(max_shard_size)
+    if to == "hf" and model_parallel_size is not None:
+        raise CheckpointError("model_parallel_size applies to Meta output only (--to meta)")
+    src = find_weights_dir(source, what="source")
+    fmt = checkpoint_format(src)
+    if fmt == "meta" and to == "meta" and max_position_embeddings is not None:
+        raise CheckpointError("max_position_embeddings applies to HF output only (--to hf)")
+    if fmt == "hf" and max_position_embeddings is not None:
+        raise CheckpointError("max_position_embeddings comes from the HF source's config.json; "
+                              "it is only set when converting from Meta")
+    out = Path(dest).expanduser().resolve()
+    if out == src.resolve() or src.resolve() in out.parents:
+        raise CheckpointError(f"dest {out} is inside the source {src}; choose another directory.")
+    if out.exists() and not force:
+        raise CheckpointError(f"dest {out} exists; choose a new directory or pass force (--force) "
+                              "to replace it.")
+
+    # ---- read (validated against the source's own config) and describe the model
+    if fmt == "hf":
+        files = _discover_hf(src)
+        config = _read_json(src / "config.json", src, "HF")
+        dims = mt.hf_config_dims(config)
+        norm_eps, rope_theta = float(config.get("rms_norm_eps", 1e-5)), mt.rope_theta_of(config)
+        if to == "meta":
+            _hf_to_meta_settings(config, src)
+        sd = read_hf_model(src, files, mt)
+    else:
+        files = _discover_meta(src)
+        params = _read_json(src / "params.json", src, "Meta")
+        dims = mt.meta_params_dims(params)
+        norm_eps, rope_theta = float(params.get("norm_eps", 1e-5)), float(params.get("rope_theta", 10000.0))
+        sd = read_meta_model(src, files, mt)
+    if dims.vocab_size is None:
+        dims = type(dims)(**{**dims.__dict__, "vocab_size": sd["tok_embeddings.weight"].shape[0]})
+    if cast is not None:
+        sd = {k: v.to(cast) for k, v in sd.items()}
+    heads = (dims.num_heads, dims.num_kv_heads, dims.embed_dim)
+    mp = None
+    if to == "meta":
+        mp = check_model_parallel_size(
+            (len(files) if fmt == "meta" else 1) if model_parallel_size is None else model_parallel_size,
+            dims, given=model_parallel_size is not None, source=src)
+
+    # ---- write
+    info = {"converted_from": str(src), "source_format": fmt, "format": to}
+    try:
+        with atomic_checkpoint_dir(out.parent, out.name, info) as tmp:
+            if to == "hf":
+                weight_fmt = "bin" if fmt == "hf" and all(f.suffix == ".bin" for f in files) else "safetensors"
+                write_hf_weights(sd, tmp, mt, heads, fmt=weight_fmt, max_shard_bytes=max_shard_bytes,
+                                 name=out.name)
+                if fmt == "hf":
+                    _copy_aux(src, tmp, _HF_AUX)
+                    if cast is not None:  # transformers 5 writes "dtype", older ones "torch_dtype"
+                        config = json.loads((tmp / "config.json").read_text())
+                        config["dtype" if "dtype" in config else "torch_dtype"] = _dtype_name(cast)
+                        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+                else:
+                    dtype_out = next(iter(sd.values())).dtype
+                    n_pos = max_position_embeddings or DEFAULT_MAX_POSITION_EMBEDDINGS
+                    config = mt.hf_config(dims, norm_eps=norm_eps, rope_theta=rope_theta,
+                                          max_position_embeddings=n_pos, dtype=dtype_out)
+                    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+                    (tmp / "generation_config.json").write_text(json.dumps(
+                        {"bos_token_id": 1, "eos_token_id": 2, "max_length": n_pos}, indent=2) + "\n")
+                    _copy_aux(src, tmp, _SHARED_AUX)
+                    if (tmp / "tokenizer.model").is_file():
+                        (tmp / "tokenizer_config.json").write_text(
+                            json.dumps(mt.hf_tokenizer_config(n_pos), indent=2) + "\n")
+            else:
+                meta = mt.tunekit_to_meta(sd)
+                write_meta_weights(meta, mp, mt, tmp, out.name)
+                del meta
+                if fmt == "meta":
+                    _copy_aux(src, tmp, _META_AUX)
+                else:
+                    params = mt.meta_params(dims, norm_eps=norm_eps, rope_theta=rope_theta)
+                    (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+                    _copy_aux(src, tmp, _SHARED_AUX)
+    except ConversionError as err:
+        raise CheckpointError(f"Cannot convert {src}: {err}") from None
+    return out
