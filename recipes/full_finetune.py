@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> float | None:
         load_weights, source = (lambda: saved), str(resume_dir)
     model = setup.build_training_model(instantiate(cfg.model, _partial_=True), load_weights,
                                        settings=settings, source=source, world_size=world_size,
-                                       rank=rank)
+                                       rank=rank, declared=getattr(checkpointer, "model_settings", None))
     del saved, load_weights  # sharded: rank 0 keeps no full copy
     if resume_state is not None:
         setup.check_resume_fits(model, resume_state, str(resume_dir), lora=False)

@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> str:
     import torch
 
     from tunekit.generation import TokenGenerator
-    from tunekit.generation._loading import find_weights_dir, load_adapter, load_weights_dir, merge_adapter
+    from tunekit.generation._loading import find_weights_dir, load_adapter, merge_adapter, weights_checkpointer
     from tunekit.training import setup
     from tunekit.training.device import get_device
     from tunekit.training.precision import get_dtype
@@ -62,14 +62,18 @@ def run(cfg: DictConfig) -> str:
     model_type = cfg.checkpointer.model_type
     if cfg.checkpoint is not None:
         source = find_weights_dir(cfg.checkpoint)
-        weights = load_weights_dir(source, model_type=model_type, output_dir=cfg.output_dir)
+        checkpointer = weights_checkpointer(source, model_type=model_type, output_dir=cfg.output_dir)
     else:
         checkpointer = instantiate(cfg.checkpointer)
-        source, weights = checkpointer.checkpoint_dir, checkpointer.load_checkpoint()["model"]
+        source = checkpointer.checkpoint_dir
     make_model = instantiate(cfg.model, _partial_=True)
+    with torch.device("meta"):
+        shapes = make_model()  # nothing is allocated
+    # RoPE base / norm eps / RoPE scaling that the weights' config declares, before reading them
+    setup.check_model_settings(shapes, getattr(checkpointer, "model_settings", None), str(source))
+    weights = checkpointer.load_checkpoint()["model"]
     if cfg.adapter is not None:
-        with torch.device("meta"):
-            attn = make_model().layers[0].attn  # shapes only: nothing is allocated
+        attn = shapes.layers[0].attn
         adapter, scalings = load_adapter(cfg.adapter, model_type=model_type, num_heads=attn.num_heads,
                                          num_kv_heads=attn.num_kv_heads, embed_dim=attn.embed_dim)
         weights = merge_adapter(weights, adapter, scalings)

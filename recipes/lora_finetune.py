@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> float | None:
         instantiate(cfg.model, _partial_=True),
         None if sharded_resume else lambda: checkpointer.load_checkpoint()["model"],
         settings=settings, lora=spec, source=str(checkpointer.checkpoint_dir),
-        world_size=world_size, rank=rank)
+        world_size=world_size, rank=rank, declared=getattr(checkpointer, "model_settings", None))
     if resume_state is not None:
         setup.check_resume_fits(model, resume_state, str(resume_dir), lora=True)
 

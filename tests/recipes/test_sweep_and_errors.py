@@ -77,3 +77,30 @@ def test_bad_inputs_give_one_paragraph_errors(tmp_path):
     _assert_one_paragraph(
         run_recipe("lora_finetune", tmp_path / "d", *FAST, f"resume={empty}", check=False),
         str(empty), "no complete")
+
+
+def test_checkpoint_rope_theta_must_match_the_model(tmp_path):
+    """A checkpoint whose config.json declares another RoPE base is refused (before training)
+    by lora_finetune and generate; the component builder with that base then trains on it."""
+    import shutil
+    from pathlib import Path
+
+    ckpt = tmp_path / "rope1e6"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "src/tunekit/assets/tiny_llama2/hf", ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["rope_theta"] = 1000000.0
+    (ckpt / "config.json").write_text(json.dumps(config))
+    fix = "(set model.rope_base=1000000.0)"
+    _assert_one_paragraph(
+        run_recipe("lora_finetune", tmp_path / "a", *FAST, f"checkpointer.checkpoint_dir={ckpt}", check=False),
+        str(ckpt), "declares rope_theta=1000000.0 where the model was built with rope_base=10000.0", fix)
+    _assert_one_paragraph(
+        run_recipe("generate", None, f"checkpoint={ckpt}", "max_new_tokens=2", check=False),
+        str(ckpt), "declares rope_theta=1000000.0", fix)
+
+    run = tmp_path / "b"
+    run_recipe("lora_finetune", run, *FAST, "max_steps_per_epoch=1", f"checkpointer.checkpoint_dir={ckpt}",
+               "model._component_=tunekit.models.llama2.llama2", "+model.vocab_size=512", "+model.num_layers=4",
+               "+model.num_heads=4", "+model.num_kv_heads=2", "+model.embed_dim=128",
+               "+model.intermediate_dim=352", "+model.max_seq_len=512", "+model.rope_base=1000000.0")
+    assert sorted(step_losses(run)) == [1]

@@ -56,6 +56,8 @@ __all__ = [
     "FullModelMetaCheckpointer",
     "PEFT_ADAPTER_DIR",
     "RECIPE_STATE_FILE",
+    "hf_model_settings",
+    "meta_model_settings",
     "read_hf_model",
     "read_meta_model",
     "write_hf_weights",
@@ -168,6 +170,26 @@ def _read_json(path: Path, ckpt: Path, what: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file is truncated or corrupt.") from err
+
+
+def hf_model_settings(config: Mapping[str, Any], mt: ModelType) -> dict[str, Any]:
+    """Non-shape settings an HF ``config.json`` declares: ``norm_eps``, ``rope_base`` and
+    ``rope_scaling`` (the scaling type, None for plain RoPE)."""
+    kind = None
+    for key in ("rope_scaling", "rope_parameters"):  # older and transformers-5 spellings
+        rope = config.get(key)
+        if isinstance(rope, Mapping) and rope.get("rope_type", rope.get("type")) not in ("default", None):
+            kind = str(rope.get("rope_type", rope.get("type")))
+    eps = config.get("rms_norm_eps")
+    return {"norm_eps": None if eps is None else float(eps), "rope_base": mt.rope_theta_of(config),
+            "rope_scaling": kind}
+
+
+def meta_model_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The same for a Meta ``params.json`` (Llama 2's omit ``rope_theta``: 10000)."""
+    eps = params.get("norm_eps")
+    return {"norm_eps": None if eps is None else float(eps),
+            "rope_base": float(params.get("rope_theta") or 10000.0), "rope_scaling": None}
 
 
 def _copy_aux(src: Path, dst: Path, patterns: Sequence[str]) -> None:
@@ -356,6 +378,8 @@ class FullModelHFCheckpointer:
         except ConversionError as err:
             raise CheckpointError(f"{s.checkpoint_dir / 'config.json'}: {err}") from None
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
+        #: what config.json says beyond shapes; the recipes check the built model against it
+        self.model_settings = hf_model_settings(self.config, s.model_type)
 
     def load_checkpoint(self) -> dict[str, Any]:
         """Read the weights (and, when resuming, adapter + training state).
@@ -543,6 +567,7 @@ class FullModelMetaCheckpointer:
         except ConversionError as err:
             raise CheckpointError(f"{s.checkpoint_dir / 'params.json'}: {err}") from None
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
+        self.model_settings = meta_model_settings(self.params)
         self.model_parallel_size = check_model_parallel_size(
             len(s.files) if model_parallel_size is None else model_parallel_size, d,
             given=model_parallel_size is not None, source=s.checkpoint_dir / "params.json")

@@ -21,6 +21,7 @@ from tunekit.checkpointing._checkpointer import (
     _copy_aux,
     _read_json,
     check_model_parallel_size,
+    hf_model_settings,
     read_hf_model,
     read_meta_model,
     write_hf_weights,
@@ -30,7 +31,7 @@ from tunekit.checkpointing._checkpointer import (
 )
 from tunekit.checkpointing._errors import CheckpointError
 from tunekit.checkpointing._io import atomic_checkpoint_dir, parse_size
-from tunekit.models import get_model_type
+from tunekit.models import ModelType, get_model_type
 from tunekit.models.llama2._convert import ConversionError
 
 __all__ = ["FORMATS", "checkpoint_format", "convert_checkpoint", "find_weights_dir"]
@@ -93,15 +94,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")  # "bfloat16": the name config.json uses
 
 
-def _hf_to_meta_settings(config: dict[str, Any], source: Path) -> None:
+def _hf_to_meta_settings(config: dict[str, Any], mt: ModelType, source: Path) -> None:
     # What Meta's params.json cannot say: refuse rather than write a model that differs.
     problems = []
-    for key in ("rope_scaling", "rope_parameters"):  # older and transformers-5 spellings
-        rope = config.get(key) or {}
-        kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
-        if kind not in ("default", None):
-            problems.append(f"RoPE scaling {kind!r}")
-            break
+    kind = hf_model_settings(config, mt)["rope_scaling"]
+    if kind is not None:
+        problems.append(f"RoPE scaling {kind!r}")
     for key in ("attention_bias", "mlp_bias"):
         if config.get(key):
             problems.append(f"{key}=true")
@@ -175,7 +173,7 @@ def convert_checkpoint(
         dims = mt.hf_config_dims(config)
         norm_eps, rope_theta = float(config.get("rms_norm_eps", 1e-5)), mt.rope_theta_of(config)
         if to == "meta":
-            _hf_to_meta_settings(config, src)
+            _hf_to_meta_settings(config, mt, src)
         sd = read_hf_model(src, files, mt)
     else:
         files = _discover_meta(src)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["find_weights_dir", "load_adapter", "load_weights_dir", "merge_adapter"]
+__all__ = ["find_weights_dir", "load_adapter", "merge_adapter", "weights_checkpointer"]
 
 
 def find_weights_dir(path: str | Path) -> Path:
@@ -20,12 +20,13 @@ def find_weights_dir(path: str | Path) -> Path:
     return find(path, what="checkpoint")
 
 
-def load_weights_dir(d: Path, *, model_type: str, output_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Read the weights of ``d`` (format detected by its files) into tunekit names."""
+def weights_checkpointer(d: Path, *, model_type: str, output_dir: str | Path) -> Any:
+    """The checkpointer for the weights in ``d`` (format detected by its files); nothing is read
+    yet: ``.load_checkpoint()["model"]`` gives them in tunekit names."""
     from tunekit.checkpointing import FullModelHFCheckpointer, FullModelMetaCheckpointer, checkpoint_format
 
     cls = FullModelHFCheckpointer if checkpoint_format(d) == "hf" else FullModelMetaCheckpointer
-    return cls(checkpoint_dir=d, output_dir=output_dir, model_type=model_type).load_checkpoint()["model"]
+    return cls(checkpoint_dir=d, output_dir=output_dir, model_type=model_type)
 
 
 def _peft_module_name(tunekit_module: str) -> str:

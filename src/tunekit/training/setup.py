@@ -178,8 +178,54 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     return model
 
 
+def check_model_settings(model: nn.Module, declared: Mapping[str, Any] | None, source: str) -> None:
+    """Refuse a model whose non-shape settings differ from what its checkpoint declares.
+
+    Shapes are checked when the weights are loaded; the RoPE base, the RMSNorm epsilon and RoPE
+    scaling are not visible in the weights, and a mismatch would silently run them with
+    settings they were not trained with (e.g. a CodeLlama checkpoint, rope_theta 1e6, under
+    ``model=llama2_7b``, 1e4).
+
+    Args:
+        declared: a checkpointer's ``model_settings`` (``norm_eps``, ``rope_base``,
+            ``rope_scaling``); None or empty checks nothing.
+
+    Raises:
+        CheckpointError: naming each mismatch and the override that fixes it.
+    """
+    if not declared:
+        return
+    import math
+
+    from tunekit.checkpointing import CheckpointError
+    from tunekit.modules import RMSNorm, RotaryPositionalEmbeddings
+
+    problems = []
+    if declared.get("rope_scaling"):
+        problems.append(f"RoPE scaling {declared['rope_scaling']!r}, which tunekit's Llama 2 does not implement")
+    rope = declared.get("rope_base")
+    bases = sorted({float(m.base) for m in model.modules() if isinstance(m, RotaryPositionalEmbeddings)})
+    if rope is not None and any(not math.isclose(b, rope, rel_tol=1e-9) for b in bases):
+        problems.append(f"rope_theta={rope!r} where the model was built with rope_base="
+                        f"{', '.join(repr(b) for b in bases)} (set model.rope_base={rope!r})")
+    eps = declared.get("norm_eps")
+    eps_model = sorted({float(m.eps) for m in model.modules() if isinstance(m, RMSNorm)})
+    if eps is not None and any(not math.isclose(e, eps, rel_tol=1e-6) for e in eps_model):
+        problems.append(f"norm_eps={eps!r} where the model was built with norm_eps="
+                        f"{', '.join(repr(e) for e in eps_model)} (set model.norm_eps={eps!r})")
+    if problems:
+        raise CheckpointError(
+            f"{source} declares {'; '.join(problems)}. The weights would run with settings they "
+            f"were not trained with. Build a matching model: the shape builders (llama2_7b, ...) fix "
+            f"Llama 2's values, so use model._component_=tunekit.models.llama2.llama2 with the "
+            f"shape arguments and the settings above, or point the checkpointer at the weights "
+            f"this model is for."
+        )
+
+
 def build_model(make_model: Callable[..., nn.Module], state_dict: Mapping[str, torch.Tensor], *,
-                lora: Any = None, source: str = "the checkpoint") -> nn.Module:
+                lora: Any = None, source: str = "the checkpoint",
+                declared: Mapping[str, Any] | None = None) -> nn.Module:
     """Build the model on the meta device (allocates nothing), then assign the weights.
 
     Args:
@@ -187,9 +233,11 @@ def build_model(make_model: Callable[..., nn.Module], state_dict: Mapping[str, t
         state_dict: plain model weights, tunekit names (base or merged; never with adapters).
         lora: a ``LoRASpec`` (adapters created fresh and made the only trainable params) or None.
         source: where the weights came from, for error messages.
+        declared: the checkpoint's non-shape settings (see :func:`check_model_settings`).
     """
     with torch.device("meta"):
         model = make_model(lora=lora) if lora is not None else make_model()
+    check_model_settings(model, declared, source)
     load_model_weights(model, state_dict, lora=lora is not None, source=source)
     if lora is not None:
         from tunekit.modules.peft import set_trainable_params
@@ -208,7 +256,8 @@ def _cast_params_(model: nn.Module, dtype: torch.dtype) -> None:
 def build_training_model(make_model: Callable[..., nn.Module],
                          load_weights: Callable[[], Mapping[str, torch.Tensor]] | None, *,
                          settings: Any, lora: Any = None, source: str = "the checkpoint",
-                         world_size: int = 1, rank: int = 0) -> nn.Module:
+                         world_size: int = 1, rank: int = 0,
+                         declared: Mapping[str, Any] | None = None) -> nn.Module:
     """The model a fine-tuning recipe trains, on one process or sharded over several.
 
     One process: :func:`build_model` (meta build, the weights assigned without a copy); the
@@ -232,16 +281,20 @@ def build_training_model(make_model: Callable[..., nn.Module],
         lora: a ``LoRASpec`` or None.
         source: where the weights come from, for error messages.
         world_size, rank: from :func:`init_distributed`.
+        declared: the checkpoint's non-shape settings (``checkpointer.model_settings``),
+            checked on every rank before any weight is read (:func:`check_model_settings`).
     """
     from tunekit.modules.peft import set_trainable_params
 
+    with torch.device("meta"):
+        model = make_model(lora=lora) if lora is not None else make_model()
+    check_model_settings(model, declared, source)
     if world_size <= 1:
         if load_weights is not None:
+            del model
             return build_model(make_model, load_weights(), lora=lora, source=source)
         from tunekit.training.distributed import materialize_empty
 
-        with torch.device("meta"):
-            model = make_model(lora=lora) if lora is not None else make_model()
         materialize_empty(model)
         if lora is not None:
             set_trainable_params(model)
@@ -250,8 +303,6 @@ def build_training_model(make_model: Callable[..., nn.Module],
     from tunekit.training import distributed
     from tunekit.training.precision import get_dtype
 
-    with torch.device("meta"):
-        model = make_model(lora=lora) if lora is not None else make_model()
     _cast_params_(model, get_dtype(settings.dtype))
     distributed.shard_model(
         model, dtype=settings.dtype, activation_checkpointing=settings.activation_checkpointing,
