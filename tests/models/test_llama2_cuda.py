@@ -35,3 +35,23 @@ def test_gqa_paths_use_fused_kernels_and_match_cpu(dtype, atol):
     torch.testing.assert_close(out_packed, ref_packed, rtol=0, atol=atol)
     torch.testing.assert_close(out_a, ref_a, rtol=0, atol=atol)
     torch.testing.assert_close(step[:, -1], ref_a[:, -1], rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gqa_greedy_generation_on_gpu_equals_full_recompute(dtype):
+    """Cached GQA decoding on CUDA (whose SDPA kernels return transposed memory layouts) picks
+    the argmax of a full forward pass at every step."""
+    from tunekit.generation import generate
+
+    torch.manual_seed(0)
+    model = llama2_tiny().eval().to("cuda", dtype)
+    model.init_buffers()
+    prompt = torch.randint(0, 512, (2, 7), device="cuda")
+    with torch.no_grad():
+        out = generate(model, prompt, max_new_tokens=6, temperature=0)
+        tokens = torch.as_tensor(out.tokens, device="cuda")
+        full = model(torch.cat([prompt, tokens], 1))[:, prompt.shape[1] - 1 : -1].float()
+    assert tokens.shape == (2, 6)
+    picked = full.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    # every pick is the full pass's maximum (up to the dtype's rounding between the two paths)
+    torch.testing.assert_close(picked, full.max(-1).values, rtol=0, atol=1e-4 if dtype == torch.float32 else 0.1)

@@ -168,11 +168,16 @@ def test_lora_linear_formula_merge_and_disable():
     torch.testing.assert_close(merged(x), expected)
 
 
-def test_grouped_query_decode_without_repeating_kv_matches_repeat():
+@pytest.mark.parametrize("cuda_layout", [False, True])
+def test_grouped_query_decode_without_repeating_kv_matches_repeat(monkeypatch, cuda_layout):
     import torch.nn.functional as F
 
     from tunekit.modules.attention import _grouped_sdpa
 
+    if cuda_layout:  # CUDA's kernels return [b, h, L, hd] stored as [b, L, h, hd]: same values
+        sdpa = F.scaled_dot_product_attention
+        monkeypatch.setattr(F, "scaled_dot_product_attention",
+                            lambda *a, **kw: sdpa(*a, **kw).transpose(1, 2).contiguous().transpose(1, 2))
     torch.manual_seed(0)
     b, n, n_kv, hd, L = 2, 8, 2, 16, 12
     for s in (1, 3):

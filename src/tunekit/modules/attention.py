@@ -45,7 +45,9 @@ def _grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     # [b, s, L] -> [b, 1, g*s, L]: query row j*s + t of a group is position t (a view for s = 1).
     m = mask.unsqueeze(1).unsqueeze(2).expand(b, 1, g, s, kv_len).reshape(b, 1, g * s, kv_len)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=m)  # [b, n_kv, g*s, hd]
-    return out.view(b, n, s, hd)
+    # reshape, not view: CUDA kernels return [b, g*s, n_kv, hd] memory transposed, where
+    # n_kv and g cannot merge without a copy (a small one: s is 1 when decoding).
+    return out.reshape(b, n, s, hd)
 
 
 class MultiHeadAttention(nn.Module):
