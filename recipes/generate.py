@@ -66,19 +66,18 @@ def run(cfg: DictConfig) -> str:
     else:
         checkpointer = instantiate(cfg.checkpointer)
         source = checkpointer.checkpoint_dir
-    make_model = instantiate(cfg.model, _partial_=True)
     with torch.device("meta"):
-        shapes = make_model()  # nothing is allocated
+        model = instantiate(cfg.model)  # nothing is allocated; the weights are assigned below
     # RoPE base / norm eps / RoPE scaling that the weights' config declares, before reading them
-    setup.check_model_settings(shapes, getattr(checkpointer, "model_settings", None), str(source))
+    setup.check_model_settings(model, getattr(checkpointer, "model_settings", None), str(source))
     weights = checkpointer.load_checkpoint()["model"]
     if cfg.adapter is not None:
-        attn = shapes.layers[0].attn
+        attn = model.layers[0].attn
         adapter, scalings = load_adapter(cfg.adapter, model_type=model_type, num_heads=attn.num_heads,
                                          num_kv_heads=attn.num_kv_heads, embed_dim=attn.embed_dim)
         weights = merge_adapter(weights, adapter, scalings)
     weights = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
-    model = setup.build_model(make_model, weights, source=str(source))
+    setup.load_model_weights(model, weights, lora=False, source=str(source))
     del weights
     model.eval()
 

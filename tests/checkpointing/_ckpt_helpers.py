@@ -79,3 +79,25 @@ def assert_same(a: dict, b: dict) -> None:
     assert set(a) == set(b)
     for k in a:
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+# The split dim of each Meta weight, written out here from Meta's reference model (not read from
+# tunekit's table): ParallelEmbedding splits the embedding width; ColumnParallelLinear (wq, wk,
+# wv, w1, w3, output) splits output rows; RowParallelLinear (wo, w2) splits input columns.
+META_SPLIT = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0,
+              "w3": 0, "w2": 1}
+
+
+def meta_split_dim(key: str) -> int | None:
+    """The dim Meta's model-parallel files split ``key`` along (None: replicated)."""
+    return META_SPLIT.get(key.removesuffix(".weight").rsplit(".", 1)[-1])
+
+
+def split_meta(full: dict, n: int) -> list[dict]:
+    """``full`` (Meta names) as the ``n`` model-parallel files Meta would ship."""
+    parts = [{} for _ in range(n)]
+    for k, w in full.items():
+        dim = meta_split_dim(k)
+        for i, piece in enumerate([w] * n if dim is None else w.chunk(n, dim=dim)):
+            parts[i][k] = piece.clone()
+    return parts

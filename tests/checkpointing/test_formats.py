@@ -7,7 +7,16 @@ import shutil
 
 import pytest
 import torch
-from _ckpt_helpers import HEADS, KV_HEADS, assert_same, meta_params, read_weights, tiny_tk_model
+from _ckpt_helpers import (
+    HEADS,
+    KV_HEADS,
+    assert_same,
+    meta_params,
+    meta_split_dim,
+    read_weights,
+    split_meta,
+    tiny_tk_model,
+)
 
 from tunekit.checkpointing import FullModelHFCheckpointer, FullModelMetaCheckpointer
 from tunekit.models.llama2._convert import MERGE_DIMS
@@ -79,38 +88,18 @@ def test_hf_and_meta_give_identical_tunekit_state(hf_dir, meta_dir, tmp_path):
     assert_same(hf, meta)
 
 
-# The split dim of each Meta weight, written out here from Meta's reference model (not read from
-# tunekit's table): ParallelEmbedding splits the embedding width; ColumnParallelLinear (wq, wk,
-# wv, w1, w3, output) splits output rows; RowParallelLinear (wo, w2) splits input columns.
-_META_SPLIT = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0,
-               "w3": 0, "w2": 1}
-
-
-def _meta_split_dim(key: str) -> int | None:
-    return _META_SPLIT.get(key.removesuffix(".weight").rsplit(".", 1)[-1])
-
-
-def _split_meta(full: dict, n: int) -> list[dict]:
-    parts = [{} for _ in range(n)]
-    for k, w in full.items():
-        dim = _meta_split_dim(k)
-        for i, piece in enumerate([w] * n if dim is None else w.chunk(n, dim=dim)):
-            parts[i][k] = piece.clone()
-    return parts
-
-
 def _meta_mp_dir(meta_dir, d, n: int):
     d.mkdir()
     for name in ("params.json", "tokenizer.model"):
         shutil.copy(meta_dir / name, d)
-    parts = _split_meta(torch.load(meta_dir / "consolidated.00.pth", weights_only=True), n)
+    parts = split_meta(torch.load(meta_dir / "consolidated.00.pth", weights_only=True), n)
     for i, p in enumerate(parts):
         torch.save(p, d / f"consolidated.{i:02d}.pth")
     return parts
 
 
 def test_split_table_agrees_with_meta_reference():
-    assert all(MERGE_DIMS[k] == _meta_split_dim(k) for k in MERGE_DIMS), MERGE_DIMS
+    assert all(MERGE_DIMS[k] == meta_split_dim(k) for k in MERGE_DIMS), MERGE_DIMS
 
 
 def test_meta_model_parallel_merge(meta_dir, tmp_path):
@@ -144,7 +133,7 @@ def test_meta_model_parallel_size_overrides_the_input_count(meta_dir, tmp_path):
     # one file in, two out (what Meta's 13B layout looks like)
     ckpt = FullModelMetaCheckpointer(meta_dir, tmp_path / "a", model_parallel_size=2)
     out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
-    for i, part in enumerate(_split_meta(single, 2)):
+    for i, part in enumerate(split_meta(single, 2)):
         assert_same(torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True), part)
     # two files in, one merged file out
     _meta_mp_dir(meta_dir, tmp_path / "meta_mp", 2)

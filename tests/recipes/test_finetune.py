@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from _recipe_helpers import FAST, result, run_recipe, step_losses, val_losses
+from tests.checkpointing._ckpt_helpers import meta_split_dim, split_meta
 
 ASSETS = Path(__file__).resolve().parents[2] / "src" / "tunekit" / "assets" / "tiny_llama2"
 
@@ -86,13 +87,8 @@ def test_full_finetune_meta_in_meta_out_equals_hf(tmp_path):
     mp_in.mkdir()
     for name in ("params.json", "tokenizer.model"):
         (mp_in / name).write_bytes((ASSETS / "meta" / name).read_bytes())
-    split = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w3": 0, "w2": 1}
     full = torch.load(ASSETS / "meta" / "consolidated.00.pth", weights_only=True)
-    for i in range(2):
-        part = {}
-        for k, w in full.items():
-            dim = split.get(k.removesuffix(".weight").rsplit(".", 1)[-1])
-            part[k] = w.clone() if dim is None else w.chunk(2, dim=dim)[i].clone()
+    for i, part in enumerate(split_meta(full, 2)):
         torch.save(part, mp_in / f"consolidated.{i:02d}.pth")
     run_recipe("full_finetune", mp, *FAST, "checkpointer=meta", f"checkpointer.checkpoint_dir={mp_in}")
     c = step_losses(mp)
@@ -102,7 +98,7 @@ def test_full_finetune_meta_in_meta_out_equals_hf(tmp_path):
     one = torch.load(out / "consolidated.00.pth", weights_only=True)
     parts = [torch.load(f, weights_only=True) for f in files]
     for k, w in one.items():
-        dim = split.get(k.removesuffix(".weight").rsplit(".", 1)[-1])
+        dim = meta_split_dim(k)
         got = parts[0][k] if dim is None else torch.cat([p[k] for p in parts], dim=dim)
         torch.testing.assert_close(got, w, rtol=0, atol=1e-6)
 

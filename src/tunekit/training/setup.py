@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import platform
 import sys
 import time
@@ -224,8 +223,7 @@ def check_model_settings(model: nn.Module, declared: Mapping[str, Any] | None, s
 
 
 def build_model(make_model: Callable[..., nn.Module], state_dict: Mapping[str, torch.Tensor], *,
-                lora: Any = None, source: str = "the checkpoint",
-                declared: Mapping[str, Any] | None = None) -> nn.Module:
+                lora: Any = None, source: str = "the checkpoint") -> nn.Module:
     """Build the model on the meta device (allocates nothing), then assign the weights.
 
     Args:
@@ -233,11 +231,9 @@ def build_model(make_model: Callable[..., nn.Module], state_dict: Mapping[str, t
         state_dict: plain model weights, tunekit names (base or merged; never with adapters).
         lora: a ``LoRASpec`` (adapters created fresh and made the only trainable params) or None.
         source: where the weights came from, for error messages.
-        declared: the checkpoint's non-shape settings (see :func:`check_model_settings`).
     """
     with torch.device("meta"):
         model = make_model(lora=lora) if lora is not None else make_model()
-    check_model_settings(model, declared, source)
     load_model_weights(model, state_dict, lora=lora is not None, source=source)
     if lora is not None:
         from tunekit.modules.peft import set_trainable_params
@@ -260,7 +256,7 @@ def build_training_model(make_model: Callable[..., nn.Module],
                          declared: Mapping[str, Any] | None = None) -> nn.Module:
     """The model a fine-tuning recipe trains, on one process or sharded over several.
 
-    One process: :func:`build_model` (meta build, the weights assigned without a copy); the
+    One process: as :func:`build_model` (meta build, the weights assigned without a copy); the
     loop then places it and applies activation checkpointing and compile.
 
     Several ranks (FSDP2): every rank builds on the meta device, casts the parameters to
@@ -289,13 +285,13 @@ def build_training_model(make_model: Callable[..., nn.Module],
     with torch.device("meta"):
         model = make_model(lora=lora) if lora is not None else make_model()
     check_model_settings(model, declared, source)
-    if world_size <= 1:
+    if world_size <= 1:  # the meta model gets the weights assigned, as build_model does
         if load_weights is not None:
-            del model
-            return build_model(make_model, load_weights(), lora=lora, source=source)
-        from tunekit.training.distributed import materialize_empty
+            load_model_weights(model, load_weights(), lora=lora is not None, source=source)
+        else:
+            from tunekit.training.distributed import materialize_empty
 
-        materialize_empty(model)
+            materialize_empty(model)
         if lora is not None:
             set_trainable_params(model)
         return model
