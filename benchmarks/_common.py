@@ -188,7 +188,8 @@ def peak_gib(device: str) -> float | None:
 
 def train_tunekit(cfg: dict) -> dict:
     """One tunekit configuration through the real loop (``tunekit.training.train``)."""
-    from tunekit.training import ChunkedCrossEntropyLoss, TrainSettings, build_dataloader, train
+    from tunekit.run.settings import train_settings
+    from tunekit.training import ChunkedCrossEntropyLoss, build_dataloader, prepare_loss, prepare_model, train
     from tunekit.training.lr_schedulers import cosine_with_warmup
 
     device, lora = cfg["device"], cfg["mode"] == "lora"
@@ -206,7 +207,7 @@ def train_tunekit(cfg: dict) -> dict:
     ds = SyntheticLM(total * cfg["batch"], cfg["seq"], shape["vocab_size"])
     loader = build_dataloader(ds, cfg["batch"], stack_collate, shuffle=False,
                               pin_memory=device.startswith("cuda"))
-    settings = TrainSettings(
+    settings = train_settings(
         epochs=1, max_steps_per_epoch=total, device=device, dtype="bf16", compile=cfg["compile"],
         activation_checkpointing=cfg["ac"], ac_every_k_layers=cfg.get("ac_every_k", 1),
         log_every_n_steps=total, clip_grad_norm=1.0, handle_signals=False,
@@ -233,8 +234,9 @@ def train_tunekit(cfg: dict) -> dict:
             marks["prof"].__exit__(None, None, None)
             marks["profile"] = profile_summary(marks["prof"], wall)
 
-    res = train(model, optimizer=opt, lr_scheduler=sched, loss_fn=loss_fn, train_loader=loader,
-                settings=settings, adapter_config=spec, progress=False, on_step_end=on_step_end)
+    prepare_model(model, settings)
+    res = train(model, optimizer=opt, lr_scheduler=sched, loss_fn=prepare_loss(loss_fn, settings),
+                train_loader=loader, settings=settings, progress=False, on_step_end=on_step_end)
     dt = (marks["t1"] - marks["t0"]) / cfg["steps"]
     out = {"step_s": dt, "tokens_per_s": cfg["batch"] * cfg["seq"] / dt, "peak_gib": peak_gib(device),
            "loss": res.final_train_loss, "n_params": base_param_count(shape)}

@@ -67,9 +67,10 @@ def worker(a: argparse.Namespace) -> None:
 
     from tunekit.models import llama2
     from tunekit.modules.peft import LoRASpec, set_trainable_params
-    from tunekit.training import TrainSettings, build_dataloader, train
-    from tunekit.training import distributed as D
-    from tunekit.training.fsdp import materialize_random
+    from tunekit import distributed as D
+    from tunekit.run.settings import train_settings
+    from tunekit.training import build_dataloader, prepare_model, shard_model, train
+    from tunekit.training.prepare import materialize_random
     from tunekit.training.losses import CrossEntropyLoss
     from tunekit.training.lr_schedulers import constant_with_warmup
 
@@ -87,7 +88,7 @@ def worker(a: argparse.Namespace) -> None:
         model = builder(lora=spec) if a.tiny else builder(lora=spec, max_seq_len=a.seq_len)
         if cuda:
             model.to(dtype=torch.bfloat16)  # bf16 storage: weights, grads and AdamW state
-    D.shard_model(model, dtype=dtype, activation_checkpointing=not a.no_ac)
+    shard_model(model, dtype=dtype, activation_checkpointing=not a.no_ac)
     materialize_random(model)
     if spec is not None:
         set_trainable_params(model)
@@ -118,8 +119,9 @@ def worker(a: argparse.Namespace) -> None:
         if step == a.warmup and cuda:
             torch.cuda.reset_peak_memory_stats()
 
-    settings = TrainSettings(epochs=1, log_every_n_steps=10**9, clip_grad_norm=1.0,
-                             device=a.device, dtype=dtype, handle_signals=False)
+    settings = train_settings(epochs=1, log_every_n_steps=10**9, clip_grad_norm=1.0, device=a.device, dtype=dtype,
+                              handle_signals=False, activation_checkpointing=not a.no_ac)
+    prepare_model(model, settings)
     result = train(model, optimizer=optimizer, lr_scheduler=sched, loss_fn=CrossEntropyLoss(),
                    train_loader=loader, settings=settings, progress=False, on_step_end=on_step_end)
     timed = times[a.warmup:]

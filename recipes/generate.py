@@ -29,7 +29,7 @@ RECIPE = "generate"
 @recipe_main("generate")
 def main(cfg: DictConfig) -> str:
     """Run the `generate` recipe on a validated config; returns the generated text."""
-    from tunekit.training.setup import user_errors  # lazy: torch loads only when a run starts
+    from tunekit.run.errors import user_errors  # lazy: torch loads only when a run starts
 
     with user_errors():
         return run(cfg)
@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> str:
 
     from tunekit.generation import TokenGenerator
     from tunekit.generation._loading import find_weights_dir, load_adapter, merge_adapter, weights_checkpointer
-    from tunekit.training import setup
+    from tunekit.run import model as setup
     from tunekit.training.device import get_device
     from tunekit.training.precision import get_dtype
 

@@ -34,7 +34,8 @@ RECIPE = "lora_finetune"
 def main(cfg: DictConfig) -> float | None:
     """Run the `lora_finetune` recipe on a validated config."""
     # lazy: torch loads only when a run starts
-    from tunekit.training.setup import process_group_teardown, user_errors
+    from tunekit.run.errors import user_errors
+    from tunekit.run.process import process_group_teardown
 
     with user_errors(), process_group_teardown():
         return run(cfg)
@@ -43,55 +44,70 @@ def main(cfg: DictConfig) -> float | None:
 def run(cfg: DictConfig) -> float | None:
     """Build everything `cfg` names, train, and return the final validation (else train) loss."""
     from tunekit.modules.peft import LoRASpec
-    from tunekit.training import num_training_steps, setup, train
+    from tunekit.run import data, model, process, records, resume
+    from tunekit.run.saver import CheckpointSaver
+    from tunekit.run.settings import train_settings
+    from tunekit.training import num_training_steps, prepare_loss, prepare_model, train
     from tunekit.training.seed import set_seed
 
     t_start = time.perf_counter()
-    rank, world_size = setup.init_distributed(cfg.device)
+    rank, world_size = process.init_distributed(cfg.device)
     overrides = job_overrides()
-    resume_dir = setup.resolve_resume_dir(cfg.resume, cfg.output_dir, RECIPE,
-                                          search_siblings=not is_multirun())
-    settings = setup.train_settings(cfg)
+    settings = train_settings(cfg)
+    spec = LoRASpec(**OmegaConf.to_container(cfg.lora, resolve=True))
+    checkpointer = instantiate(cfg.checkpointer)
+    fresh = cfg.resume is None and not checkpointer.resume_from_checkpoint
+    if fresh:  # before any work: a used run directory is refused at once
+        records.check_run_dir(cfg.output_dir, resuming_here=False, resume_setting=None, recipe=RECIPE)
+
+    # ---- data, and what this run trains with (checked against any checkpoint it resumes)
+    tokenizer = instantiate(cfg.tokenizer)
+    train_ds, val_ds = data.build_datasets(
+        instantiate(cfg.dataset), tokenizer, validation=cfg.dataset.val_fraction > 0,
+        packed=cfg.packed, max_seq_len=cfg.max_seq_len)
+    trained_with = resume.fingerprint(
+        recipe=RECIPE, model=OmegaConf.to_container(cfg.model, resolve=True),
+        checkpoint_dir=checkpointer.checkpoint_dir, tokenizer_path=getattr(tokenizer, "path", None),
+        train_dataset=train_ds, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, packed=cfg.packed,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, world_size=world_size, seed=cfg.seed, lora=OmegaConf.to_container(cfg.lora, resolve=True))
+    res = resume.open_resume(cfg.resume, checkpointer=checkpointer, output_dir=cfg.output_dir, recipe=RECIPE,
+                             lora=True, model_type=cfg.checkpointer.model_type, trained_with=trained_with,
+                             accept=list(cfg.resume_accept), rank=rank, search_siblings=not is_multirun())
+    run_note = None if fresh else records.check_run_dir(
+        cfg.output_dir, resuming_here=res is not None and res.inside(cfg.output_dir),
+        resume_setting=cfg.resume, recipe=RECIPE)
 
     # ---- model: base weights from the checkpointer (rank 0 only when sharded), fresh adapters
     # (seeded); resuming from a sharded step checkpoint, every weight comes from it instead.
-    spec = LoRASpec(**OmegaConf.to_container(cfg.lora, resolve=True))
     set_seed(cfg.seed)
-    checkpointer = instantiate(cfg.checkpointer)
-    resume_state = None
-    if resume_dir is not None:
-        resume_state = setup.load_resume(resume_dir, lora=True, model_type=cfg.checkpointer.model_type,
-                                         rank=rank)
-    sharded_resume = resume_state is not None and "sharded_checkpoint" in resume_state
-    model = setup.build_training_model(
-        instantiate(cfg.model, _partial_=True),
-        None if sharded_resume else lambda: checkpointer.load_checkpoint()["model"],
-        settings=settings, lora=spec, source=str(checkpointer.checkpoint_dir),
-        world_size=world_size, rank=rank, declared=getattr(checkpointer, "model_settings", None))
-    if resume_state is not None:
-        setup.check_resume_fits(model, resume_state, str(resume_dir), lora=True)
-
-    # ---- data
-    tokenizer = instantiate(cfg.tokenizer)
-    note = setup.check_tokenizer_fits(tokenizer, model)
-    train_ds, val_ds = setup.build_datasets(
-        instantiate(cfg.dataset), tokenizer, validation=cfg.dataset.val_fraction > 0,
-        packed=cfg.packed, max_seq_len=cfg.max_seq_len)
-    train_loader, val_loader = setup.build_loaders(
+    load_weights, source = resume.model_weights(res, checkpointer)
+    net = model.build_training_model(
+        instantiate(cfg.model, _partial_=True), load_weights, settings=settings, lora=spec, source=source,
+        world_size=world_size, rank=rank, declared=checkpointer.model_settings)
+    if res is not None:
+        resume.check_resume_fits(net, res, lora=True)
+    note = model.check_tokenizer_fits(tokenizer, net)
+    prepare_model(net, settings)
+    loss_fn = prepare_loss(instantiate(cfg.loss), settings)
+    train_loader, val_loader = data.build_loaders(
         train_ds, val_ds, batch_size=cfg.batch_size, packed=cfg.packed, pad_id=tokenizer.pad_id,
-        seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=setup.pin_memory_for(cfg.device))
+        seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=process.pin_memory_for(cfg.device))
 
-    # ---- optimisation
-    optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
+    # ---- optimisation, the resume point, saving
+    optimizer = instantiate(cfg.optimizer)([p for p in net.parameters() if p.requires_grad])
     total_steps = num_training_steps(len(train_loader), settings)
     lr_scheduler = instantiate(cfg.lr_scheduler)(optimizer, num_training_steps=total_steps)
-    loss_fn = instantiate(cfg.loss)
+    start = None if res is None else resume.restore(res, model=net, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                                    train_loader=train_loader, settings=settings, lora=True)
+    saver = CheckpointSaver(checkpointer, model=net, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                            train_loader=train_loader, settings=settings, adapter_config=spec,
+                            trained_with=trained_with)
     metric_logger = instantiate(cfg.metric_logger)
 
     if rank == 0:
-        n_all = sum(p.numel() for p in model.parameters())
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        setup.announce_run(
+        n_all = sum(p.numel() for p in net.parameters())
+        n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        records.announce_run(
             recipe=RECIPE, output_dir=cfg.output_dir, resolved_config_yaml=resolved_yaml(cfg),
             config=OmegaConf.to_container(cfg, resolve=True), overrides=overrides,
             metric_logger=metric_logger,
@@ -99,16 +115,15 @@ def run(cfg: DictConfig) -> float | None:
                            f"({100 * n_train / n_all:.2f}%, {'DoRA' if spec.use_dora else 'LoRA'} rank {spec.rank} on "
                            f"{', '.join(spec.targets)})"),
             num_train=len(train_ds), num_val=0 if val_ds is None else len(val_ds),
-            total_steps=total_steps, resume_dir=resume_dir, resume_auto=cfg.resume == "auto",
-            note=note)
+            total_steps=total_steps, resume=res, resume_auto=cfg.resume == "auto",
+            notes=[n for n in (run_note, note) if n])
 
-    result = train(model, optimizer=optimizer, lr_scheduler=lr_scheduler, loss_fn=loss_fn,
-                   train_loader=train_loader, val_loader=val_loader, checkpointer=checkpointer,
-                   metric_logger=metric_logger, settings=settings, adapter_config=spec,
-                   resume_state=resume_state, progress=rank == 0)
+    result = train(net, optimizer=optimizer, lr_scheduler=lr_scheduler, loss_fn=loss_fn,
+                   train_loader=train_loader, val_loader=val_loader, saver=saver,
+                   metric_logger=metric_logger, settings=settings, start=start, progress=rank == 0)
     metric_logger.close()
-    return setup.report_result(RECIPE, cfg.output_dir, result, overrides=overrides,
-                               seconds=time.perf_counter() - t_start, rank_zero=rank == 0)
+    return records.report_result(RECIPE, cfg.output_dir, result, overrides=overrides,
+                                 seconds=time.perf_counter() - t_start, rank_zero=rank == 0)
 
 
 if __name__ == "__main__":

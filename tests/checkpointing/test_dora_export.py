@@ -18,7 +18,7 @@ def test_dora_adapter_loads_in_peft_and_matches(hf_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from tunekit.modules.peft import LoRASpec, get_adapter_state_dict, get_merged_state_dict
-    from tunekit.training.setup import build_model
+    from tunekit.run.model import build_model
 
     spec = LoRASpec(rank=4, alpha=8.0, targets=ALL_TARGETS, use_dora=True)
     ckpt = FullModelHFCheckpointer(hf_dir, tmp_path / "out")

@@ -238,7 +238,7 @@ def test_activation_checkpointing_policy_settings():
         assert config_problems(compose("lora_finetune", overrides), "lora_finetune") == []
     cfg = compose("full_finetune", ["activation_checkpointing=true", "ac_policy=selective"])
     assert config_problems(cfg, "full_finetune") == []
-    from tunekit.training.setup import train_settings
+    from tunekit.run.settings import train_settings
 
     s = train_settings(cfg)
     assert (s.activation_checkpointing, s.ac_policy, s.ac_every_k_layers) == (True, "selective", 1)

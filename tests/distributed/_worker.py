@@ -20,8 +20,11 @@ from tunekit.checkpointing import FullModelHFCheckpointer
 from tunekit.config.resolvers import asset_path
 from tunekit.models.llama2 import llama2_tiny
 from tunekit.modules.peft import LoRASpec, set_trainable_params
-from tunekit.training import TrainSettings, build_dataloader, train
-from tunekit.training import distributed as D
+from tunekit import distributed as D
+from tunekit.run.resume import load_checkpoint_dir, restore
+from tunekit.run.saver import CheckpointSaver
+from tunekit.run.settings import train_settings
+from tunekit.training import build_dataloader, prepare_model, shard_model, train
 from tunekit.training.losses import CrossEntropyLoss
 from tunekit.training.lr_schedulers import constant_with_warmup
 
@@ -66,7 +69,7 @@ def build(lora: bool, world_size: int) -> torch.nn.Module:
     if world_size > 1:
         with torch.device("meta"):
             model = llama2_tiny(lora=spec)
-        D.shard_model(model, dtype="fp32")
+        shard_model(model, dtype="fp32")
         D.load_full_state_dict(model, sd if D.is_rank_zero() else {}, strict=True)
     else:
         model = llama2_tiny(lora=spec)
@@ -86,18 +89,26 @@ def run(name: str, out: Path, *, lora: bool = False, batch_size: int, ga: int = 
     scheduler = constant_with_warmup(optimizer, num_warmup_steps=2)
     loader = build_dataloader(samples(), batch_size, collate, seed=7)
     checkpointer = FullModelHFCheckpointer(HF_DIR, ckpt_dir or out / name)
-    settings = TrainSettings(epochs=1, max_steps_per_epoch=steps, gradient_accumulation_steps=ga,
-                             save_every_n_steps=save_every, seed=0, handle_signals=kill_at is not None)
-    resume = D.load_resume_state(resume_from, lora=lora) if resume_from else None
+    settings = train_settings(epochs=1, max_steps_per_epoch=steps, gradient_accumulation_steps=ga,
+                              save_every_n_steps=save_every, seed=0, handle_signals=kill_at is not None,
+                              device="cpu", clip_grad_norm=1.0, log_every_n_steps=1)
+    spec = LoRASpec(rank=4, alpha=8.0, targets=["q_proj", "v_proj", "output"]) if lora else None
+    prepare_model(model, settings)
+    start = None
+    if resume_from:
+        res = load_checkpoint_dir(Path(resume_from), lora=lora)
+        start = restore(res, model=model, optimizer=optimizer, lr_scheduler=scheduler, train_loader=loader,
+                        settings=settings, lora=lora)
+    saver = CheckpointSaver(checkpointer, model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                            train_loader=loader, settings=settings, adapter_config=spec)
 
     def on_step_end(step: int) -> None:
         if kill_at is not None and step == kill_at and D.get_rank() == world_size - 1:
             os.kill(os.getpid(), signal.SIGTERM)  # one rank only: all must stop together
 
     result = train(model, optimizer=optimizer, lr_scheduler=scheduler, loss_fn=CrossEntropyLoss(),
-                   train_loader=loader, checkpointer=checkpointer, settings=settings,
-                   adapter_config=LoRASpec(rank=4, alpha=8.0, targets=["q_proj", "v_proj", "output"]) if lora else None,
-                   resume_state=resume, progress=False, on_step_end=on_step_end)
+                   train_loader=loader, saver=saver, settings=settings, start=start, progress=False,
+                   on_step_end=on_step_end)
     record = {"losses": result.step_losses, "global_step": result.global_step,
               "interrupted": result.interrupted, "checkpoints": result.checkpoints,
               "world_size": world_size}

@@ -88,8 +88,8 @@ def test_lora_two_ranks_match_one_process(two_ranks, tmp_path):
 
 def test_sharded_step_checkpoint_resumes_on_one_process(two_ranks, tmp_path):
     step2 = two_ranks / "full/step_2"
-    assert (step2 / "COMPLETE").is_file() and (step2 / "dcp/.metadata").is_file()
-    assert len(list((step2 / "dcp").glob("*.distcp"))) == 2  # one file of shards per rank
+    assert (step2 / "COMPLETE").is_file() and (step2 / "state/dcp/.metadata").is_file()
+    assert len(list((step2 / "state" / "dcp").glob("*.distcp"))) == 2  # one file of shards per rank
     two = _record(two_ranks, "full")
     resumed = W.run("resumed", tmp_path, batch_size=4, steps=4, resume_from=str(step2))
     assert resumed["world_size"] == 1 and resumed["global_step"] == 4
@@ -107,7 +107,7 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
 
 
 def test_launcher_env_torchrun_submitit_slurm():
-    from tunekit.training.distributed import launcher_env
+    from tunekit.distributed import launcher_env
 
     assert launcher_env({}) is None
     assert launcher_env({"RANK": "0", "WORLD_SIZE": "1"}) is None  # single process: no group
@@ -125,7 +125,7 @@ def test_launcher_env_torchrun_submitit_slurm():
 
 
 def test_init_distributed_single_process_is_a_noop():
-    from tunekit.training.distributed import init_distributed, is_distributed
+    from tunekit.distributed import init_distributed, is_distributed
 
     assert init_distributed("cpu") == (0, 1) and not is_distributed()
 
@@ -170,7 +170,7 @@ def test_multirun_inside_torchrun_is_refused():
 
 
 def test_check_not_multirun_in_torchrun(monkeypatch):
-    from tunekit.training.distributed import MultirunInTorchrunError, check_not_multirun_in_torchrun
+    from tunekit.run.errors import MultirunInTorchrunError, check_not_multirun_in_torchrun
 
     check_not_multirun_in_torchrun("MULTIRUN")  # one process: fine
     check_not_multirun_in_torchrun("RUN")
@@ -216,7 +216,7 @@ def test_torchrun_recipe_full_finetune(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = list((tmp_path / "outputs/full_finetune").iterdir())
     assert len(runs) == 1  # both ranks agreed on the run dir
-    assert (runs[0] / "step_2/dcp/.metadata").is_file() and (runs[0] / "step_2/COMPLETE").is_file()
+    assert (runs[0] / "step_2/state/dcp/.metadata").is_file() and (runs[0] / "step_2/COMPLETE").is_file()
     assert list((runs[0] / "epoch_0").glob("*.safetensors"))
     assert json.loads((runs[0] / "result.json").read_text())["global_step"] == 3
 
@@ -232,7 +232,7 @@ def test_process_group_teardown_destroys_the_group_after_success_and_failure(tmp
     """The recipes' teardown: gloo left to interpreter finalisation can SIGABRT a finished run."""
     import torch.distributed as dist
 
-    from tunekit.training.setup import process_group_teardown
+    from tunekit.run.process import process_group_teardown
 
     with process_group_teardown():  # no group: nothing to do
         pass

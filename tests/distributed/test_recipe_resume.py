@@ -60,7 +60,7 @@ def test_torchrun_lora_sharded_step_resumes_in_one_process(tmp_path):
     _run([*one, "batch_size=4"], ref)
     _run([*two, "batch_size=2", "save_every_n_steps=2"], sharded)
     step2 = sharded / "step_2"
-    assert (step2 / "COMPLETE").is_file() and len(list((step2 / "dcp").glob("*.distcp"))) == 2
+    assert (step2 / "COMPLETE").is_file() and len(list((step2 / "state" / "dcp").glob("*.distcp"))) == 2
     assert (sharded / "epoch_0/adapter/adapter_model.safetensors").is_file()  # full, by rank 0
     _run([*one, "batch_size=4", f"resume={step2}"], resumed)
 

@@ -235,14 +235,14 @@ def test_recipe_runs_a_few_dora_steps(tmp_path):
 
 
 def test_other_merge_paths_apply_dora():
-    """The distributed gather (``gather_full_state_dict``) and generation's ``merge_adapter``
+    """The saver's gather path (``model_states``, as under FSDP) and generation's ``merge_adapter``
     merge DoRA exactly as ``get_merged_state_dict`` does."""
     from tunekit.generation._loading import merge_adapter
-    from tunekit.training.fsdp import gather_full_state_dict
+    from tunekit.run.saver import _merge_full
 
     tk, _ = _peft_pair(LoRASpec(rank=4, alpha=8.0, targets=["q_proj", "k_proj", "w2", "output"], use_dora=True))
     want = get_merged_state_dict(tk)
-    got = gather_full_state_dict(tk)
+    got = _merge_full(tk, {k: v.detach() for k, v in tk.state_dict().items()})
     assert got.keys() == want.keys()
     adapter = get_adapter_state_dict(tk)
     base = {k: v for k, v in tk.state_dict().items() if ".lora_" not in k}

@@ -8,7 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunekit.training import TrainSettings, build_dataloader, train
+from pathlib import Path
+
+from tunekit.run.resume import Resume, restore
+from tunekit.run.saver import CheckpointSaver
+from tunekit.run.settings import train_settings
+from tunekit.training import build_dataloader, prepare_loss, prepare_model, train
 from tunekit.training.losses import CrossEntropyLoss
 from tunekit.training.lr_schedulers import cosine_with_warmup
 
@@ -82,7 +87,8 @@ class FakeCheckpointer:
         self.calls: list[tuple[int, bool, int | None]] = []
 
     def save_checkpoint(self, state: dict[str, Any], epoch: int,
-                        intermediate_checkpoint: bool = False, step: int | None = None) -> None:
+                        intermediate_checkpoint: bool = False, step: int | None = None,
+                        info: Any = None) -> None:
         name = f"step_{step}" if step is not None else f"epoch_{epoch}"
         self.saved[name] = copy.deepcopy(state)
         self.calls.append((epoch, intermediate_checkpoint, step))
@@ -97,14 +103,14 @@ def make_run(*, batch_size: int = 4, n_samples: int = 24, dropout: float = 0.1, 
     """Everything train() needs, built deterministically from ``seed``."""
     torch.manual_seed(seed)
     model = model if model is not None else TinyLM(dropout=dropout)
-    settings = TrainSettings(**{"epochs": 2, "seed": seed, "clip_grad_norm": 1.0,
-                                **(settings_kw or {})})
+    settings = train_settings(**{"epochs": 2, "seed": seed, "clip_grad_norm": 1.0, "device": "cpu",
+                                 "log_every_n_steps": 1, **(settings_kw or {})})
     loader = build_dataloader(make_samples(n_samples, seed=1), batch_size, collate,
                               shuffle=True, seed=seed)
     val_loader = build_dataloader(make_samples(8, seed=2), 4, collate, shuffle=False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer_cls(params, lr=lr)
-    from tunekit.training.loop import num_training_steps
+    from tunekit.training import num_training_steps
 
     scheduler = cosine_with_warmup(optimizer, 2, num_training_steps(len(loader), settings))
     return {"model": model, "optimizer": optimizer, "lr_scheduler": scheduler,
@@ -112,5 +118,21 @@ def make_run(*, batch_size: int = 4, n_samples: int = 24, dropout: float = 0.1, 
             "settings": settings}
 
 
-def run_train(parts: dict[str, Any], **kwargs: Any):
-    return train(**parts, progress=False, **kwargs)
+def run_train(parts: dict[str, Any], *, checkpointer: Any = None, resume_state: dict | None = None,
+              adapter_config: Any = None, **kwargs: Any):
+    """What a recipe does around train(): prepare, restore a saved state, save through a saver."""
+    parts = dict(parts)
+    model, settings = parts["model"], parts["settings"]
+    prepare_model(model, settings)
+    parts["loss_fn"] = prepare_loss(parts["loss_fn"], settings)
+    start = None
+    if resume_state is not None:
+        start = restore(Resume(Path("<saved state>"), "resume_state", dict(resume_state)), model=model,
+                        optimizer=parts["optimizer"], lr_scheduler=parts["lr_scheduler"],
+                        train_loader=parts["train_loader"], settings=settings, lora=adapter_config is not None)
+    saver = None
+    if checkpointer is not None:
+        saver = CheckpointSaver(checkpointer, model=model, optimizer=parts["optimizer"],
+                                lr_scheduler=parts["lr_scheduler"], train_loader=parts["train_loader"],
+                                settings=settings, adapter_config=adapter_config)
+    return train(**parts, saver=saver, start=start, progress=False, **kwargs)

@@ -15,18 +15,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _training_helpers import FakeCheckpointer  # noqa: E402
+from _training_helpers import FakeCheckpointer, run_train  # noqa: E402
 
 from tunekit.models.llama2 import llama2  # noqa: E402
 from tunekit.modules.peft import LoRASpec, set_trainable_params  # noqa: E402
 from tunekit.training import (  # noqa: E402
     ChunkedCrossEntropyLoss,
     CrossEntropyLoss,
-    TrainSettings,
     build_dataloader,
     num_training_steps,
-    train,
 )
+from tunekit.run.settings import train_settings  # noqa: E402
 from tunekit.training.lr_schedulers import cosine_with_warmup  # noqa: E402
 
 SEQ, VOCAB = 1024, 32000
@@ -55,22 +54,22 @@ def parts(*, compile_: bool, ac: bool, chunked: bool, steps: int, log_every: int
                        intermediate_dim=2816, max_seq_len=SEQ, lora=spec)
     if lora:
         set_trainable_params(model)
-    settings = TrainSettings(epochs=1, max_steps_per_epoch=steps, device="cuda", dtype="bf16",
+    settings = train_settings(epochs=1, max_steps_per_epoch=steps, device="cuda", dtype="bf16",
                              compile=compile_, activation_checkpointing=ac, log_every_n_steps=log_every,
-                             save_every_n_steps=None, seed=0)
+                             save_every_n_steps=None, seed=0, clip_grad_norm=1.0)
     loader = build_dataloader(samples(4 * steps), 4, collate, seed=0, pin_memory=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     sched = cosine_with_warmup(opt, 2, num_training_steps(len(loader), settings))
     loss = ChunkedCrossEntropyLoss() if chunked else CrossEntropyLoss()
     return dict(model=model, optimizer=opt, lr_scheduler=sched, loss_fn=loss, train_loader=loader,
-                settings=settings, adapter_config=spec, progress=False)
+                settings=settings), spec
 
 
 def timed(name: str, **kw) -> None:
-    p = parts(**kw)
+    p, spec = parts(**kw)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    r = train(**p)
+    r = run_train(p, adapter_config=spec)
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     toks = kw["steps"] * 4 * SEQ
@@ -79,11 +78,11 @@ def timed(name: str, **kw) -> None:
 
 
 def count_syncs(chunked: bool) -> None:
-    p = parts(compile_=False, ac=False, chunked=chunked, steps=12, log_every=1000)
+    p, spec = parts(compile_=False, ac=False, chunked=chunked, steps=12, log_every=1000)
     torch.cuda.set_sync_debug_mode("warn")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train(**p)
+        run_train(p, adapter_config=spec)
     torch.cuda.set_sync_debug_mode(0)
     syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
     print(f"host syncs over 12 steps (chunked={chunked}): {len(syncs)}; kinds: {sorted(set(syncs))[:4]}")
@@ -91,11 +90,11 @@ def count_syncs(chunked: bool) -> None:
 
 def resume_check() -> None:
     ckpt = FakeCheckpointer()
-    p = parts(compile_=False, ac=False, chunked=True, steps=6, log_every=1)
+    p, spec = parts(compile_=False, ac=False, chunked=True, steps=6, log_every=1)
     p["settings"].save_every_n_steps = 3
-    full = train(**p, checkpointer=ckpt)
-    q = parts(compile_=False, ac=False, chunked=True, steps=6, log_every=1)
-    resumed = train(**q, resume_state=ckpt.load_checkpoint("step_3"))
+    full = run_train(p, checkpointer=ckpt, adapter_config=spec)
+    q, spec = parts(compile_=False, ac=False, chunked=True, steps=6, log_every=1)
+    resumed = run_train(q, resume_state=ckpt.load_checkpoint("step_3"), adapter_config=spec)
     diff = max(abs(a - b) for a, b in zip(full.step_losses[3:], resumed.step_losses))
     print(f"GPU resume: max |loss diff| after step 3 = {diff:.3g}")
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from _training_helpers import FakeCheckpointer, TinyLM, make_run, run_train
-from tunekit.training import NonFiniteLossError, TrainSettings, steps_per_epoch
+from tunekit.run.settings import train_settings
+from tunekit.training import NonFiniteLossError, steps_per_epoch
 from tunekit.training.data_loading import StatefulSampler
 
 
@@ -176,7 +177,7 @@ def test_sampler_is_stateful():
 
 
 def test_settings_defaults_valid():
-    assert TrainSettings().problems() == []
+    assert train_settings().problems() == []
 
 
 def test_resume_state_checked():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _training_helpers import FakeCheckpointer, make_run, run_train
-from tunekit.training import TrainSettings
+from tunekit.run.settings import train_settings
 from tunekit.training.activation_checkpointing import is_checkpointed
 
 
@@ -81,14 +81,14 @@ def test_ac_policy_selective_reaches_the_layers_and_is_validated():
     assert [is_checkpointed(layer) for layer in layers] == [True, False]
     assert layers[0]._tunekit_save_matmuls is True
     assert result.step_losses == pytest.approx(expected.step_losses, rel=1e-6)
-    assert any("ac_policy" in p for p in TrainSettings(ac_policy="some").problems())
+    assert any("ac_policy" in p for p in train_settings(ac_policy="some").problems())
 
 
 def test_sharded_model_must_carry_the_requested_ac_and_compile():
-    from tunekit.training.loop import _sharded_wrapping_problems
+    from tunekit.training.prepare import _sharded_wrapping_problems
 
     parts = make_run()
-    settings = TrainSettings(activation_checkpointing=True, compile=True)
+    settings = train_settings(activation_checkpointing=True, compile=True)
     problems = _sharded_wrapping_problems(parts["model"], settings)
     assert len(problems) == 2 and "shard_model" in problems[0] and "shard_model" in problems[1]
     from tunekit.training.activation_checkpointing import apply_activation_checkpointing

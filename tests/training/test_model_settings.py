@@ -11,7 +11,7 @@ import torch
 
 from tunekit.checkpointing import CheckpointError, FullModelHFCheckpointer, FullModelMetaCheckpointer
 from tunekit.models.llama2 import llama2, llama2_tiny
-from tunekit.training.setup import build_training_model, check_model_settings
+from tunekit.run.model import build_training_model, check_model_settings
 
 ASSETS = Path(__file__).resolve().parents[2] / "src" / "tunekit" / "assets" / "tiny_llama2"
 TINY = dict(vocab_size=512, num_layers=4, num_heads=4, num_kv_heads=2, embed_dim=128, intermediate_dim=352,
@@ -76,11 +76,11 @@ def test_all_mismatches_are_reported_at_once_and_a_matching_model_passes():
 
 
 def test_training_model_is_checked_before_any_weight_is_read():
-    from tunekit.training import TrainSettings
+    from tunekit.run.settings import train_settings
 
     def never():
         raise AssertionError("the weights were read before the settings were checked")
 
     with pytest.raises(CheckpointError, match="rope_theta=1000000.0"):
-        build_training_model(lambda: llama2(**TINY), never, settings=TrainSettings(),
+        build_training_model(lambda: llama2(**TINY), never, settings=train_settings(),
                              declared={**PLAIN, "rope_base": 1e6}, source="/ckpt")

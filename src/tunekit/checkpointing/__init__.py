@@ -14,17 +14,49 @@ from tunekit.checkpointing._checkpointer import (
     write_hf_weights,
     write_meta_weights,
 )
+from tunekit.checkpointing._dcp import (
+    SHARDED_DIR,
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+    sharded_dir,
+    sharded_model_shapes,
+)
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
 from tunekit.checkpointing._export import checkpoint_format, convert_checkpoint, find_weights_dir
 from tunekit.checkpointing._io import COMPLETE_MARKER, load_state_file, validate_state_dict
+from tunekit.checkpointing._layout import (
+    INFO_FILE,
+    MODEL_SUBDIR,
+    PEFT_SUBDIR,
+    STATE_SUBDIR,
+    model_dir,
+    read_checkpoint_info,
+    state_dir,
+)
 from tunekit.checkpointing._resume import (
     find_resume_dir,
     list_checkpoints,
     load_resume_state,
     load_training_state,
+    saved_at,
 )
 
 __all__ = [
+    "INFO_FILE",
+    "MODEL_SUBDIR",
+    "PEFT_SUBDIR",
+    "SHARDED_DIR",
+    "STATE_SUBDIR",
+    "is_sharded_checkpoint",
+    "load_sharded_checkpoint",
+    "model_dir",
+    "read_checkpoint_info",
+    "save_sharded_checkpoint",
+    "saved_at",
+    "sharded_dir",
+    "sharded_model_shapes",
+    "state_dir",
     "ADAPTER_FILE",
     "COMPLETE_MARKER",
     "PEFT_ADAPTER_DIR",

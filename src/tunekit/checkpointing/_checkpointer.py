@@ -86,7 +86,8 @@ class Checkpointer(Protocol):
         ...
 
     def save_checkpoint(
-        self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None
+        self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``state`` into a complete ``epoch_{epoch}/`` or ``step_{step}/`` directory."""
         ...
@@ -368,6 +369,8 @@ class FullModelHFCheckpointer:
         s = _setup(checkpoint_dir, output_dir, checkpoint_files, model_type, adapter_checkpoint,
                    recipe_checkpoint, resume_from_checkpoint, _discover_hf)
         self._s = s
+        self.resume_from_checkpoint = bool(resume_from_checkpoint)
+        self.recipe_path, self.adapter_path = s.recipe_path, s.adapter_path
         self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
         self.keep_last_n = keep_last_n
         self.max_shard_bytes = parse_size(max_shard_size)
@@ -394,7 +397,8 @@ class FullModelHFCheckpointer:
         return out
 
     def save_checkpoint(
-        self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None
+        self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``state`` to ``output_dir/epoch_{epoch}/`` (``step_{step}/`` when step is given).
 
@@ -559,6 +563,8 @@ class FullModelMetaCheckpointer:
         s = _setup(checkpoint_dir, output_dir, checkpoint_files, model_type, adapter_checkpoint,
                    recipe_checkpoint, resume_from_checkpoint, _discover_meta)
         self._s = s
+        self.resume_from_checkpoint = bool(resume_from_checkpoint)
+        self.recipe_path, self.adapter_path = s.recipe_path, s.adapter_path
         self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
         self.keep_last_n = keep_last_n
         self.params = _read_json(s.checkpoint_dir / "params.json", s.checkpoint_dir, "Meta")
@@ -580,7 +586,8 @@ class FullModelMetaCheckpointer:
         return out
 
     def save_checkpoint(
-        self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None
+        self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``state`` to ``output_dir/epoch_{epoch}/`` (or ``step_{step}/``); see the HF checkpointer."""
         s, name = self._s, _dir_name(epoch, step)

@@ -17,14 +17,16 @@ from tunekit.checkpointing._checkpointer import (
 )
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
 from tunekit.checkpointing._io import COMPLETE_MARKER, is_complete, load_pickle, load_state_file
+from tunekit.checkpointing._layout import model_dir, state_dir
 from tunekit.models import get_model_type
 
-__all__ = ["find_resume_dir", "list_checkpoints", "load_resume_state", "load_training_state"]
+__all__ = ["find_resume_dir", "list_checkpoints", "load_resume_state", "load_training_state", "saved_at"]
 
 _CKPT_RE = re.compile(r"^(epoch|step)_(\d+)$")
 
 
-def _saved_at(d: Path) -> int:
+def saved_at(d: Path) -> int:
+    """When the save of checkpoint ``d`` completed (ns; from its marker, else its mtime)."""
     try:
         return int(json.loads((d / COMPLETE_MARKER).read_text())["saved_at_ns"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -40,7 +42,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     found = [d for d in run_dir.glob("*") if _CKPT_RE.match(d.name) and is_complete(d)]
     if not found:
         found = [d for d in run_dir.glob("*/*") if _CKPT_RE.match(d.name) and is_complete(d)]
-    return sorted(found, key=_saved_at)
+    return sorted(found, key=saved_at)
 
 
 def find_resume_dir(path_or_auto: str | Path, output_root: str | Path | None = None) -> Path | None:
@@ -95,17 +97,18 @@ def load_training_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     d = Path(checkpoint_dir).expanduser()
     if not is_complete(d):
         raise CheckpointError(f"{d} is not a complete checkpoint (no {COMPLETE_MARKER} marker).")
-    if not (d / RECIPE_STATE_FILE).is_file():
+    sd = state_dir(d)
+    if not (sd / RECIPE_STATE_FILE).is_file():
         raise CheckpointError(
             f"{d} has no {RECIPE_STATE_FILE}: it was saved without training state (optimizer, "
             f"epoch/step), so training cannot resume from it."
         )
     out: dict[str, Any] = {}
-    if (d / ADAPTER_FILE).is_file():
-        out["adapter"] = load_state_file(d / ADAPTER_FILE)
-    state = load_pickle(d / RECIPE_STATE_FILE)
+    if (sd / ADAPTER_FILE).is_file():
+        out["adapter"] = load_state_file(sd / ADAPTER_FILE)
+    state = load_pickle(sd / RECIPE_STATE_FILE)
     if not isinstance(state, dict):
-        raise CheckpointError(f"{d / RECIPE_STATE_FILE} does not hold a dict of training state.")
+        raise CheckpointError(f"{sd / RECIPE_STATE_FILE} does not hold a dict of training state.")
     out.update(state)
     return out
 
@@ -125,10 +128,11 @@ def load_resume_state(checkpoint_dir: str | Path, model_type: str = "LLAMA2") ->
         mt = get_model_type(model_type)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
-    if (d / "config.json").is_file():
-        out["model"] = read_hf_model(d, _discover_hf(d), mt)
-    elif (d / "params.json").is_file():
-        out["model"] = read_meta_model(d, _discover_meta(d), mt)
+    md = model_dir(d)
+    if (md / "config.json").is_file():
+        out["model"] = read_hf_model(md, _discover_hf(md), mt)
+    elif (md / "params.json").is_file():
+        out["model"] = read_meta_model(md, _discover_meta(md), mt)
     else:
         raise CheckpointError(f"{d} holds neither config.json (HF) nor params.json (Meta) weights.")
     return out

@@ -62,6 +62,12 @@ def _in_range(low: float, high: float, *, high_inclusive: bool) -> Check:
     return check
 
 
+# What a checkpoint records it was trained with (tunekit.run.resume.FINGERPRINT_FIELDS; kept
+# torch-free here, and a test checks the two agree).
+RESUME_FINGERPRINT_FIELDS = ("recipe", "model", "checkpoint", "tokenizer", "data", "batch_size", "max_seq_len",
+                             "packed", "seed", "lora")
+
+
 def _one_of(choices: tuple[str, ...]) -> Check:
     return lambda v: None if v in choices else f"must be one of: {', '.join(choices)}"
 
@@ -176,11 +182,17 @@ class _TrainSettings(_RunSettings):
     )
     save_every_n_steps: Optional[int] = setting(None, _at_least(1), doc="Else once per epoch.")
     eval_every_n_steps: Optional[int] = setting(None, _at_least(1), doc="Else no evaluation.")
+    max_eval_batches: Optional[int] = setting(None, _at_least(1), doc="Cap per evaluation; null: all.")
+    handle_signals: bool = setting(True, doc="SIGTERM/SIGINT: finish the step, save, exit 0.")
     log_every_n_steps: int = setting(10, _at_least(1))
     max_seq_len: int = setting(512, _at_least(2))
     packed: bool = setting(False, doc="Pack samples into max_seq_len rows.")
     train_on_input: bool = setting(False, doc="Also take the loss on the prompt tokens.")
     resume: Optional[str] = setting(None, _dir_or_auto, doc='A run/epoch dir or "auto".')
+    resume_accept: List[str] = setting(
+        [], _each_one_of(RESUME_FINGERPRINT_FIELDS),
+        doc="Fingerprint fields a resumed checkpoint may differ in (e.g. [data, batch_size]).",
+    )
     keep_last_n: Optional[int] = setting(None, _at_least(1), doc="Checkpoints kept on disk.")
     paths: PathsConfig = field(default_factory=PathsConfig)
     model_info: ModelInfo = field(default_factory=ModelInfo)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Sized
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tunekit.training.distributed import get_rank, get_world_size
+from tunekit.distributed import get_rank, get_world_size
 
 __all__ = ["StatefulSampler", "build_dataloader"]
 
@@ -29,7 +29,7 @@ class StatefulSampler(Sampler[int]):
         num_samples: length of the dataset.
         shuffle: permute each epoch (with ``torch.randperm`` seeded by ``seed + epoch``).
         seed: base seed of the permutation.
-        rank: this process's rank (default: from ``tunekit.training.distributed``).
+        rank: this process's rank (default: from ``tunekit.distributed``).
         world_size: number of ranks (default: likewise).
         drop_last: drop the tail that does not divide evenly over ranks.
     """

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from tunekit.training.distributed import get_rank, get_world_size
+from tunekit.distributed import get_rank, get_world_size
 from tunekit.training.precision import get_dtype
 
 __all__ = ["get_device", "get_dtype"]

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
-from tunekit.training.distributed import is_rank_zero
+from tunekit.distributed import is_rank_zero
 
 __all__ = [
     "MetricLogger",

@@ -4,7 +4,9 @@ from tunekit.modules.peft._utils import (
     disable_adapters,
     get_adapter_state_dict,
     get_merged_state_dict,
+    is_adapter_key,
     merge_lora_weights_,
+    merged_weight,
     reset_all_parameters,
     set_trainable_params,
 )
@@ -17,7 +19,9 @@ __all__ = [
     "disable_adapters",
     "get_adapter_state_dict",
     "get_merged_state_dict",
+    "is_adapter_key",
     "merge_lora_weights_",
+    "merged_weight",
     "reset_all_parameters",
     "set_trainable_params",
 ]

@@ -126,3 +126,18 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, p in zip(mods, previous):
             m.disabled = p
+
+
+def is_adapter_key(key: str) -> bool:
+    """True for an adapter tensor's state-dict key (``lora_a`` / ``lora_b`` / DoRA magnitude)."""
+    return _is_adapter_key(key)
+
+
+@torch.no_grad()
+def merged_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, *, scaling: float,
+                  magnitude: torch.Tensor | None = None) -> torch.Tensor:
+    """``W + s B A`` (DoRA: rows rescaled by ``m / ||W + s B A||``), fp32 math, in ``weight``'s dtype."""
+    w = weight.float() + scaling * (lora_b.float() @ lora_a.float())
+    if magnitude is not None:
+        w = (magnitude.float() / torch.linalg.norm(w, dim=1)).unsqueeze(1) * w
+    return w.to(weight.dtype)

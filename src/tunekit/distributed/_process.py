@@ -1,4 +1,4 @@
-"""Rank awareness, process-group setup and the FSDP2 hooks the recipes call.
+"""Rank awareness and process-group setup.
 
 Everything works without ``torch.distributed`` being initialised: rank 0 of world size 1.
 
@@ -10,9 +10,9 @@ Launchers understood by :func:`init_distributed` (first match wins):
    ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``, ``SLURM_LOCALID``; the master is ``MASTER_ADDR``
    if set, else the first host of the step's node list (``scontrol show hostnames``).
 
-The model-parallel hooks (:func:`shard_model`, :func:`load_full_state_dict`,
-:func:`gather_full_state_dict`, sharded checkpoints) live in ``tunekit.training.fsdp`` and are
-re-exported here, so recipes import one module.
+The FSDP2 state-dict helpers are in ``tunekit.distributed._state_dict``; sharding a model is
+``tunekit.training.prepare.shard_model`` and sharded (DCP) checkpoints are in
+``tunekit.checkpointing``.
 """
 
 from __future__ import annotations
@@ -39,22 +39,6 @@ __all__ = [
     "init_distributed",
     "destroy_distributed",
     "launcher_env",
-    "check_not_multirun_in_torchrun",
-    "MultirunInTorchrunError",
-    # re-exported from tunekit.training.fsdp
-    "shard_model",
-    "is_sharded",
-    "load_full_state_dict",
-    "gather_full_state_dict",
-    "gather_full_optimizer_state_dict",
-    "load_optimizer_state_dict",
-    "save_sharded_checkpoint",
-    "load_sharded_checkpoint",
-    "load_resume_state",
-    "is_sharded_checkpoint",
-    "sharded_model_shapes",
-    "materialize_random",
-    "materialize_empty",
 ]
 
 
@@ -234,58 +218,3 @@ def destroy_distributed() -> None:
     """Tear the process group down (no-op when none is running)."""
     if _initialized():
         dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------- Hydra multirun guard
-
-
-class MultirunInTorchrunError(RuntimeError):
-    """A Hydra ``-m`` sweep was started inside a multi-process launch."""
-
-
-def check_not_multirun_in_torchrun(hydra_mode: object = None) -> None:
-    """Raise :class:`MultirunInTorchrunError` for a ``-m`` sweep inside a multi-rank launch.
-
-    Args:
-        hydra_mode: ``HydraConfig.get().mode`` (``RunMode.MULTIRUN`` or its name); None reads
-            it from the running Hydra app, if any.
-
-    A sweep launched by submitit is fine: each job's tasks run in their own processes with
-    ``SUBMITIT_*`` variables (the job itself is a RUN of the sweep's config).
-    """
-    if hydra_mode is None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
-
-            if not HydraConfig.initialized():
-                return
-            hydra_mode = HydraConfig.get().mode
-        except Exception:  # no Hydra app: nothing to check
-            return
-    mode = getattr(hydra_mode, "name", str(hydra_mode)).upper()
-    if not mode.endswith("MULTIRUN"):
-        return
-    if "SUBMITIT_EXECUTOR" in os.environ:  # a job of a submitit sweep: its own processes
-        return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
-        from tunekit.config.resolvers import MULTIRUN_IN_TORCHRUN
-
-        raise MultirunInTorchrunError("tunekit: " + MULTIRUN_IN_TORCHRUN)
-
-
-# FSDP2 / DCP hooks (imported last: fsdp imports the helpers above).
-from tunekit.training.fsdp import (  # noqa: E402
-    gather_full_optimizer_state_dict,
-    gather_full_state_dict,
-    is_sharded,
-    is_sharded_checkpoint,
-    load_full_state_dict,
-    load_optimizer_state_dict,
-    load_resume_state,
-    load_sharded_checkpoint,
-    materialize_empty,
-    materialize_random,
-    save_sharded_checkpoint,
-    shard_model,
-    sharded_model_shapes,
-)

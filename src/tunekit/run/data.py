@@ -1,0 +1,44 @@
+"""The data a recipe trains on: the splits (packed if asked) and loaders that resume exactly."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+from tunekit.data import PackedDataset, packed_collate, padded_collate
+from tunekit.training.data_loading import build_dataloader
+
+__all__ = ["build_datasets", "build_loaders"]
+
+
+def build_datasets(make_dataset: Callable[..., Any], tokenizer: Any, *, validation: bool,
+                   packed: bool, max_seq_len: int) -> tuple[Any, Any]:
+    """The training split (packed if asked) and the validation split (never packed) or None."""
+    train_ds = make_dataset(tokenizer, split="train")
+    if packed:
+        train_ds = PackedDataset(train_ds, max_seq_len, pad_id=tokenizer.pad_id)
+    val_ds = make_dataset(tokenizer, split="validation") if validation else None
+    return train_ds, val_ds
+
+
+def build_loaders(train_ds: Any, val_ds: Any, *, batch_size: int, packed: bool, pad_id: int,
+                  seed: int, rank: int = 0, world_size: int = 1,
+                  pin_memory: bool = False) -> tuple[Any, Any]:
+    """Loaders the loop resumes exactly (``StatefulSampler``); validation in file order.
+
+    ``pin_memory``: page-locked batches (CUDA runs: :func:`pin_memory_for`), so the loop's
+    ``non_blocking`` host-to-device copies overlap with compute.
+    """
+    from tunekit.data import packed_collate, padded_collate
+
+    padded = partial(padded_collate, pad_id=pad_id)
+    train_loader = build_dataloader(train_ds, batch_size, packed_collate if packed else padded,
+                                    shuffle=True, seed=seed, rank=rank, world_size=world_size,
+                                    pin_memory=pin_memory)
+    val_loader = None
+    if val_ds is not None:
+        val_loader = build_dataloader(val_ds, batch_size, padded, shuffle=False, seed=seed,
+                                      rank=rank, world_size=world_size, pin_memory=pin_memory)
+    return train_loader, val_loader
+
+

@@ -1,0 +1,236 @@
+"""The model a recipe trains or runs: built on the meta device, weights assigned without a copy.
+
+One process: the model is built on the meta device and the checkpoint's tensors become its
+parameters (``load_state_dict(assign=True)``); LoRA adapters are created fresh. Several ranks
+(FSDP2): every rank builds on the meta device and shards (``tunekit.training.prepare``), only rank
+0 reads the checkpoint and broadcasts it, each rank keeping its shards.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from tunekit.checkpointing import CheckpointError
+from tunekit.config import ConfigError
+from tunekit.distributed import broadcast_object, load_full_state_dict
+from tunekit.modules import RMSNorm, RotaryPositionalEmbeddings
+from tunekit.modules.peft import LoRALinear, is_adapter_key, set_trainable_params
+from tunekit.training.precision import get_dtype
+from tunekit.training.prepare import cast_params_, materialize_empty, shard_model
+
+__all__ = [
+    "build_model",
+    "build_training_model",
+    "check_model_settings",
+    "check_tokenizer_fits",
+    "load_model_weights",
+]
+
+
+def _materialize_meta_(model: nn.Module, device: torch.device) -> list[str]:
+    """Give every parameter still on the meta device real storage; returns their names.
+
+    Only LoRA adapters are expected here (a plain checkpoint has no ``lora_a``/``lora_b``);
+    they get PEFT's initialisation (A Kaiming, B zero) through ``reset_adapter``.
+    """
+    names = [n for n, p in model.named_parameters() if p.is_meta]
+    for m in model.modules():
+        dora_meta = isinstance(m, LoRALinear) and m.use_dora and m.lora_magnitude.is_meta
+        if isinstance(m, LoRALinear) and (m.lora_a.weight.is_meta or m.lora_b.weight.is_meta or dora_meta):
+            dtype = m.weight.dtype if m.weight.is_floating_point() else torch.float32
+            m.lora_a.to_empty(device=device).to(dtype)
+            m.lora_b.to_empty(device=device).to(dtype)
+            if dora_meta:  # DoRA: its magnitude is the row norm of the weight just loaded
+                m.lora_magnitude = nn.Parameter(torch.empty(m.out_dim, device=device, dtype=dtype))
+            m.reset_adapter()
+    return names
+
+
+def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+                       lora: bool, source: str) -> nn.Module:
+    """Load a plain (base or merged) state dict into a meta-device model without a copy.
+
+    ``load_state_dict(assign=True)`` makes the checkpoint's tensors the parameters, then the
+    RoPE tables are rebuilt. With ``lora=True`` the adapter weights (absent from a plain
+    checkpoint) are created fresh; any other missing or unexpected key is an error.
+
+    Raises:
+        CheckpointError: the checkpoint does not fit the model built from the config.
+    """
+    try:
+        missing, unexpected = model.load_state_dict(dict(state_dict), strict=False, assign=True)
+    except RuntimeError as err:  # size mismatches
+        lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln][:4]
+        raise CheckpointError(
+            f"The weights in {source} do not fit the model chosen by the config: "
+            + (" ".join(lines) or str(err).splitlines()[0])
+            + " Pick the matching `model=` option (or the right checkpoint directory)."
+        ) from None
+    missing = [k for k in missing if not (lora and is_adapter_key(k))]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"The weights in {source} do not fit the model chosen by the config: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. "
+            "Pick the matching `model=` option (or the right checkpoint directory)."
+        )
+    device = next(iter(state_dict.values())).device if state_dict else torch.device("cpu")
+    _materialize_meta_(model, device)
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if still_meta:
+        raise CheckpointError(f"{source} left parameters unset: {still_meta[:5]}")
+    model.init_buffers(device=device)
+    return model
+
+
+def check_model_settings(model: nn.Module, declared: Mapping[str, Any] | None, source: str) -> None:
+    """Refuse a model whose non-shape settings differ from what its checkpoint declares.
+
+    Shapes are checked when the weights are loaded; the RoPE base, the RMSNorm epsilon and RoPE
+    scaling are not visible in the weights, and a mismatch would silently run them with
+    settings they were not trained with (e.g. a CodeLlama checkpoint, rope_theta 1e6, under
+    ``model=llama2_7b``, 1e4).
+
+    Args:
+        declared: a checkpointer's ``model_settings`` (``norm_eps``, ``rope_base``,
+            ``rope_scaling``); None or empty checks nothing.
+
+    Raises:
+        CheckpointError: naming each mismatch and the override that fixes it.
+    """
+    if not declared:
+        return
+    problems = []
+    if declared.get("rope_scaling"):
+        problems.append(f"RoPE scaling {declared['rope_scaling']!r}, which tunekit's Llama 2 does not implement")
+    rope = declared.get("rope_base")
+    bases = sorted({float(m.base) for m in model.modules() if isinstance(m, RotaryPositionalEmbeddings)})
+    if rope is not None and any(not math.isclose(b, rope, rel_tol=1e-9) for b in bases):
+        problems.append(f"rope_theta={rope!r} where the model was built with rope_base="
+                        f"{', '.join(repr(b) for b in bases)} (set model.rope_base={rope!r})")
+    eps = declared.get("norm_eps")
+    eps_model = sorted({float(m.eps) for m in model.modules() if isinstance(m, RMSNorm)})
+    if eps is not None and any(not math.isclose(e, eps, rel_tol=1e-6) for e in eps_model):
+        problems.append(f"norm_eps={eps!r} where the model was built with norm_eps="
+                        f"{', '.join(repr(e) for e in eps_model)} (set model.norm_eps={eps!r})")
+    if problems:
+        raise CheckpointError(
+            f"{source} declares {'; '.join(problems)}. The weights would run with settings they "
+            f"were not trained with. Build a matching model: the shape builders (llama2_7b, ...) fix "
+            f"Llama 2's values, so use model._component_=tunekit.models.llama2.llama2 with the "
+            f"shape arguments and the settings above, or point the checkpointer at the weights "
+            f"this model is for."
+        )
+
+
+def build_model(make_model: Callable[..., nn.Module], state_dict: Mapping[str, torch.Tensor], *,
+                lora: Any = None, source: str = "the checkpoint") -> nn.Module:
+    """Build the model on the meta device (allocates nothing), then assign the weights.
+
+    Args:
+        make_model: the builder (``instantiate(cfg.model, _partial_=True)`` or a builder).
+        state_dict: plain model weights, tunekit names (base or merged; never with adapters).
+        lora: a ``LoRASpec`` (adapters created fresh and made the only trainable params) or None.
+        source: where the weights came from, for error messages.
+    """
+    with torch.device("meta"):
+        model = make_model(lora=lora) if lora is not None else make_model()
+    load_model_weights(model, state_dict, lora=lora is not None, source=source)
+    if lora is not None:
+        set_trainable_params(model)
+    return model
+
+
+def build_training_model(make_model: Callable[..., nn.Module],
+                         load_weights: Callable[[], Mapping[str, torch.Tensor]] | None, *,
+                         settings: Any, lora: Any = None, source: str = "the checkpoint",
+                         world_size: int = 1, rank: int = 0,
+                         declared: Mapping[str, Any] | None = None) -> nn.Module:
+    """The model a fine-tuning recipe trains, on one process or sharded over several.
+
+    One process: as :func:`build_model` (meta build, the weights assigned without a copy); the
+    loop then places it and applies activation checkpointing and compile.
+
+    Several ranks (FSDP2): every rank builds on the meta device, casts the parameters to
+    ``settings.dtype`` (pure-bf16 storage with ``dtype=bf16``, as on one device) and shards
+    with ``shard_model`` (mixed precision per ``settings.dtype``, activation checkpointing
+    per ``activation_checkpointing`` / ``ac_policy`` / ``ac_every_k_layers``, ``compile``:
+    applied before ``fully_shard``, so the loop does not apply them again). Only rank 0 calls
+    ``load_weights`` and builds the full model on its CPU (fresh LoRA adapters drawn exactly
+    as one process draws them); ``load_full_state_dict`` broadcasts it and every rank keeps
+    only its shards.
+
+    Args:
+        make_model: the builder (``instantiate(cfg.model, _partial_=True)``).
+        load_weights: returns the plain (base, or resumed full-FT) weights, tunekit names;
+            None when a sharded checkpoint supplies every weight (the parameters are then
+            only allocated, and the loop loads them).
+        settings: the run's ``TrainSettings`` (dtype, AC, compile).
+        lora: a ``LoRASpec`` or None.
+        source: where the weights come from, for error messages.
+        world_size, rank: from :func:`init_distributed`.
+        declared: the checkpoint's non-shape settings (``checkpointer.model_settings``),
+            checked on every rank before any weight is read (:func:`check_model_settings`).
+    """
+    with torch.device("meta"):
+        model = make_model(lora=lora) if lora is not None else make_model()
+    check_model_settings(model, declared, source)
+    if world_size <= 1:  # the meta model gets the weights assigned, as build_model does
+        if load_weights is not None:
+            load_model_weights(model, load_weights(), lora=lora is not None, source=source)
+        else:
+            materialize_empty(model)
+        if lora is not None:
+            set_trainable_params(model)
+        return model
+
+    cast_params_(model, get_dtype(settings.dtype))
+    shard_model(
+        model, dtype=settings.dtype, activation_checkpointing=settings.activation_checkpointing,
+        ac_every_k_layers=settings.ac_every_k_layers, ac_policy=settings.ac_policy,
+        compile=settings.compile,
+    )
+    if load_weights is None:
+        materialize_empty(model)
+    else:
+        full: Mapping[str, torch.Tensor] = {}
+        error: BaseException | None = None
+        if rank == 0:
+            try:
+                full = build_model(make_model, load_weights(), lora=lora, source=source).state_dict()
+            except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
+                error = exc
+        message = broadcast_object(None if error is None else str(error))
+        if message is not None:
+            if error is not None:
+                raise error
+            raise CheckpointError(f"(rank 0) {message}")
+        load_full_state_dict(model, full, strict=True)
+        del full
+    if lora is not None:
+        set_trainable_params(model)
+    return model
+
+
+def check_tokenizer_fits(tokenizer: Any, model: nn.Module) -> str | None:
+    """Refuse a tokenizer whose ids exceed the model's vocabulary; note a smaller one.
+
+    Returns:
+        A warning to print when the tokenizer's vocabulary is smaller than the model's (fine:
+        e.g. the bundled tokenizer with random-weight 32000-vocab models), else None.
+    """
+    vocab = model.tok_embeddings.num_embeddings
+    if tokenizer.vocab_size > vocab:
+        raise ConfigError(
+            f"The tokenizer ({getattr(tokenizer, 'path', tokenizer)}) has {tokenizer.vocab_size} "
+            f"pieces but the model's embedding has {vocab} rows, so some token ids would be out "
+            "of range. Use the tokenizer.model shipped with these weights (`tokenizer.path=...`)."
+        )
+    if tokenizer.vocab_size < vocab:
+        return (f"note: the tokenizer has {tokenizer.vocab_size} pieces, the model {vocab}; "
+                "ids above the tokenizer's are never produced (fine for random-weight tests).")
+    return None
