@@ -60,13 +60,13 @@ class DataReport:
             return ""
         shown = ", ".join(str(r) for r in self.dropped_rows[:limit])
         more = f" and {len(self.dropped_rows) - limit} more" if len(self.dropped_rows) > limit else ""
-        return f" ({self.row_word}s {shown}{more})"
+        plural = "s" if len(self.dropped_rows) > 1 else ""
+        return f" ({self.row_word}{plural} {shown}{more})"
 
     def _suggest(self) -> str:
         if self.len_for_95pct > self.max_seq_len:
-            return (f"Raise max_seq_len: max_seq_len={self.len_for_95pct} keeps 95% of the samples "
-                    f"whole")
-        return "Raise max_seq_len"
+            return f"`max_seq_len={self.len_for_95pct}` keeps 95% of the samples whole"
+        return f"a max_seq_len above {self.max_seq_len} keeps more of them"
 
     def problems(self) -> list[str]:
         """Why training on this data set would learn nothing (empty list: it can train).
@@ -80,37 +80,36 @@ class DataReport:
             return [f"The data set{self._of()} holds no samples, so there is nothing to train on. "
                     f"Point dataset.source at a file with records (or lower dataset.val_fraction "
                     f"if this is the validation split)."]
-        if self.dropped == self.samples and self.truncated == self.samples:
+        if self.truncated == self.samples:
             cause = (f"all {self.samples} samples{self._of()} lose every target (response) token "
-                     f"to truncation at max_seq_len={self.max_seq_len}: the prompts alone are "
-                     f"that long, so every sample was dropped")
+                     f"to truncation at max_seq_len={self.max_seq_len} (the prompts alone are that "
+                     f"long), so all {self.dropped} were dropped")
         else:
             cause = (f"the {self.samples} samples{self._of()} hold no target (response) token at "
                      f"max_seq_len={self.max_seq_len} ({self.truncated} truncated, {self.dropped} "
                      f"dropped)")
         return [f"Nothing to learn: {cause}, and training would run on 0 target tokens (loss 0, "
-                f"validation loss nan). {self._suggest()}, e.g. `max_seq_len="
-                f"{max(self.len_for_95pct, self.max_seq_len + 1)}` on the command line (the model "
-                f"must support that length), or shorten the prompts in the data."]
+                f"validation loss nan). Raise max_seq_len: {self._suggest()} (the model must "
+                f"support that length); or shorten the prompts in the data."]
 
     def warnings(self) -> list[str]:
-        """Loud notes about a data set that trains, but loses much to truncation."""
+        """Loud notes about a data set that trains but loses much to truncation (or drops samples)."""
         out: list[str] = []
         if self.samples and self.target_tokens > 0 and \
                 self.truncated / self.samples >= TRUNCATION_WARN_SHARE:
             dropped = (f"; {self.dropped} of them had no target token left and were dropped"
                        f"{self._rows()}" if self.dropped else "")
             out.append(
-                f"{self.truncated} of {self.samples} samples{self._of()} "
-                f"({100 * self.truncated / self.samples:.0f}%) have their response cut by "
-                f"max_seq_len={self.max_seq_len}{dropped}: the model learns truncated answers "
-                f"and never sees them end. {self._suggest()} (`max_seq_len={self.len_for_95pct}`), "
-                f"if the model and memory allow.")
+                f"{self.truncated} of the {self.samples} samples "
+                f"({100 * self.truncated / self.samples:.0f}%){self._of()} have their response cut "
+                f"by max_seq_len={self.max_seq_len}{dropped}: the model learns truncated answers "
+                f"and never sees them end. {self._suggest()[0].upper()}{self._suggest()[1:]}, if "
+                f"the model and memory allow.")
         elif self.dropped and self.target_tokens > 0:
             out.append(
-                f"{self.dropped} of {self.samples} samples{self._of()} had no target token left "
-                f"after truncation to max_seq_len={self.max_seq_len} and were dropped"
-                f"{self._rows()}. {self._suggest()} to keep them.")
+                f"{self.dropped} of the {self.samples} samples{self._of()} had no target token "
+                f"left after truncation to max_seq_len={self.max_seq_len} and were dropped"
+                f"{self._rows()}; {self._suggest()}.")
         return out
 
 
