@@ -114,11 +114,6 @@ def load_split(source: str | Path, check: Callable[[Any], str | None], hint: str
     return path, row_word, [rows[i][0] for i in idx], [rows[i][1] for i in idx]
 
 
-def _check_max_seq_len(max_seq_len: int) -> None:
-    if not isinstance(max_seq_len, int) or max_seq_len < 2:
-        raise ValueError(f"max_seq_len={max_seq_len!r} must be an integer >= 2.")
-
-
 def check_instruct_record(rec: Any) -> str | None:
     """What is wrong with an Alpaca record, or None."""
     if not isinstance(rec, Mapping):
