@@ -164,3 +164,17 @@ def test_settings(tok, tmp_path: Path) -> None:
         InstructDataset(tok, p, val_fraction="x")
     with pytest.raises(FileNotFoundError, match="is a directory.*dataset.source"):
         InstructDataset(tok, tmp_path)
+
+
+def test_jsonl_lines_split_on_newlines_only(tok, tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    rec = {"instruction": "Keep this\u2028separator and this\x85one.", "output": "Done."}
+    p.write_bytes((json.dumps(rec, ensure_ascii=False) + "\r\n" + json.dumps(REC) + "\r\n").encode())
+    ds = InstructDataset(tok, p, split="all")
+    assert ds.rows == [1, 2]
+
+
+def test_json_list_followed_by_more_text(tok, tmp_path: Path) -> None:
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps([REC], indent=1) + "\n" + json.dumps([REC]) + "\n")
+    _has(_error(lambda: InstructDataset(tok, p)), str(p), "followed by more text at line 7, column 1", "Remove what follows")

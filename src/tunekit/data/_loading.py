@@ -169,6 +169,12 @@ def load_records(path: Path) -> tuple[list[tuple[int, Any]], str]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
+            if e.msg == "Extra data" and text.lstrip().startswith("["):
+                raise DataFormatError(
+                    f"Data file {str(path)!r} is not valid JSON: its list of records is followed by "
+                    f"more text at line {e.lineno}, column {e.colno}. Remove what follows the "
+                    f"closing ']' (or merge it into the list)."
+                ) from None
             if e.msg != "Extra data":  # "Extra data" means several documents: JSONL after all
                 raise DataFormatError(
                     f"Data file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, "
@@ -194,7 +200,9 @@ def load_records(path: Path) -> tuple[list[tuple[int, Any]], str]:
             return [(i + 1, r) for i, r in enumerate(data)], "record"
     rows = []
     bad: list[tuple[int, str]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also split inside strings holding U+2028 etc.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         try:
