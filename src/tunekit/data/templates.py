@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tunekit.data._loading import describe_value
 from tunekit.tokenizers import Tokenizer
 
 ALPACA_PROMPT_WITH_INPUT = (
@@ -107,17 +108,17 @@ def validate_messages(messages: Any, *, final_role: str = "assistant") -> str | 
     with a string ``role`` and a string ``content``.
     """
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
-        return f"'messages' must be a list of {{'role', 'content'}} objects, got {type(messages).__name__}"
+        return f"'messages' must be a list of {{'role', 'content'}} objects, got {describe_value(messages)}"
     if not messages:
         return "'messages' is empty (a conversation needs a 'user' and an 'assistant' message)"
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):
-            return f"messages[{i}] must be an object with 'role' and 'content', got {type(m).__name__}"
+            return f"messages[{i}] must be an object with 'role' and 'content', got {describe_value(m)}"
         for key in ("role", "content"):
             if key not in m:
                 return f"messages[{i}] is missing the field '{key}' (it has {sorted(map(str, m))})"
             if not isinstance(m[key], str):
-                return f"messages[{i}].{key} must be a string, got {type(m[key]).__name__}"
+                return f"messages[{i}].{key} must be a string, got {describe_value(m[key])}"
         if m["role"] not in CHAT_ROLES:
             alias = _ROLE_ALIASES.get(m["role"].lower())
             fix = f" (write {alias!r})" if alias else ""
