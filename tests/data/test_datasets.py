@@ -12,6 +12,7 @@ from tunekit.data import (
     BUNDLED_DATA,
     ChatDataset,
     DataFormatError,
+    DataSettingError,
     InstructDataset,
     alpaca_prompt,
     padded_collate,
@@ -75,7 +76,7 @@ def test_llama2_chat_template_for_instructions(tok: SentencePieceTokenizer, alpa
     assert tok.decode(s["tokens"], skip_special=False) == \
         "<s>[INST] Add the two numbers.\n\n2 + 3 [/INST] 5 </s>"
     assert tok.decode([t for t in s["labels"] if t != IGN], skip_special=False) == "5 </s>"
-    with pytest.raises(ValueError, match=r"template='vicuna' is not one of \['alpaca', 'llama2_chat'\]"):
+    with pytest.raises(DataSettingError, match=r"dataset.template='vicuna' .* valid ones are 'alpaca', 'llama2_chat'"):
         InstructDataset(tok, alpaca_json, template="vicuna")
 
 
@@ -94,7 +95,7 @@ def test_split_is_deterministic_and_disjoint(tok: SentencePieceTokenizer, tmp_pa
         InstructDataset(tok, p, val_fraction=0.0, split="validation")
     with pytest.raises(ValueError, match="split='test' is not one of"):
         InstructDataset(tok, p, split="test")
-    with pytest.raises(ValueError, match=r"val_fraction=1.5 must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"dataset.val_fraction=1.5 must be a number in \[0, 1\)"):
         InstructDataset(tok, p, val_fraction=1.5)
 
 
@@ -147,7 +148,7 @@ def test_malformed_rows_name_file_row_and_field(tok: SentencePieceTokenizer, tmp
     with pytest.raises(DataFormatError) as e:
         ChatDataset(tok, c)
     msg = _err(e)
-    assert "line 2: the last message must be from 'assistant'" in msg
+    assert "line 2: 'messages' has no 'assistant' turn" in msg and "last message must be from 'assistant'" in msg
     assert "line 3: missing the field 'messages'" in msg
 
     d = tmp_path / "dict.json"

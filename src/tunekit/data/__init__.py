@@ -2,7 +2,8 @@
 
 Samples are ``{"tokens": list[int], "labels": list[int]}`` with labels already shifted
 (``labels[i]`` is the target of the prediction at position ``i``, or -100); see
-docs/architecture.md, section Data.
+docs/architecture.md, section Data. ``data_report(dataset)`` says, before training, what
+truncation leaves to learn.
 """
 
 from tunekit.data._loading import (
@@ -10,11 +11,13 @@ from tunekit.data._loading import (
     ASSETS_TEXT_DIR,
     BUNDLED_DATA,
     DataFormatError,
+    DataSettingError,
     bundled_text_files,
 )
 from tunekit.data.collate import block_causal_mask, packed_collate, padded_collate
 from tunekit.data.datasets import CROSS_ENTROPY_IGNORE_IDX, ChatDataset, InstructDataset
 from tunekit.data.packing import PackedDataset
+from tunekit.data.report import DataReport, data_report
 from tunekit.data.templates import (
     ALPACA_PROMPT_NO_INPUT,
     ALPACA_PROMPT_WITH_INPUT,
@@ -36,6 +39,8 @@ __all__ = [
     "CROSS_ENTROPY_IGNORE_IDX",
     "ChatDataset",
     "DataFormatError",
+    "DataReport",
+    "DataSettingError",
     "INSTRUCT_TEMPLATES",
     "InstructDataset",
     "PackedDataset",
@@ -43,6 +48,7 @@ __all__ = [
     "alpaca_prompt",
     "block_causal_mask",
     "bundled_text_files",
+    "data_report",
     "llama2_chat_generation_tokens",
     "packed_collate",
     "padded_collate",

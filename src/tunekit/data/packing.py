@@ -21,6 +21,12 @@ class PackedDataset(Dataset):
     padding's length when there is padding, so ``sum(seq_lens) == max_seq_len``. Padding is a
     document of its own (token ``pad_id``, label -100), which keeps every mask row non-empty.
 
+    A sample left with no target label after the cut (all -100) is not packed: it would only
+    take room. ``dropped`` lists the indices of such samples in ``dataset``; the inner
+    instruction/chat data sets already drop theirs at their own ``max_seq_len``, so this only
+    happens when the pack is shorter than theirs. :func:`tunekit.data.data_report` on a
+    ``PackedDataset`` reports on the samples at the shorter of the two lengths.
+
     Args:
         dataset: a map-style data set of ``{"tokens", "labels"}`` samples (labels shifted).
         max_seq_len: length of every packed sample.
@@ -32,8 +38,10 @@ class PackedDataset(Dataset):
             raise ValueError(f"max_seq_len={max_seq_len!r} must be a positive integer.")
         if pad_id is None:
             pad_id = getattr(getattr(dataset, "tokenizer", None), "pad_id", 0)
+        self.dataset = dataset
         self.max_seq_len = max_seq_len
         self.pad_id = int(pad_id)
+        self.dropped: list[int] = []
         self.packs: list[dict[str, list[int]]] = []
         cur: dict[str, list[int]] = self._empty()
         for i in range(len(dataset)):
@@ -43,6 +51,9 @@ class PackedDataset(Dataset):
             if len(tokens) != len(labels):
                 raise ValueError(f"sample {i} has {len(tokens)} tokens but {len(labels)} labels")
             if not tokens:
+                continue
+            if all(lab == CROSS_ENTROPY_IGNORE_IDX for lab in labels):
+                self.dropped.append(i)
                 continue
             if len(cur["tokens"]) + len(tokens) > max_seq_len:
                 self.packs.append(self._pad(cur))

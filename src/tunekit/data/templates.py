@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tunekit.data._loading import describe_value
 from tunekit.tokenizers import Tokenizer
 
 ALPACA_PROMPT_WITH_INPUT = (
@@ -38,6 +39,12 @@ B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 
 Message = Mapping[str, Any]
+
+#: The roles of a Llama 2 chat conversation.
+CHAT_ROLES = ("system", "user", "assistant")
+#: Role names of other chat formats (ShareGPT, OpenAI tools, ...) and what they mean here.
+_ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+                 "ai": "assistant", "chatgpt": "assistant", "prompter": "user", "sys": "system"}
 
 
 def alpaca_prompt(instruction: str, input: str = "") -> str:
@@ -101,21 +108,28 @@ def validate_messages(messages: Any, *, final_role: str = "assistant") -> str | 
     with a string ``role`` and a string ``content``.
     """
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
-        return f"'messages' must be a list of {{'role', 'content'}} objects, got {type(messages).__name__}"
+        return f"'messages' must be a list of {{'role', 'content'}} objects, got {describe_value(messages)}"
     if not messages:
-        return "'messages' is empty"
+        return "'messages' is empty (a conversation needs a 'user' and an 'assistant' message)"
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):
-            return f"messages[{i}] must be an object with 'role' and 'content', got {type(m).__name__}"
+            return f"messages[{i}] must be an object with 'role' and 'content', got {describe_value(m)}"
         for key in ("role", "content"):
             if key not in m:
-                return f"messages[{i}] is missing the field '{key}'"
+                return f"messages[{i}] is missing the field '{key}' (it has {sorted(map(str, m))})"
             if not isinstance(m[key], str):
-                return f"messages[{i}].{key} must be a string, got {type(m[key]).__name__}"
+                return f"messages[{i}].{key} must be a string, got {describe_value(m[key])}"
+        if m["role"] not in CHAT_ROLES:
+            alias = _ROLE_ALIASES.get(m["role"].lower())
+            fix = f" (write {alias!r})" if alias else ""
+            return (f"messages[{i}].role {m['role']!r} is not a known role{fix}; roles are "
+                    f"{', '.join(repr(r) for r in CHAT_ROLES)}")
     roles = [m["role"] for m in messages]
+    if "system" in roles[1:]:
+        return f"messages[{roles.index('system', 1)}] is a 'system' message; only the first message may be one"
     body = roles[1:] if roles[0] == "system" else roles
     if not body:
-        return "'messages' has only a system message"
+        return "'messages' has only a system message (no user or assistant turn)"
     for i, role in enumerate(body):
         want = "user" if i % 2 == 0 else "assistant"
         if role != want:
@@ -123,6 +137,9 @@ def validate_messages(messages: Any, *, final_role: str = "assistant") -> str | 
             return (f"messages[{pos}].role is {role!r} but {want!r} was expected (an optional "
                     f"'system' first, then 'user' and 'assistant' alternating)")
     if body[-1] != final_role:
+        if final_role == "assistant" and "assistant" not in body:
+            return ("'messages' has no 'assistant' turn, so there is no reply to train on: the "
+                    "last message must be from 'assistant'")
         return f"the last message must be from {final_role!r}, got {body[-1]!r}"
     return None
 

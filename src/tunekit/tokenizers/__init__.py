@@ -4,6 +4,8 @@ from tunekit.tokenizers._sentencepiece import (
     TINY_TOKENIZER_PATH,
     SentencePieceTokenizer,
     Tokenizer,
+    TokenizerError,
+    TokenizerFileNotFoundError,
     llama2_tokenizer,
     tiny_tokenizer,
 )
@@ -12,6 +14,8 @@ __all__ = [
     "TINY_TOKENIZER_PATH",
     "SentencePieceTokenizer",
     "Tokenizer",
+    "TokenizerError",
+    "TokenizerFileNotFoundError",
     "llama2_tokenizer",
     "tiny_tokenizer",
 ]
