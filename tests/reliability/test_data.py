@@ -6,10 +6,8 @@ the file / row / key and says the fix, and that the user's files are byte-identi
 (nothing is written next to them, no checkpoint is saved). The runs fail at data loading, before
 any training step.
 
-Cases marked ``needs_run_wiring`` assert the behaviour wanted once the recipes call
-``tunekit.data.data_report`` before training (refuse a data set with nothing to learn, warn
-about heavy truncation) and catch ``tunekit.tokenizers.TokenizerError`` as a user error; they
-pass after the lead wires those into the recipes.
+The nothing-to-learn cases go through ``tunekit.run.data.check_learnable`` (``data_report``
+before training: refuse a data set with nothing to learn, warn about heavy truncation).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from tests.reliability._harness import (
 
 # Each case stops at data loading; these keep any run that got further short.
 FAST = ["epochs=1", "max_steps_per_epoch=2", "batch_size=4", "metric_logger.also_stdout=false"]
-needs_run_wiring = pytest.mark.needs_run_wiring
 
 REC = {"instruction": "Name a colour.", "output": "Blue."}
 CHAT_OK = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
@@ -136,7 +133,6 @@ def test_bad_data_file(tmp_path: Path, case: str) -> None:
 # ---------------------------------------------------------------------------- nothing to learn
 
 
-@needs_run_wiring
 def test_every_response_truncated_away_is_refused(tmp_path: Path) -> None:
     rows = [{"instruction": LONG + str(i), "output": "Yes."} for i in range(8)]
     proc, path = _run_with_data(tmp_path, "long_prompts.json", json.dumps(rows).encode(), "max_seq_len=64")
@@ -145,7 +141,6 @@ def test_every_response_truncated_away_is_refused(tmp_path: Path) -> None:
     _no_checkpoint(tmp_path / "run")
 
 
-@needs_run_wiring
 def test_packed_with_tiny_max_seq_len_is_refused(tmp_path: Path) -> None:
     proc, path = _run_with_data(tmp_path, "short.json", json.dumps(_records()).encode(),
                                 "packed=true", "max_seq_len=16")
@@ -153,7 +148,6 @@ def test_packed_with_tiny_max_seq_len_is_refused(tmp_path: Path) -> None:
     _no_checkpoint(tmp_path / "run")
 
 
-@needs_run_wiring
 def test_heavy_truncation_warns_and_trains(tmp_path: Path) -> None:
     rows = _records(6) + [{"instruction": "Tell the story.", "output": LONG}] * 4
     proc, path = _run_with_data(tmp_path, "some_long.json", json.dumps(rows).encode(),
@@ -191,7 +185,6 @@ TOKENIZER_CASES = {
 }
 
 
-@needs_run_wiring
 @pytest.mark.parametrize("case", list(TOKENIZER_CASES))
 def test_bad_tokenizer_file(tmp_path: Path, case: str) -> None:
     name, content, needles = TOKENIZER_CASES[case]

@@ -10,6 +10,7 @@ from tunekit.checkpointing import CheckpointError
 from tunekit.config import ConfigError
 from tunekit.config.resolvers import MULTIRUN_IN_TORCHRUN
 from tunekit.data import DataFormatError
+from tunekit.tokenizers import TokenizerError, TokenizerFileNotFoundError
 from tunekit.training import NonFiniteLossError
 
 __all__ = ["MultirunInTorchrunError", "RunError", "check_not_multirun_in_torchrun", "user_errors"]
@@ -35,7 +36,7 @@ def user_errors() -> Iterator[None]:
     except ConfigError:
         raise
     except (DataFormatError, CheckpointError, NonFiniteLossError, MultirunInTorchrunError, RunError,
-            FileNotFoundError) as exc:
+            TokenizerError, TokenizerFileNotFoundError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from exc
 
 
