@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> float | None:
     from tunekit.modules.peft import LoRASpec
     from tunekit.run import data, model, process, records, resume
     from tunekit.run.saver import CheckpointSaver
-    from tunekit.run.settings import train_settings
+    from tunekit.run.settings import schedule_warnings, train_settings
     from tunekit.training import num_training_steps, prepare_loss, prepare_model, train
     from tunekit.training.seed import set_seed
 
@@ -116,7 +116,7 @@ def run(cfg: DictConfig) -> float | None:
                            f"{', '.join(spec.targets)})"),
             num_train=len(train_ds), num_val=0 if val_ds is None else len(val_ds),
             total_steps=total_steps, resume=res, resume_auto=cfg.resume == "auto",
-            notes=[n for n in (run_note, note) if n])
+            notes=[n for n in (run_note, note) if n] + schedule_warnings(lr_scheduler, total_steps))
 
     result = train(net, optimizer=optimizer, lr_scheduler=lr_scheduler, loss_fn=loss_fn,
                    train_loader=train_loader, val_loader=val_loader, saver=saver,

@@ -12,6 +12,7 @@ from tunekit.config.resolvers import MULTIRUN_IN_TORCHRUN
 from tunekit.data import DataFormatError
 from tunekit.tokenizers import TokenizerError, TokenizerFileNotFoundError
 from tunekit.training import NonFiniteLossError
+from tunekit.training.metric_logging import MissingExtraError
 
 __all__ = ["MultirunInTorchrunError", "RunError", "check_not_multirun_in_torchrun", "user_errors"]
 
@@ -36,7 +37,7 @@ def user_errors() -> Iterator[None]:
     except ConfigError:
         raise
     except (DataFormatError, CheckpointError, NonFiniteLossError, MultirunInTorchrunError, RunError,
-            TokenizerError, TokenizerFileNotFoundError, FileNotFoundError) as exc:
+            TokenizerError, TokenizerFileNotFoundError, MissingExtraError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from exc
 
 

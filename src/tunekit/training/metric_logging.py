@@ -120,8 +120,12 @@ class JsonlLogger:
             self._file = None
 
 
+class MissingExtraError(ImportError):
+    """A component needs an optional dependency that is not installed (the message names the extra)."""
+
+
 def _missing_extra(what: str, extra: str, err: ImportError) -> ImportError:
-    return ImportError(
+    return MissingExtraError(
         f"{what} needs the optional dependency '{extra}', which is not installed "
         f"({err}). Install it with: pip install \"tunekit[{extra}]\" "
         f"(or choose metric_logger=jsonl or metric_logger=stdout)."
