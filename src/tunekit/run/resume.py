@@ -136,7 +136,9 @@ def fingerprint_differences(saved: Mapping[str, Any], now: Mapping[str, Any],
     """One line per field that differs and is not accepted (empty: same run settings)."""
     out = []
     for name in FINGERPRINT_FIELDS:
-        if name in accept or name not in saved or name not in now:
+        # The recipe is recorded, not compared here: the other recipe's checkpoint gets its own
+        # message (which recipe resumes it) when its files are read.
+        if name == "recipe" or name in accept or name not in saved or name not in now:
             continue
         if saved[name] != now[name]:
             where = _FIX.get(name, name)
