@@ -17,6 +17,8 @@ from tunekit.checkpointing._checkpointer import (
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
 from tunekit.checkpointing._export import checkpoint_format, convert_checkpoint, find_weights_dir
 from tunekit.checkpointing._io import COMPLETE_MARKER, load_state_file, validate_state_dict
+from tunekit.checkpointing._layout import INFO_FILE, model_dir, read_checkpoint_info, state_dir
+from tunekit.checkpointing._settings import check_model_matches
 from tunekit.checkpointing._resume import (
     find_resume_dir,
     list_checkpoints,
@@ -32,8 +34,10 @@ __all__ = [
     "CheckpointError",
     "CheckpointFileNotFoundError",
     "Checkpointer",
+    "INFO_FILE",
     "FullModelHFCheckpointer",
     "FullModelMetaCheckpointer",
+    "check_model_matches",
     "checkpoint_format",
     "convert_checkpoint",
     "find_resume_dir",
@@ -42,6 +46,9 @@ __all__ = [
     "load_resume_state",
     "load_state_file",
     "load_training_state",
+    "model_dir",
+    "read_checkpoint_info",
+    "state_dir",
     "validate_state_dict",
     "write_hf_weights",
     "write_meta_weights",
