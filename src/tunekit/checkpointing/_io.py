@@ -126,8 +126,8 @@ def _corrupt(path: Path, err: BaseException) -> CheckpointError:
                f"base model.")
     return CheckpointError(
         f"Could not read {path}: this file of the run checkpoint {own.name} that tunekit saved in "
-        f"{own.parent} is truncated or corrupt {what} (a full disk or a copy that was cut short are "
-        f"the usual causes; downloading cannot restore it). {fix}"
+        f"{own.parent} is truncated or corrupt {what}; a full disk or a copy that was cut short are "
+        f"the usual causes, and only this run wrote it. {fix}"
     )
 
 

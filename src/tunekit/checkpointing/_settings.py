@@ -32,8 +32,8 @@ _HF_MODEL_TYPES = {"LLAMA2": ("llama",)}
 _MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "n_shared_experts",
                "num_experts_per_tok", "moe_intermediate_size", "moe_layer_freq")
 _SOFTCAP_FIELDS = ("attn_logit_softcapping", "final_logit_softcapping")
-_FIX_HF = ("Use a model family that implements it (model= and checkpointer.model_type=), or point "
-           "checkpointer.checkpoint_dir at a Llama checkpoint.")
+_FIX_HF = ("Use a model family that implements it (model= and checkpointer.model_type=; --model-type "
+           "for tunekit convert), or point checkpointer.checkpoint_dir at a Llama checkpoint.")
 
 
 def _family(mt: Any) -> str:
