@@ -267,3 +267,54 @@ def test_check_model_matches_declared_scaling_and_tying(tmp_path):
     # an older settings dict (rope/eps only) is still checked as far as it goes
     with pytest.raises(CheckpointError, match="norm_eps=0.1"):
         check_model_matches(_meta_model(), {"norm_eps": 0.1, "rope_base": 10000.0, "rope_scaling": None}, "src")
+
+
+# --- damage inside a run's own checkpoints ----------------------------------------------------
+def test_damage_in_a_runs_own_checkpoint_names_the_previous_complete_one(tmp_path):
+    run = tmp_path / "run"
+    ckpt = FullModelHFCheckpointer(TINY / "hf", run)
+    sd = ckpt.load_checkpoint()["model"]
+    for epoch in (0, 1, 2):
+        ckpt.save_checkpoint({"model": sd}, epoch=epoch)
+    (run / "epoch_2" / "model" / "config.json").unlink()
+    with pytest.raises(CheckpointError) as e:
+        FullModelHFCheckpointer(run / "epoch_2", tmp_path / "o")
+    msg = str(e.value)
+    assert "is missing: an HF checkpoint directory needs it" in msg and "tunekit download" not in msg
+    assert f"The previous complete checkpoint of this run is {run / 'epoch_1'}" in msg
+    bad = run / "epoch_1" / "model" / "model-00001-of-00001.safetensors"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as e:
+        FullModelHFCheckpointer(run / "epoch_1", tmp_path / "o").load_checkpoint()
+    msg = str(e.value)
+    assert f"Could not read {bad}: this file of the run checkpoint epoch_1 that tunekit saved in {run}" in msg
+    assert f"previous complete checkpoint of this run is {run / 'epoch_0'}" in msg and "download" not in msg
+
+
+def test_pickle_classification_never_runs_the_file(tmp_path):
+    import pickle
+
+    from tunekit.checkpointing._io import load_pickle, pickle_globals
+
+    marker = tmp_path / "ran"
+
+    class Touch:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.zeros(2), "x": Touch()}, legacy, _use_new_zipfile_serialization=False)
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"x": Touch()}, f)
+    for f in (legacy, tmp_path / "plain.pkl"):
+        names = pickle_globals(f)  # Path.touch pickles as getattr(pathlib.Path, "touch")
+        assert "pathlib.Path" in names and any(n.endswith(".getattr") for n in names)
+        with pytest.raises(CheckpointError, match="holds Python objects other than tensors"):
+            load_pickle(f)
+    assert not marker.exists()
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(2)}, good)
+    assert load_pickle(good)["w"].shape == (2,)
+    good.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_pickle(good)

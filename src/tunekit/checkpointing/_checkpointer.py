@@ -218,7 +218,8 @@ def _setup(
 def _read_json(path: Path, ckpt: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointFileNotFoundError(
-            f"{path} is missing: a {what} checkpoint directory needs it. {download_hint(ckpt)}"
+            f"{path} is missing: {'an' if what == 'HF' else 'a'} {what} checkpoint directory needs it. "
+            f"{download_hint(ckpt)}"
         )
     try:
         data = json.loads(path.read_text())

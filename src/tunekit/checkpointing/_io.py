@@ -49,9 +49,16 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 
 
 def download_hint(checkpoint_dir: Path) -> str:
-    """A sentence telling the user how to fetch the model into ``checkpoint_dir``."""
+    """A sentence telling the user how to fetch the model into ``checkpoint_dir``.
+
+    Inside a checkpoint tunekit saved (``RUN/epoch_N/...``) nothing can be downloaded: the
+    sentence names the run's previous complete checkpoint instead.
+    """
     from tunekit.cli.download import default_models_root  # torch-free helper
 
+    own = run_checkpoint_of(Path(checkpoint_dir))
+    if own is not None:
+        return f"It belongs to the checkpoint {own.name} that tunekit saved in {own.parent}. {_own_run_fix(own)}"
     try:
         repo = checkpoint_dir.resolve().relative_to(default_models_root().resolve()).as_posix()
     except ValueError:
@@ -88,14 +95,23 @@ def run_checkpoint_of(path: Path) -> Path | None:
     return None
 
 
+def _saved_at(d: Path) -> int:
+    try:
+        return int(json.loads((d / COMPLETE_MARKER).read_text())["saved_at_ns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return (d / COMPLETE_MARKER).stat().st_mtime_ns
+        except OSError:
+            return 0
+
+
 def _other_checkpoints(ckpt: Path) -> list[Path]:
-    """The other complete checkpoints of ``ckpt``'s run, oldest first by epoch/step number."""
+    """The other complete checkpoints of ``ckpt``'s run, oldest first (by save time)."""
     found = []
     for d in ckpt.parent.iterdir() if ckpt.parent.is_dir() else []:
-        m = _CKPT_NAME_RE.match(d.name)
-        if m and d.name != ckpt.name and d.is_dir() and is_complete(d):
-            found.append(((m.group(1) == "step", int(m.group(2))), d))
-    return [d for _, d in sorted(found)]
+        if _CKPT_NAME_RE.match(d.name) and d.name != ckpt.name and d.is_dir() and is_complete(d):
+            found.append((_saved_at(d), d.name, d))
+    return [d for *_, d in sorted(found)]
 
 
 def _detail(err: BaseException) -> str:
@@ -114,9 +130,18 @@ def _corrupt(path: Path, err: BaseException) -> CheckpointError:
             f"Could not read checkpoint file {path}: it looks truncated or corrupt {what}. "
             f"An interrupted download is the usual cause; delete the file and download it again."
         )
+    return CheckpointError(
+        f"Could not read {path}: this file of the run checkpoint {own.name} that tunekit saved in "
+        f"{own.parent} is truncated or corrupt {what}; a full disk or a copy that was cut short are "
+        f"the usual causes, and only this run wrote it. {_own_run_fix(own)}"
+    )
+
+
+def _own_run_fix(own: Path) -> str:
+    """What to use instead of the damaged run checkpoint ``own``."""
     others = _other_checkpoints(own)
-    before = [d for d in others if (d.name.split("_")[0], int(d.name.split("_")[1]))
-              < (own.name.split("_")[0], int(own.name.split("_")[1]))] or others
+    mine = _saved_at(own) if is_complete(own) else None
+    before = [d for d in others if mine is None or _saved_at(d) <= mine] or others
     if before:
         fix = (f"The previous complete checkpoint of this run is {before[-1]}"
                + (f" (complete checkpoints of this run: {', '.join(d.name for d in others)})" if len(others) > 1 else "")
@@ -124,11 +149,7 @@ def _corrupt(path: Path, err: BaseException) -> CheckpointError:
     else:
         fix = (f"This run ({own.parent}) has no other complete checkpoint, so start again from the "
                f"base model.")
-    return CheckpointError(
-        f"Could not read {path}: this file of the run checkpoint {own.name} that tunekit saved in "
-        f"{own.parent} is truncated or corrupt {what}; a full disk or a copy that was cut short are "
-        f"the usual causes, and only this run wrote it. {fix}"
-    )
+    return fix
 
 
 # Globals a plain state dict of tensors needs (what torch's weights_only unpickler allows).
