@@ -198,17 +198,32 @@ def pickle_globals(path: Path) -> list[str] | None:
         for _ in range(5 if legacy else 1):
             if buf.tell() >= len(data):
                 break
-            strings: list[str] = []
+            # Only names are tracked: the last values pushed (strings, or None) and the memo, so
+            # STACK_GLOBAL's module and name can be read back; nothing is built or called.
+            pushed: list[str | None] = []
+            memo: dict[int, str | None] = {}
             stopped = False
             try:
                 for op, arg, _pos in pickletools.genops(buf):
-                    if op.name in ("GLOBAL", "INST"):
+                    name = op.name
+                    if name in ("GLOBAL", "INST"):
                         found.append(str(arg).replace(" ", "."))
-                    elif op.name == "STACK_GLOBAL":
-                        found.append(".".join(strings[-2:]) if len(strings) >= 2 else "<computed name>")
-                    elif isinstance(arg, str):
-                        strings.append(arg)
-                    stopped = op.name == "STOP"
+                        pushed.append(None)
+                    elif name == "STACK_GLOBAL":
+                        mod, attr = (pushed[-2:] if len(pushed) >= 2 else [None, None])
+                        found.append(f"{mod}.{attr}" if mod and attr else "<computed name>")
+                        pushed.append(None)
+                    elif name == "MEMOIZE":
+                        memo[len(memo)] = pushed[-1] if pushed else None
+                    elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                        memo[int(arg)] = pushed[-1] if pushed else None
+                    elif name in ("GET", "BINGET", "LONG_BINGET"):
+                        pushed.append(memo.get(int(arg)))
+                    elif "UNICODE" in name or name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+                        pushed.append(str(arg))
+                    elif name not in ("PROTO", "FRAME", "STOP", "MARK"):
+                        pushed.append(None)
+                    stopped = name == "STOP"
             except Exception:  # noqa: BLE001 - pickletools raises ValueError and others on damage
                 return None
             if not stopped:
