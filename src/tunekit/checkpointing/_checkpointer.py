@@ -167,11 +167,12 @@ def _setup(
             f"checkpointer.checkpoint_dir {given} does not exist or is not a directory. {download_hint(given)}"
         )
     ckpt, saved = resolve_checkpoint_dir(given)
-    if out.resolve().is_relative_to(ckpt.resolve()):
-        raise CheckpointError(
-            f"checkpointer.output_dir {out} is inside checkpoint_dir {ckpt}: saves would mix with the "
-            f"model being read and could overwrite it. Choose an output_dir outside {ckpt}."
-        )
+    for inner in dict.fromkeys([ckpt, *([saved] if saved is not None else [])]):
+        if out.resolve().is_relative_to(inner.resolve()):
+            raise CheckpointError(
+                f"checkpointer.output_dir {out} is inside checkpoint_dir {inner}: saves would mix with the "
+                f"model being read and could overwrite it. Choose an output_dir outside {inner}."
+            )
     if checkpoint_files:
         files = [ckpt / f for f in checkpoint_files]
         missing = [str(f) for f in files if not f.is_file()]
