@@ -166,7 +166,8 @@ def _check_destination(out: Path, sources: list[Path], force: bool) -> bool:
     if not out.exists() and not out.is_symlink():
         return False
     if out.is_symlink() or not out.is_dir():
-        raise CheckpointError(f"dest {out} exists and is not a directory; convert will not replace it. "
+        what = "a symbolic link" if out.is_symlink() else "a file, not a directory"
+        raise CheckpointError(f"dest {out} exists and is {what}; convert will not replace it. "
                               f"Choose a new directory.")
     entries = sorted(p.name for p in out.iterdir())
     if not entries:

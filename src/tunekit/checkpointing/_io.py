@@ -263,7 +263,7 @@ def load_pickle(path: Path) -> Any:
         if names is not None:
             unsafe = [n for n in names if not _is_safe_global(n)]
             if unsafe or isinstance(err, pickle.UnpicklingError):
-                raise _code_error(path, unsafe or names or ["pickle features beyond tensors"]) from None
+                raise _code_error(path, unsafe or ["pickle instructions beyond a plain state dict"]) from None
         raise _corrupt(path, err) from None
 
 
