@@ -156,7 +156,7 @@ def _check_destination(out: Path, sources: list[Path], force: bool) -> bool:
         s = src.resolve()
         if real == s:
             raise CheckpointError(f"dest {out} is the source {src}: convert never writes over what it reads. "
-                                  f"Choose a new directory for the converted checkpoint, e.g. {out}-{'converted'}.")
+                                  f"Choose a new directory for the converted checkpoint, e.g. {out.parent / (out.name + '-converted')}.")
         if s.is_relative_to(real):
             raise CheckpointError(f"dest {out} contains the source {src}: replacing it would delete the "
                                   f"checkpoint being read. Choose a directory outside {out} (e.g. beside it).")
