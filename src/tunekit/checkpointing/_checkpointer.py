@@ -132,7 +132,7 @@ def resolve_checkpoint_dir(path: Path) -> tuple[Path, Path | None]:
     directory (``epoch_N/``, new or old flat layout) or a run directory (its newest complete
     checkpoint). The checkpoint directory is None for a plain model directory.
     """
-    if (path / MODEL_SUBDIR).is_dir():
+    if (path / MODEL_SUBDIR).is_dir() and not _has_weights(path):
         return path / MODEL_SUBDIR, path
     if path.name == MODEL_SUBDIR and _is_tunekit_checkpoint(path.parent):
         return path, path.parent

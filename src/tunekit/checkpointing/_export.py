@@ -60,7 +60,10 @@ def checkpoint_format(d: Path) -> str | None:
     """``"hf"`` (config.json + model*.safetensors / pytorch_model*.bin), ``"meta"``
     (params.json + consolidated.*.pth) or None for what ``d`` holds. A checkpoint directory
     (``epoch_N/``) is judged by its ``model/`` directory."""
-    d = model_dir(Path(d))
+    return _own_format(Path(d)) or _own_format(model_dir(Path(d)))
+
+
+def _own_format(d: Path) -> str | None:
     if (d / "config.json").is_file() and (any(d.glob("model*.safetensors")) or any(d.glob("pytorch_model*.bin"))):
         return "hf"
     if (d / "params.json").is_file() and any(d.glob("consolidated.*.pth")):
@@ -84,6 +87,8 @@ def find_weights_dir(path: str | Path, *, what: str = "checkpoint") -> Path:
     from tunekit.checkpointing._resume import list_checkpoints
 
     d = Path(path).expanduser()
+    if _own_format(d):
+        return d
     if checkpoint_format(d):
         return model_dir(d)
     found = list_checkpoints(d) if d.is_dir() else []
