@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 
@@ -61,11 +62,17 @@ def test_peft_adapter_and_merged_model_match_tunekit_lora(hf_dir, tmp_path):
         base = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32)
         peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
         torch.testing.assert_close(peft_model(tokens).logits, want, atol=1e-5, rtol=1e-5)
-        merged = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager", dtype=torch.float32)
+        merged = AutoModelForCausalLM.from_pretrained(out / "model", attn_implementation="eager", dtype=torch.float32)
         torch.testing.assert_close(merged.eval()(tokens).logits, want, atol=1e-5, rtol=1e-5)
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert cfg["rank_pattern"] == {"layers.1.self_attn.q_proj": 2} and cfg["base_model_name_or_path"] == str(hf_dir)
-    assert torch.load(out / "adapter_0.pt", weights_only=True).keys() == _train_state(model, spec)["adapter"].keys()
+    adapter_file = out / "state" / "adapter_0.pt"
+    assert torch.load(adapter_file, weights_only=True).keys() == _train_state(model, spec)["adapter"].keys()
+    # checkpoint.json records that model/ holds merged weights, and of which adapter file
+    info = json.loads((out / "checkpoint.json").read_text())
+    assert info["merged_adapter"] == {"sha256": hashlib.sha256(adapter_file.read_bytes()).hexdigest(),
+                                      "file": "state/adapter_0.pt"}
+    assert info["format"] == "hf" and info["epoch"] == 0 and info["step"] is None
 
 
 def _state(sd, step):
@@ -86,7 +93,8 @@ def test_training_state_and_resume_via_fields(hf_dir, tmp_path):
                                epoch=0, intermediate_checkpoint=True, step=5)  # fmt: skip
     assert out.name == "step_5"
     assert json.loads((out / "COMPLETE").read_text())["intermediate"] is True
-    # torchtune-style fields: paths relative to checkpoint_dir (here the saved step dir).
+    # torchtune-style fields: paths relative to checkpoint_dir (here the saved step dir); the
+    # files live in its state/ directory, found from the bare names as from the old flat layout.
     resumed = FullModelHFCheckpointer(out, tmp_path / "run", adapter_checkpoint="adapter_0.pt",
                                       recipe_checkpoint="recipe_state.pt", resume_from_checkpoint=True)  # fmt: skip
     state = resumed.load_checkpoint()

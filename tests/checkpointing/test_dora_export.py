@@ -49,5 +49,5 @@ def test_dora_adapter_loads_in_peft_and_matches(hf_dir, tmp_path):
         mags = [n for n, _ in peft_model.named_parameters() if "lora_magnitude_vector" in n]
         assert len(mags) == 2 * 7 + 1
         torch.testing.assert_close(peft_model(tokens).logits, want, atol=1e-5, rtol=1e-5)
-        merged = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager", dtype=torch.float32)
+        merged = AutoModelForCausalLM.from_pretrained(out / "model", attn_implementation="eager", dtype=torch.float32)
         torch.testing.assert_close(merged.eval()(tokens).logits, want, atol=1e-5, rtol=1e-5)

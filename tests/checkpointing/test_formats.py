@@ -27,15 +27,17 @@ def test_hf_safetensors_round_trip_sharded(hf_dir, hf_state, tmp_path):
     ckpt = FullModelHFCheckpointer(hf_dir, tmp_path / "out", max_shard_size="30KB")
     sd = ckpt.load_checkpoint()["model"]
     assert "layers.1.attn.q_proj.weight" in sd and "norm.scale" in sd
-    out = ckpt.save_checkpoint({"model": sd}, epoch=0)
-    assert out == tmp_path / "out" / "epoch_0"
+    ckpt_dir = ckpt.save_checkpoint({"model": sd}, epoch=0)
+    assert ckpt_dir == tmp_path / "out" / "epoch_0"
+    assert (ckpt_dir / "COMPLETE").is_file() and (ckpt_dir / "checkpoint.json").is_file()
+    out = ckpt_dir / "model"
     shards = sorted(out.glob("model-*-of-*.safetensors"))
     assert len(shards) > 1
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {f.name for f in shards}
     assert_same(read_weights(out, "model-*.safetensors"), hf_state)
     for name in ("config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
-                 "special_tokens_map.json", "COMPLETE"):  # fmt: skip
+                 "special_tokens_map.json"):  # fmt: skip
         assert (out / name).is_file(), name
 
 
@@ -45,7 +47,7 @@ def test_hf_bin_in_bin_out(hf_bin_dir, hf_state, tmp_path):
         checkpoint_files=["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"],
     )  # fmt: skip
     sd = ckpt.load_checkpoint()["model"]
-    out = ckpt.save_checkpoint({"model": sd}, epoch=1)
+    out = ckpt.save_checkpoint({"model": sd}, epoch=1) / "model"
     assert (out / "pytorch_model.bin.index.json").is_file() and not list(out.glob("*.safetensors"))
     assert_same(read_weights(out, "pytorch_model-*.bin"), hf_state)
 
@@ -67,14 +69,14 @@ def test_hf_single_file_discovery(hf_model_dir, hf_state, tmp_path):
     save_file(hf_state, str(d / "model.safetensors"))
     ckpt = FullModelHFCheckpointer(d, tmp_path / "out")
     assert [f.name for f in ckpt.checkpoint_files] == ["model.safetensors"]
-    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=2)  # load's dict goes straight back in
+    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=2) / "model"  # load's dict goes straight back in
     assert_same(read_weights(out, "model-*.safetensors"), hf_state)
 
 
 def test_meta_round_trip(meta_dir, tmp_path):
     ckpt = FullModelMetaCheckpointer(meta_dir, tmp_path / "out")
     sd = ckpt.load_checkpoint()["model"]
-    out = ckpt.save_checkpoint({"model": sd}, epoch=0)
+    out = ckpt.save_checkpoint({"model": sd}, epoch=0) / "model"
     orig = torch.load(meta_dir / "consolidated.00.pth", weights_only=True)
     del orig["rope.freqs"]
     assert_same(torch.load(out / "consolidated.00.pth", weights_only=True), orig)
@@ -116,7 +118,7 @@ def test_meta_model_parallel_round_trip_keeps_the_file_layout(meta_dir, tmp_path
     parts = _meta_mp_dir(meta_dir, tmp_path / "meta_mp", 2)
     ckpt = FullModelMetaCheckpointer(tmp_path / "meta_mp", tmp_path / "out")
     assert ckpt.model_parallel_size == 2
-    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
+    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0) / "model"
     assert sorted(f.name for f in out.glob("*.pth")) == ["consolidated.00.pth", "consolidated.01.pth"]
     for i, part in enumerate(parts):
         del part["rope.freqs"]  # a cache Meta ships; not a weight, not written back
@@ -132,13 +134,13 @@ def test_meta_model_parallel_size_overrides_the_input_count(meta_dir, tmp_path):
     del single["rope.freqs"]
     # one file in, two out (what Meta's 13B layout looks like)
     ckpt = FullModelMetaCheckpointer(meta_dir, tmp_path / "a", model_parallel_size=2)
-    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
+    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0) / "model"
     for i, part in enumerate(split_meta(single, 2)):
         assert_same(torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True), part)
     # two files in, one merged file out
     _meta_mp_dir(meta_dir, tmp_path / "meta_mp", 2)
     ckpt = FullModelMetaCheckpointer(tmp_path / "meta_mp", tmp_path / "b", model_parallel_size=1)
-    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
+    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0) / "model"
     assert [f.name for f in out.glob("*.pth")] == ["consolidated.00.pth"]
     assert_same(torch.load(out / "consolidated.00.pth", weights_only=True), single)
 
@@ -150,7 +152,7 @@ def test_meta_model_parallel_files_compute_the_model_as_tensor_parallel_slices(m
     import torch.nn.functional as F
 
     ckpt = FullModelMetaCheckpointer(meta_dir, tmp_path / "o", model_parallel_size=2)
-    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0)
+    out = ckpt.save_checkpoint(ckpt.load_checkpoint(), epoch=0) / "model"
     full = torch.load(meta_dir / "consolidated.00.pth", weights_only=True)
     parts = [torch.load(out / f"consolidated.{i:02d}.pth", weights_only=True) for i in range(2)]
 
@@ -220,7 +222,7 @@ def test_hf_output_loads_in_transformers_with_equal_logits(hf_dir, tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    out = ckpt.save_checkpoint({"model": model.state_dict()}, epoch=0)
+    out = ckpt.save_checkpoint({"model": model.state_dict()}, epoch=0) / "model"
     hf = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager", dtype=torch.float32).eval()
     tokens = torch.randint(0, 64, (2, 12))
     with torch.no_grad():

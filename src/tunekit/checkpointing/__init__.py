@@ -34,6 +34,7 @@ from tunekit.checkpointing._layout import (
     read_checkpoint_info,
     state_dir,
 )
+from tunekit.checkpointing._settings import check_model_matches
 from tunekit.checkpointing._resume import (
     find_resume_dir,
     list_checkpoints,
@@ -64,8 +65,10 @@ __all__ = [
     "CheckpointError",
     "CheckpointFileNotFoundError",
     "Checkpointer",
+    "INFO_FILE",
     "FullModelHFCheckpointer",
     "FullModelMetaCheckpointer",
+    "check_model_matches",
     "checkpoint_format",
     "convert_checkpoint",
     "find_resume_dir",
@@ -74,6 +77,9 @@ __all__ = [
     "load_resume_state",
     "load_state_file",
     "load_training_state",
+    "model_dir",
+    "read_checkpoint_info",
+    "state_dir",
     "validate_state_dict",
     "write_hf_weights",
     "write_meta_weights",

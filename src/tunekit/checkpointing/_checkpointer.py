@@ -1,27 +1,32 @@
 """FullModelHFCheckpointer and FullModelMetaCheckpointer.
 
 Both read a checkpoint in their format into tunekit names, and write every save back in the
-same format into ``output_dir/epoch_{e}/`` (or ``step_{s}/``), atomically:
+same format into ``output_dir/epoch_{e}/`` (or ``step_{s}/``), atomically, in the layout of
+:mod:`tunekit.checkpointing._layout`:
 
 ```
 epoch_0/
-  model-00001-of-00002.safetensors ... model.safetensors.index.json   (HF; or pytorch_model-*.bin)
-  consolidated.00.pth [.. .07.pth] + params.json                       (Meta; the input's file count)
-  config.json, generation_config.json, tokenizer* ...                  (copied from the input)
-  adapter_0.pt                     LoRA weights in tunekit names (for resuming)
-  adapter/adapter_config.json      PEFT adapter: peft.PeftModel.from_pretrained(base, epoch_0/adapter)
-  adapter/adapter_model.safetensors
-  recipe_state.pt                  optimizer, lr_scheduler, recipe_state, ... (what the caller passed)
+  model/                           the clean model directory, nothing else:
+    model-00001-of-00002.safetensors ... model.safetensors.index.json   (HF; or pytorch_model-*.bin)
+    config.json, generation_config.json, tokenizer files               (HF, copied from the input)
+    consolidated.00.pth [.. .07.pth], params.json, tokenizer.model     (Meta; the input's file count)
+  adapter/                         LoRA only: PEFT adapter, peft.PeftModel.from_pretrained(base, epoch_0/adapter)
+    adapter_config.json, adapter_model.safetensors
+  state/                           training state
+    adapter_0.pt                   LoRA weights in tunekit names (for resuming)
+    recipe_state.pt                optimizer, lr_scheduler, recipe_state, ... (what the caller passed)
+  checkpoint.json                  format, epoch, step, merged_adapter, trained_with
   COMPLETE                         written last; JSON with epoch, step, format, time
 ```
 
-The PEFT files live in ``adapter/`` because transformers treats a directory holding
-``adapter_config.json`` as an adapter, which would hide the merged model beside it.
+Readers accept a run directory (its newest complete checkpoint), a checkpoint directory or its
+``model/`` directory, in this layout and in the older flat one (everything in ``epoch_0/``).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import re
 import shutil
@@ -35,6 +40,7 @@ from safetensors.torch import save_file
 
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
 from tunekit.checkpointing._io import (
+    COMPLETE_MARKER,
     atomic_checkpoint_dir,
     download_hint,
     is_complete,
@@ -46,6 +52,8 @@ from tunekit.checkpointing._io import (
     save_shards,
     validate_state_dict,
 )
+from tunekit.checkpointing._layout import INFO_FILE, MODEL_SUBDIR, PEFT_SUBDIR, STATE_SUBDIR, model_dir, state_dir
+from tunekit.checkpointing._settings import check_supported_hf_config, check_supported_meta_params, rope_scaling_type
 from tunekit.models import ModelType, get_model_type
 from tunekit.models.llama2._convert import ConversionError
 
@@ -66,12 +74,16 @@ __all__ = [
 
 ADAPTER_FILE = "adapter_0.pt"
 RECIPE_STATE_FILE = "recipe_state.pt"
-PEFT_ADAPTER_DIR = "adapter"
+PEFT_ADAPTER_DIR = PEFT_SUBDIR
 _MODEL_KEYS = ("model", "adapter", "adapter_config")
-_HF_AUX = ("config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
-           "added_tokens.json", "chat_template*", "vocab.json", "merges.txt", "LICENSE*",
-           "USE_POLICY.md", "README.md")
-_META_AUX = ("params.json", "tokenizer*", "LICENSE*", "USE_POLICY.md", "README.md")
+# What a saved model/ directory takes over from the input besides the weights: the config and
+# tokenizer files its format's tools read, and the licence that must travel with the weights.
+# Nothing else (no model card of the base model, no training state, no other *.pt/*.pth: Meta's
+# and llama.cpp's tools glob for weight files).
+_HF_AUX = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer.model",
+           "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template*",
+           "vocab.json", "merges.txt", "LICENSE*", "USE_POLICY.md")
+_META_AUX = ("params.json", "tokenizer.model", "LICENSE*", "USE_POLICY.md")
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -87,7 +99,7 @@ class Checkpointer(Protocol):
 
     def save_checkpoint(
         self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None,
-        info: Mapping[str, Any] | None = None,
+        *, info: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``state`` into a complete ``epoch_{epoch}/`` or ``step_{step}/`` directory."""
         ...
@@ -105,6 +117,35 @@ class _Setup:
     key_files: dict[str, str] = field(default_factory=dict)
 
 
+def _has_weights(d: Path) -> bool:
+    return any(d.glob("model*.safetensors")) or any(d.glob("pytorch_model*.bin")) or any(d.glob("consolidated.*.pth"))
+
+
+def _is_tunekit_checkpoint(d: Path) -> bool:
+    return (d / COMPLETE_MARKER).is_file() or (d / INFO_FILE).is_file()
+
+
+def resolve_checkpoint_dir(path: Path) -> tuple[Path, Path | None]:
+    """``(model directory, checkpoint directory or None)`` for what a user points a reader at.
+
+    ``path`` may be a model directory (a download, or a checkpoint's ``model/``), a checkpoint
+    directory (``epoch_N/``, new or old flat layout) or a run directory (its newest complete
+    checkpoint). The checkpoint directory is None for a plain model directory.
+    """
+    if (path / MODEL_SUBDIR).is_dir() and not _has_weights(path):
+        return path / MODEL_SUBDIR, path
+    if path.name == MODEL_SUBDIR and _is_tunekit_checkpoint(path.parent):
+        return path, path.parent
+    if _has_weights(path) or (path / "config.json").is_file() or (path / "params.json").is_file():
+        return path, (path if _is_tunekit_checkpoint(path) else None)
+    from tunekit.checkpointing._resume import list_checkpoints
+
+    found = list_checkpoints(path)
+    if found:
+        return model_dir(found[-1]), found[-1]
+    return path, None
+
+
 def _setup(
     checkpoint_dir: str | Path,
     output_dir: str | Path,
@@ -119,17 +160,19 @@ def _setup(
         mt = get_model_type(model_type)
     except ValueError as err:
         raise CheckpointError(f"checkpointer.model_type: {err}") from None
-    ckpt = Path(checkpoint_dir).expanduser()
+    given = Path(checkpoint_dir).expanduser()
     out = Path(output_dir).expanduser()
-    if not ckpt.is_dir():
+    if not given.is_dir():
         raise CheckpointFileNotFoundError(
-            f"checkpointer.checkpoint_dir {ckpt} does not exist or is not a directory. {download_hint(ckpt)}"
+            f"checkpointer.checkpoint_dir {given} does not exist or is not a directory. {download_hint(given)}"
         )
-    if out.resolve().is_relative_to(ckpt.resolve()):
-        raise CheckpointError(
-            f"checkpointer.output_dir {out} is inside checkpoint_dir {ckpt}: saves would mix with the "
-            f"model being read and could overwrite it. Choose an output_dir outside {ckpt}."
-        )
+    ckpt, saved = resolve_checkpoint_dir(given)
+    for inner in dict.fromkeys([ckpt, *([saved] if saved is not None else [])]):
+        if out.resolve().is_relative_to(inner.resolve()):
+            raise CheckpointError(
+                f"checkpointer.output_dir {out} is inside checkpoint_dir {inner}: saves would mix with the "
+                f"model being read and could overwrite it. Choose an output_dir outside {inner}."
+            )
     if checkpoint_files:
         files = [ckpt / f for f in checkpoint_files]
         missing = [str(f) for f in files if not f.is_file()]
@@ -140,15 +183,26 @@ def _setup(
             )
     else:
         files = discover(ckpt)
+    bases = list(dict.fromkeys([given, *([saved] if saved is not None else []), ckpt]))
 
-    def resolve(name: str | None, field_name: str) -> Path | None:
+    def resolve(name: str | None, field_name: str, default_file: str) -> Path | None:
         if name is None:
             return None
         p = Path(name).expanduser()
-        p = p if p.is_absolute() else ckpt / p
-        if not p.is_file():
-            raise CheckpointFileNotFoundError(f"checkpointer.{field_name}: {p} does not exist.")
-        return p
+        cands = [p] if p.is_absolute() else [b / p for b in bases]
+        more = []
+        for c in cands:
+            more.append(c.parent / STATE_SUBDIR / c.name)  # epoch_N/recipe_state.pt -> epoch_N/state/...
+            if c.is_dir():
+                more += [state_dir(c) / default_file, state_dir(resolve_checkpoint_dir(c)[1] or c) / default_file]
+        for c in [*cands, *more]:
+            if c.is_file():
+                return c
+        raise CheckpointFileNotFoundError(
+            f"checkpointer.{field_name}: {name} was not found (looked in {', '.join(str(c) for c in cands)} and "
+            f"their {STATE_SUBDIR}/ directories). Give the {default_file} of the checkpoint to resume, or "
+            f"its epoch_N/step_N directory."
+        )
 
     adapter_path = recipe_path = None
     if resume_from_checkpoint:
@@ -157,40 +211,109 @@ def _setup(
                 "resume_from_checkpoint=True needs checkpointer.recipe_checkpoint (the recipe_state.pt "
                 "of the checkpoint to resume), and adapter_checkpoint for LoRA."
             )
-        adapter_path = resolve(adapter_checkpoint, "adapter_checkpoint")
-        recipe_path = resolve(recipe_checkpoint, "recipe_checkpoint")
+        adapter_path = resolve(adapter_checkpoint, "adapter_checkpoint", ADAPTER_FILE)
+        recipe_path = resolve(recipe_checkpoint, "recipe_checkpoint", RECIPE_STATE_FILE)
     return _Setup(ckpt, out, mt, files, adapter_path, recipe_path)
 
 
 def _read_json(path: Path, ckpt: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointFileNotFoundError(
-            f"{path} is missing: a {what} checkpoint directory needs it. {download_hint(ckpt)}"
+            f"{path} is missing: {'an' if what == 'HF' else 'a'} {what} checkpoint directory needs it. "
+            f"{download_hint(ckpt)}"
         )
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is truncated or corrupt.") from err
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is truncated or corrupt. "
+                              f"{download_hint(ckpt)}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object of settings; "
+                              f"the file is not a {what} config. {download_hint(ckpt)}")
+    return data
 
 
-def hf_model_settings(config: Mapping[str, Any], mt: ModelType) -> dict[str, Any]:
-    """Non-shape settings an HF ``config.json`` declares: ``norm_eps``, ``rope_base`` and
-    ``rope_scaling`` (the scaling type, None for plain RoPE)."""
-    kind = None
-    for key in ("rope_scaling", "rope_parameters"):  # older and transformers-5 spellings
-        rope = config.get(key)
-        if isinstance(rope, Mapping) and rope.get("rope_type", rope.get("type")) not in ("default", None):
-            kind = str(rope.get("rope_type", rope.get("type")))
+def hf_model_settings(config: Mapping[str, Any], mt: ModelType, path: str | Path | None = None) -> dict[str, Any]:
+    """What an HF ``config.json`` declares, for :func:`tunekit.checkpointing.check_model_matches`.
+
+    Returns:
+        ``{"path": the config.json, "format": "hf", "declared": {quantity: (field, value)},
+        "norm_eps", "rope_base", "rope_scaling"}`` (the last three also at top level, as before).
+    """
+    kind = rope_scaling_type(config)
     eps = config.get("rms_norm_eps")
-    return {"norm_eps": None if eps is None else float(eps), "rope_base": mt.rope_theta_of(config),
-            "rope_scaling": kind}
+    rope = mt.rope_theta_of(config)
+    declared: dict[str, tuple[str, Any]] = {}
+    try:
+        d = mt.hf_config_dims(config)
+    except ConversionError:
+        d = None
+    if d is not None:
+        declared.update({
+            "num_layers": ("num_hidden_layers", d.num_layers),
+            "num_heads": ("num_attention_heads", d.num_heads),
+            "num_kv_heads": ("num_key_value_heads" if config.get("num_key_value_heads") else
+                             "num_attention_heads (no num_key_value_heads)", d.num_kv_heads),
+            "embed_dim": ("hidden_size", d.embed_dim),
+            "intermediate_dim": ("intermediate_size", d.intermediate_dim),
+            "vocab_size": ("vocab_size", d.vocab_size),
+        })
+    declared.update({
+        "rope_base": ("rope_theta", rope),
+        "norm_eps": ("rms_norm_eps", None if eps is None else float(eps)),
+        "rope_scaling": ("rope_scaling", kind),
+        "tie_word_embeddings": ("tie_word_embeddings", bool(config.get("tie_word_embeddings", False))),
+    })
+    return {"path": None if path is None else str(path), "format": "hf", "declared": declared,
+            "norm_eps": None if eps is None else float(eps), "rope_base": rope, "rope_scaling": kind}
 
 
-def meta_model_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+def meta_model_settings(params: Mapping[str, Any], mt: ModelType | None = None,
+                        path: str | Path | None = None) -> dict[str, Any]:
     """The same for a Meta ``params.json`` (Llama 2's omit ``rope_theta``: 10000)."""
     eps = params.get("norm_eps")
-    return {"norm_eps": None if eps is None else float(eps),
-            "rope_base": float(params.get("rope_theta") or 10000.0), "rope_scaling": None}
+    rope = float(params.get("rope_theta") or 10000.0)
+    declared: dict[str, tuple[str, Any]] = {}
+    d = None
+    if mt is not None:
+        try:
+            d = mt.meta_params_dims(params)
+        except ConversionError:
+            d = None
+    if d is not None:
+        declared.update({
+            "num_layers": ("n_layers", d.num_layers),
+            "num_heads": ("n_heads", d.num_heads),
+            "num_kv_heads": ("n_kv_heads" if params.get("n_kv_heads") else "n_heads (no n_kv_heads)",
+                             d.num_kv_heads),
+            "embed_dim": ("dim", d.embed_dim),
+            "intermediate_dim": ("multiple_of/ffn_dim_multiplier (FFN width)", d.intermediate_dim),
+            "vocab_size": ("vocab_size", d.vocab_size),
+        })
+    declared.update({
+        "rope_base": ("rope_theta", rope),
+        "norm_eps": ("norm_eps", None if eps is None else float(eps)),
+        "rope_scaling": ("use_scaled_rope", "llama3" if params.get("use_scaled_rope") else None),
+    })
+    return {"path": None if path is None else str(path), "format": "meta", "declared": declared,
+            "norm_eps": None if eps is None else float(eps), "rope_base": rope,
+            "rope_scaling": "llama3" if params.get("use_scaled_rope") else None}
+
+
+def read_hf_config(checkpoint_dir: Path, mt: ModelType) -> dict[str, Any]:
+    """``config.json`` of an HF model directory, refused when it declares what the model code lacks."""
+    path = checkpoint_dir / "config.json"
+    config = _read_json(path, checkpoint_dir, "HF")
+    check_supported_hf_config(config, path, mt)
+    return config
+
+
+def read_meta_params(checkpoint_dir: Path, mt: ModelType) -> dict[str, Any]:
+    """``params.json`` of a Meta model directory, refused when it declares what the model code lacks."""
+    path = checkpoint_dir / "params.json"
+    params = _read_json(path, checkpoint_dir, "Meta")
+    check_supported_meta_params(params, path, mt)
+    return params
 
 
 def _copy_aux(src: Path, dst: Path, patterns: Sequence[str]) -> None:
@@ -213,11 +336,20 @@ def _load_training_files(adapter_path: Path | None, recipe_path: Path | None) ->
 
 def _save_common(
     state: Mapping[str, Any], tmp: Path, mt: ModelType, heads: tuple[int, int, int], base: Path
-) -> None:
-    """Adapter (tunekit + PEFT) and recipe state: the same for every format."""
+) -> dict[str, Any] | None:
+    """Adapter (tunekit in ``state/``, PEFT in ``adapter/``) and recipe state (``state/``): the same
+    for every format. Returns checkpoint.json's ``merged_adapter`` entry (None without adapter)."""
+    merged = None
+    state_path = tmp / STATE_SUBDIR
     if state.get("adapter") is not None:
+        state_path.mkdir(exist_ok=True)
         adapter = {k: v.detach().contiguous().clone() for k, v in state["adapter"].items()}
-        torch.save(adapter, tmp / ADAPTER_FILE)
+        torch.save(adapter, state_path / ADAPTER_FILE)
+        digest = hashlib.sha256()
+        with open(state_path / ADAPTER_FILE, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        merged = {"sha256": digest.hexdigest(), "file": f"{STATE_SUBDIR}/{ADAPTER_FILE}"}
         if state.get("adapter_config") is not None:
             peft_dir = tmp / PEFT_ADAPTER_DIR
             peft_dir.mkdir()
@@ -230,7 +362,16 @@ def _save_common(
             (peft_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     training = {k: v for k, v in state.items() if k not in _MODEL_KEYS}
     if training:
-        torch.save(training, tmp / RECIPE_STATE_FILE)
+        state_path.mkdir(exist_ok=True)
+        torch.save(training, state_path / RECIPE_STATE_FILE)
+    return merged
+
+
+def _write_info(tmp: Path, *, fmt: str, epoch: int, step: int | None, merged: dict[str, Any] | None,
+                info: Mapping[str, Any] | None) -> None:
+    record = {"format": fmt, "epoch": epoch, "step": step, "merged_adapter": merged,
+              "trained_with": dict(info) if info is not None else {}}
+    (tmp / INFO_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _dir_name(epoch: int, step: int | None) -> str:
@@ -283,11 +424,58 @@ def _discover_hf(ckpt: Path) -> list[Path]:
     )
 
 
+def _config_vs_weights(sd: Mapping[str, torch.Tensor], dims: Any, fields: Mapping[str, str]) -> list[str]:
+    """Where the weights' own shapes contradict the sizes the JSON declares (field=value vs files)."""
+    found: dict[str, Any] = {}
+    layer_ids = {int(k.split(".")[1]) for k in sd if k.startswith("layers.") and k.split(".")[1].isdigit()}
+    if layer_ids:
+        found["num_layers"] = max(layer_ids) + 1
+    emb = sd.get("tok_embeddings.weight")
+    if emb is not None and emb.dim() == 2:
+        found["vocab_size"], found["embed_dim"] = int(emb.shape[0]), int(emb.shape[1])
+    w1 = sd.get("layers.0.mlp.w1.weight")
+    if w1 is not None:
+        found["intermediate_dim"] = int(w1.shape[0])
+    k = sd.get("layers.0.attn.k_proj.weight")
+    if k is not None and getattr(dims, "num_heads", 0) and dims.embed_dim % dims.num_heads == 0:
+        head_dim = dims.embed_dim // dims.num_heads
+        if "embed_dim" not in found or found["embed_dim"] == dims.embed_dim:
+            found["num_kv_heads"] = int(k.shape[0]) // head_dim
+    out = []
+    for q, field_name in fields.items():
+        want = getattr(dims, q, None)
+        if want is not None and q in found and found[q] != want:
+            out.append(f"{field_name}={want} but the weight files hold {found[q]}")
+    return out
+
+
+def _validate_against_json(sd: dict[str, torch.Tensor], dims: Any, mt: ModelType, *, json_path: Path,
+                           fields: Mapping[str, str], source: Path, key_files: dict[str, str]) -> None:
+    try:
+        validate_state_dict(mt.expected_shapes(dims), sd, source=str(source), key_files=key_files)
+    except CheckpointError as err:
+        clash = _config_vs_weights(sd, dims, fields)
+        if not clash:
+            raise
+        raise CheckpointError(
+            f"{json_path} does not describe the weights beside it: it declares {'; '.join(clash)}. "
+            f"Restore the {json_path.name} that came with these weights (download it again: "
+            f"{download_hint(source).removeprefix('Download it with ').rstrip('.')}), or point "
+            f"checkpointer.checkpoint_dir at the directory these settings belong to."
+        ) from None
+
+
+_HF_FIELDS = {"num_layers": "num_hidden_layers", "embed_dim": "hidden_size", "vocab_size": "vocab_size",
+              "intermediate_dim": "intermediate_size", "num_kv_heads": "num_key_value_heads"}
+_META_FIELDS = {"num_layers": "n_layers", "embed_dim": "dim", "vocab_size": "vocab_size",
+                "intermediate_dim": "multiple_of/ffn_dim_multiplier (FFN width)", "num_kv_heads": "n_kv_heads"}
+
+
 def read_hf_model(
     checkpoint_dir: Path, files: Sequence[Path], mt: ModelType, key_files: dict[str, str] | None = None
 ) -> dict[str, torch.Tensor]:
     """Read HF weight files shard by shard into one tunekit-named, validated state dict."""
-    config = _read_json(checkpoint_dir / "config.json", checkpoint_dir, "HF")
+    config = read_hf_config(checkpoint_dir, mt)
     try:
         dims = mt.hf_config_dims(config)
     except ConversionError as err:
@@ -307,9 +495,20 @@ def read_hf_model(
             key_files[k] = str(f)
         sd.update(converted)
         del converted
-    if "output.weight" not in sd and config.get("tie_word_embeddings") and "tok_embeddings.weight" in sd:
-        sd["output.weight"] = sd["tok_embeddings.weight"]
-    validate_state_dict(mt.expected_shapes(dims), sd, source=str(checkpoint_dir), key_files=key_files)
+    if config.get("tie_word_embeddings") and "tok_embeddings.weight" in sd:
+        if "output.weight" not in sd:
+            sd["output.weight"] = sd["tok_embeddings.weight"]
+        elif not (sd["output.weight"].shape == sd["tok_embeddings.weight"].shape
+                  and torch.equal(sd["output.weight"], sd["tok_embeddings.weight"])):
+            raise CheckpointError(
+                f"{checkpoint_dir / 'config.json'} declares tie_word_embeddings=true, but "
+                f"{key_files.get('output.weight', checkpoint_dir)} holds an lm_head.weight that differs from "
+                f"model.embed_tokens.weight: transformers would drop it and run other weights. Set "
+                f"tie_word_embeddings to false in that config.json if the files are right, or restore the "
+                f"config.json that came with these weights."
+            )
+    _validate_against_json(sd, dims, mt, json_path=checkpoint_dir / "config.json", fields=_HF_FIELDS,
+                           source=checkpoint_dir, key_files=key_files)
     return sd
 
 
@@ -375,14 +574,14 @@ class FullModelHFCheckpointer:
         self.keep_last_n = keep_last_n
         self.max_shard_bytes = parse_size(max_shard_size)
         self.format = "safetensors" if any(f.suffix == ".safetensors" for f in s.files) else "bin"
-        self.config = _read_json(s.checkpoint_dir / "config.json", s.checkpoint_dir, "HF")
+        self.config = read_hf_config(s.checkpoint_dir, s.model_type)
         try:
             d = s.model_type.hf_config_dims(self.config)
         except ConversionError as err:
             raise CheckpointError(f"{s.checkpoint_dir / 'config.json'}: {err}") from None
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
         #: what config.json says beyond shapes; the recipes check the built model against it
-        self.model_settings = hf_model_settings(self.config, s.model_type)
+        self.model_settings = hf_model_settings(self.config, s.model_type, s.checkpoint_dir / "config.json")
 
     def load_checkpoint(self) -> dict[str, Any]:
         """Read the weights (and, when resuming, adapter + training state).
@@ -398,30 +597,36 @@ class FullModelHFCheckpointer:
 
     def save_checkpoint(
         self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None,
-        info: Mapping[str, Any] | None = None,
+        *, info: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``state`` to ``output_dir/epoch_{epoch}/`` (``step_{step}/`` when step is given).
 
         Args:
             state: ``{"model": plain or merged sd (tunekit names), "adapter": sd, "adapter_config":
                 LoRASpec-as-dict, "optimizer": ..., "lr_scheduler": ..., "recipe_state": {...}}``;
-                every key other than model/adapter/adapter_config goes to ``recipe_state.pt``.
+                every key other than model/adapter/adapter_config goes to ``state/recipe_state.pt``.
             epoch: epoch number (recorded; names the directory without step).
             intermediate_checkpoint: recorded in the COMPLETE marker.
             step: global step; names the directory ``step_{step}``.
+            info: what the run was trained with (the recipe's fingerprint), stored as
+                ``trained_with`` in ``checkpoint.json``.
 
         Returns:
-            The completed checkpoint directory.
+            The completed checkpoint directory (``model/``, ``adapter/``, ``state/``,
+            ``checkpoint.json``, ``COMPLETE``).
         """
         s, name = self._s, _dir_name(epoch, step)
         model = state["model"]
         _clean_stale(self.output_dir)
-        info = {"epoch": epoch, "step": step, "intermediate": intermediate_checkpoint, "format": f"hf-{self.format}"}
-        with atomic_checkpoint_dir(self.output_dir, name, info) as tmp:
-            write_hf_weights(model, tmp, s.model_type, self._heads, fmt=self.format,
+        marker = {"epoch": epoch, "step": step, "intermediate": intermediate_checkpoint, "format": f"hf-{self.format}"}
+        with atomic_checkpoint_dir(self.output_dir, name, marker) as tmp:
+            mdir = tmp / MODEL_SUBDIR
+            mdir.mkdir()
+            write_hf_weights(model, mdir, s.model_type, self._heads, fmt=self.format,
                              max_shard_bytes=self.max_shard_bytes, name=name)
-            _copy_aux(s.checkpoint_dir, tmp, _HF_AUX)
-            _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
+            _copy_aux(s.checkpoint_dir, mdir, _HF_AUX)
+            merged = _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
+            _write_info(tmp, fmt="hf", epoch=epoch, step=step, merged=merged, info=info)
         _prune(self.output_dir, self.keep_last_n)
         return self.output_dir / name
 
@@ -512,7 +717,7 @@ def read_meta_model(
     checkpoint_dir: Path, files: Sequence[Path], mt: ModelType, key_files: dict[str, str] | None = None
 ) -> dict[str, torch.Tensor]:
     """Read Meta ``consolidated.*.pth`` (merging model-parallel parts) into a validated tunekit sd."""
-    params = _read_json(checkpoint_dir / "params.json", checkpoint_dir, "Meta")
+    params = read_meta_params(checkpoint_dir, mt)
     try:
         dims = mt.meta_params_dims(params)
     except ConversionError as err:
@@ -528,7 +733,8 @@ def read_meta_model(
     key_files.update({k: source for k in sd})
     if dims.vocab_size is None and "tok_embeddings.weight" in sd:  # Meta writes vocab_size: -1
         dims = type(dims)(**{**dims.__dict__, "vocab_size": sd["tok_embeddings.weight"].shape[0]})
-    validate_state_dict(mt.expected_shapes(dims), sd, source=str(checkpoint_dir), key_files=key_files)
+    _validate_against_json(sd, dims, mt, json_path=checkpoint_dir / "params.json", fields=_META_FIELDS,
+                           source=checkpoint_dir, key_files=key_files)
     return sd
 
 
@@ -567,13 +773,13 @@ class FullModelMetaCheckpointer:
         self.recipe_path, self.adapter_path = s.recipe_path, s.adapter_path
         self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
         self.keep_last_n = keep_last_n
-        self.params = _read_json(s.checkpoint_dir / "params.json", s.checkpoint_dir, "Meta")
+        self.params = read_meta_params(s.checkpoint_dir, s.model_type)
         try:
             d = s.model_type.meta_params_dims(self.params)
         except ConversionError as err:
             raise CheckpointError(f"{s.checkpoint_dir / 'params.json'}: {err}") from None
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
-        self.model_settings = meta_model_settings(self.params)
+        self.model_settings = meta_model_settings(self.params, s.model_type, s.checkpoint_dir / "params.json")
         self.model_parallel_size = check_model_parallel_size(
             len(s.files) if model_parallel_size is None else model_parallel_size, d,
             given=model_parallel_size is not None, source=s.checkpoint_dir / "params.json")
@@ -587,21 +793,23 @@ class FullModelMetaCheckpointer:
 
     def save_checkpoint(
         self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None,
-        info: Mapping[str, Any] | None = None,
+        *, info: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``state`` to ``output_dir/epoch_{epoch}/`` (or ``step_{step}/``); see the HF checkpointer."""
         s, name = self._s, _dir_name(epoch, step)
         _clean_stale(self.output_dir)
-        info = {"epoch": epoch, "step": step, "intermediate": intermediate_checkpoint, "format": "meta"}
-        with atomic_checkpoint_dir(self.output_dir, name, info) as tmp:
+        marker = {"epoch": epoch, "step": step, "intermediate": intermediate_checkpoint, "format": "meta"}
+        with atomic_checkpoint_dir(self.output_dir, name, marker) as tmp:
             try:
                 meta = s.model_type.tunekit_to_meta(state["model"])
             except ConversionError as err:
                 raise CheckpointError(f"Cannot save {name}: {err}") from None
-            write_meta_weights(meta, self.model_parallel_size, s.model_type, tmp, name)
+            mdir = tmp / MODEL_SUBDIR
+            mdir.mkdir()
+            write_meta_weights(meta, self.model_parallel_size, s.model_type, mdir, name)
             del meta
-            _copy_aux(s.checkpoint_dir, tmp, _META_AUX)
-            _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
+            _copy_aux(s.checkpoint_dir, mdir, _META_AUX)
+            merged = _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
+            _write_info(tmp, fmt="meta", epoch=epoch, step=step, merged=merged, info=info)
         _prune(self.output_dir, self.keep_last_n)
         return self.output_dir / name
-

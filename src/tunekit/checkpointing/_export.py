@@ -10,6 +10,12 @@ only the config file (``config.json`` <-> ``params.json``) is written anew.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +25,9 @@ from tunekit.checkpointing._checkpointer import (
     _HF_AUX,
     _META_AUX,
     _copy_aux,
-    _read_json,
     check_model_parallel_size,
-    hf_model_settings,
+    read_hf_config,
+    read_meta_params,
     read_hf_model,
     read_meta_model,
     write_hf_weights,
@@ -30,11 +36,17 @@ from tunekit.checkpointing._checkpointer import (
     _discover_meta,
 )
 from tunekit.checkpointing._errors import CheckpointError
-from tunekit.checkpointing._io import atomic_checkpoint_dir, parse_size
+from tunekit.checkpointing._io import COMPLETE_MARKER, apply_umask, parse_size, unique_sibling
+from tunekit.checkpointing._layout import INFO_FILE, model_dir
+from tunekit.checkpointing._settings import rope_scaling_type
 from tunekit.models import ModelType, get_model_type
 from tunekit.models.llama2._convert import ConversionError
 
-__all__ = ["FORMATS", "checkpoint_format", "convert_checkpoint", "find_weights_dir"]
+__all__ = ["CONVERT_MARKER", "FORMATS", "checkpoint_format", "convert_checkpoint", "find_weights_dir"]
+
+#: Written into every ``tunekit convert`` output (HF and Meta tools ignore dotfiles): what it was
+#: converted from and which files it wrote. Only a directory carrying it may be replaced (--force).
+CONVERT_MARKER = ".tunekit-convert.json"
 
 FORMATS = ("hf", "meta")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,7 +58,12 @@ DEFAULT_MAX_POSITION_EMBEDDINGS = 4096
 
 def checkpoint_format(d: Path) -> str | None:
     """``"hf"`` (config.json + model*.safetensors / pytorch_model*.bin), ``"meta"``
-    (params.json + consolidated.*.pth) or None for what ``d`` holds."""
+    (params.json + consolidated.*.pth) or None for what ``d`` holds. A checkpoint directory
+    (``epoch_N/``) is judged by its ``model/`` directory."""
+    return _own_format(Path(d)) or _own_format(model_dir(Path(d)))
+
+
+def _own_format(d: Path) -> str | None:
     if (d / "config.json").is_file() and (any(d.glob("model*.safetensors")) or any(d.glob("pytorch_model*.bin"))):
         return "hf"
     if (d / "params.json").is_file() and any(d.glob("consolidated.*.pth")):
@@ -57,8 +74,9 @@ def checkpoint_format(d: Path) -> str | None:
 def find_weights_dir(path: str | Path, *, what: str = "checkpoint") -> Path:
     """The directory holding model weights for ``path``.
 
-    ``path`` may itself hold HF or Meta weights (see :func:`checkpoint_format`), or be a run
-    directory: then its newest complete ``epoch_*`` / ``step_*`` checkpoint is used.
+    ``path`` may itself hold HF or Meta weights (see :func:`checkpoint_format`), be a checkpoint
+    directory (its ``model/``; the flat layout of older checkpoints too), or be a run directory:
+    then its newest complete ``epoch_*`` / ``step_*`` checkpoint is used.
 
     Args:
         what: the setting ``path`` came from, named in the error.
@@ -69,15 +87,20 @@ def find_weights_dir(path: str | Path, *, what: str = "checkpoint") -> Path:
     from tunekit.checkpointing._resume import list_checkpoints
 
     d = Path(path).expanduser()
-    if checkpoint_format(d):
+    if _own_format(d):
         return d
+    if checkpoint_format(d):
+        return model_dir(d)
     found = list_checkpoints(d) if d.is_dir() else []
     if found:
-        return found[-1]
+        return model_dir(found[-1])
+    if not d.exists():
+        raise CheckpointError(f"{what}={str(d)!r} does not exist. Give an HF or Meta model directory, "
+                              f"a checkpoint directory (epoch_N/, step_N/) or a run directory.")
     raise CheckpointError(
         f"{what}={str(d)!r} holds no model weights: expected an HF directory (config.json + "
-        "model*.safetensors), a Meta directory (params.json + consolidated.00.pth), or a run "
-        "directory with complete epoch_*/step_* checkpoints."
+        "model*.safetensors), a Meta directory (params.json + consolidated.00.pth), a checkpoint "
+        "directory (epoch_N/ with model/), or a run directory with complete epoch_*/step_* checkpoints."
     )
 
 
@@ -90,6 +113,13 @@ def _dtype(name: str | None) -> torch.dtype | None:
     return _DTYPES[name]
 
 
+def _dims(read: Any, data: dict[str, Any], path: Path) -> Any:
+    try:
+        return read(data)
+    except ConversionError as err:
+        raise CheckpointError(f"{path}: {err}; restore the file that came with these weights.") from None
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")  # "bfloat16": the name config.json uses
 
@@ -97,7 +127,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _hf_to_meta_settings(config: dict[str, Any], mt: ModelType, source: Path) -> None:
     # What Meta's params.json cannot say: refuse rather than write a model that differs.
     problems = []
-    kind = hf_model_settings(config, mt)["rope_scaling"]
+    kind = rope_scaling_type(config)
     if kind is not None:
         problems.append(f"RoPE scaling {kind!r}")
     for key in ("attention_bias", "mlp_bias"):
@@ -108,6 +138,108 @@ def _hf_to_meta_settings(config: dict[str, Any], mt: ModelType, source: Path) ->
     if problems:
         raise CheckpointError(f"{source / 'config.json'} uses {', '.join(problems)}, which Meta's "
                               "params.json cannot express; this checkpoint can only stay in HF format.")
+
+
+def _run_like(d: Path) -> str | None:
+    """Why ``d`` looks like tunekit training output (never replaced by convert), or None."""
+    if (d / COMPLETE_MARKER).exists() or (d / INFO_FILE).exists():
+        return "it is a training checkpoint (it has COMPLETE/checkpoint.json)"
+    ckpts = sorted(p.name for p in d.glob("*") if p.is_dir() and (p.name.startswith(("epoch_", "step_"))))
+    if ckpts:
+        return f"it is a run directory (it holds {', '.join(ckpts[:4])})"
+    return None
+
+
+def _check_destination(out: Path, sources: list[Path], force: bool) -> bool:
+    """Refuse a destination that would overwrite or delete what convert did not write.
+
+    Returns:
+        Whether ``out`` holds a previous convert output to be replaced.
+    """
+    real = out.resolve()
+    for src in sources:
+        s = src.resolve()
+        if real == s:
+            raise CheckpointError(f"dest {out} is the source {src}: convert never writes over what it reads. "
+                                  f"Choose a new directory for the converted checkpoint, e.g. {out.parent / (out.name + '-converted')}.")
+        if s.is_relative_to(real):
+            raise CheckpointError(f"dest {out} contains the source {src}: replacing it would delete the "
+                                  f"checkpoint being read. Choose a directory outside {out} (e.g. beside it).")
+        if real.is_relative_to(s):
+            raise CheckpointError(f"dest {out} is inside the source {src}: the output would mix with the "
+                                  f"checkpoint being read. Choose a directory outside {src}.")
+    if not out.exists() and not out.is_symlink():
+        return False
+    if out.is_symlink() or not out.is_dir():
+        what = "a symbolic link" if out.is_symlink() else "a file, not a directory"
+        raise CheckpointError(f"dest {out} exists and is {what}; convert will not replace it. "
+                              f"Choose a new directory.")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return False
+    marker = out / CONVERT_MARKER
+    why = _run_like(out)
+    if why is not None or not marker.is_file():
+        raise CheckpointError(
+            f"dest {out} exists and is not empty ({why or 'it was not written by tunekit convert'}; "
+            f"it holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}). convert only writes "
+            f"a new directory or replaces its own earlier output (with --force), and never deletes files "
+            f"it did not create. Choose a new directory."
+        )
+    try:
+        record = json.loads(marker.read_text())
+        written = set(record["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"dest {out}: its {CONVERT_MARKER} is unreadable, so convert cannot tell which "
+                              f"files it wrote there; it will not replace the directory. Choose a new "
+                              f"directory.") from None
+    foreign = [e for e in entries if e != CONVERT_MARKER and e not in written]
+    foreign += [e for e in entries if e in written and (out / e).is_dir()]
+    if foreign:
+        raise CheckpointError(
+            f"dest {out} is an earlier tunekit convert output, but it also holds {', '.join(foreign[:5])}, "
+            f"which convert did not write; it will not delete them. Move them away or choose a new directory."
+        )
+    if not force:
+        raise CheckpointError(f"dest {out} holds an earlier tunekit convert output (from "
+                              f"{record.get('source', '?')}); pass --force to replace it, or choose a new "
+                              f"directory.")
+    return True
+
+
+@contextmanager
+def _atomic_output(out: Path, replace: bool) -> Iterator[Path]:
+    """A temporary directory beside ``out``, swapped in for it once everything is written.
+
+    A failure (or an interrupt) removes only the temporary directory: an earlier output stays
+    as it was. Modes follow the umask.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-convert-{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        apply_umask(tmp)
+        for f in tmp.iterdir():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        old = None
+        if out.is_dir() and any(out.iterdir()):
+            if not replace:  # appeared while converting: leave it alone
+                raise CheckpointError(f"dest {out} was created by something else while converting; "
+                                      f"nothing was replaced. Choose a new directory.")
+            old = unique_sibling(out, "old")
+            out.rename(old)
+        elif out.is_dir():
+            out.rmdir()  # an empty directory (e.g. made by the user for the output)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def convert_checkpoint(
@@ -126,7 +258,9 @@ def convert_checkpoint(
 
     Args:
         source: an HF or Meta directory, or a run directory (its newest complete checkpoint).
-        dest: the new directory; it must not exist yet unless ``force`` (then it is replaced).
+        dest: the new directory. It may exist only empty, or as an earlier output of this
+            function (marked by :data:`CONVERT_MARKER`) with ``force``: it is then replaced once
+            the new output is complete. It may not be, contain or lie inside the source.
         dtype: ``fp32`` / ``bf16`` / ``fp16`` to cast to; None keeps the checkpoint's.
         max_shard_size: largest HF output shard (HF output only).
         model_parallel_size: ``consolidated.NN.pth`` files to write (Meta output only); None
@@ -136,7 +270,8 @@ def convert_checkpoint(
 
     Returns:
         ``dest``. It holds the weights, the config file of its format, the tokenizer files and
-        a ``COMPLETE`` marker; it is written under a temporary name and renamed into place.
+        :data:`CONVERT_MARKER`; it is written under a temporary name beside ``dest`` and renamed
+        into place.
 
     Raises:
         CheckpointError: a bad argument, a source without weights, or weights the target format
@@ -159,26 +294,23 @@ def convert_checkpoint(
     if fmt == "hf" and max_position_embeddings is not None:
         raise CheckpointError("max_position_embeddings comes from the HF source's config.json; "
                               "it is only set when converting from Meta")
-    out = Path(dest).expanduser().resolve()
-    if out == src.resolve() or src.resolve() in out.parents:
-        raise CheckpointError(f"dest {out} is inside the source {src}; choose another directory.")
-    if out.exists() and not force:
-        raise CheckpointError(f"dest {out} exists; choose a new directory or pass force (--force) "
-                              "to replace it.")
+    out = Path(dest).expanduser().absolute()
+    given = Path(source).expanduser()
+    replace = _check_destination(out, [given, src, *([src.parent] if src.name == "model" else [])], force)
 
     # ---- read (validated against the source's own config) and describe the model
     if fmt == "hf":
         files = _discover_hf(src)
-        config = _read_json(src / "config.json", src, "HF")
-        dims = mt.hf_config_dims(config)
+        config = read_hf_config(src, mt)
+        dims = _dims(mt.hf_config_dims, config, src / "config.json")
         norm_eps, rope_theta = float(config.get("rms_norm_eps", 1e-5)), mt.rope_theta_of(config)
         if to == "meta":
             _hf_to_meta_settings(config, mt, src)
         sd = read_hf_model(src, files, mt)
     else:
         files = _discover_meta(src)
-        params = _read_json(src / "params.json", src, "Meta")
-        dims = mt.meta_params_dims(params)
+        params = read_meta_params(src, mt)
+        dims = _dims(mt.meta_params_dims, params, src / "params.json")
         norm_eps, rope_theta = float(params.get("norm_eps", 1e-5)), float(params.get("rope_theta", 10000.0))
         sd = read_meta_model(src, files, mt)
     if dims.vocab_size is None:
@@ -193,9 +325,8 @@ def convert_checkpoint(
             dims, given=model_parallel_size is not None, source=src)
 
     # ---- write
-    info = {"converted_from": str(src), "source_format": fmt, "format": to}
     try:
-        with atomic_checkpoint_dir(out.parent, out.name, info) as tmp:
+        with _atomic_output(out, replace) as tmp:
             if to == "hf":
                 weight_fmt = "bin" if fmt == "hf" and all(f.suffix == ".bin" for f in files) else "safetensors"
                 write_hf_weights(sd, tmp, mt, heads, fmt=weight_fmt, max_shard_bytes=max_shard_bytes,
@@ -228,6 +359,10 @@ def convert_checkpoint(
                     params = mt.meta_params(dims, norm_eps=norm_eps, rope_theta=rope_theta)
                     (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
                     _copy_aux(src, tmp, _SHARED_AUX)
+            record = {"written_by": "tunekit convert", "source": str(src), "source_format": fmt, "format": to,
+                      "dtype": dtype, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "files": sorted(f.name for f in tmp.iterdir())}
+            (tmp / CONVERT_MARKER).write_text(json.dumps(record, indent=2) + "\n")
     except ConversionError as err:
         raise CheckpointError(f"Cannot convert {src}: {err}") from None
     return out

@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", help="an HF or Meta directory, or a run directory (its newest complete checkpoint)")
-    p.add_argument("dest", help="the new directory (must not exist unless --force)")
+    p.add_argument("dest", help="the new directory (may exist only empty, or as an earlier convert output "
+                                "with --force); never the source, inside it or around it")
     p.add_argument("--to", required=True, choices=["hf", "meta"], help="output format")
     p.add_argument("--model-type", default="LLAMA2", help="model family (default: LLAMA2)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
@@ -37,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-position-embeddings", type=int, default=None,
                    help="context length for config.json when converting Meta -> HF (default: 4096, "
                         "Llama 2's; params.json does not record it)")
-    p.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace DEST when it is an earlier output of tunekit convert (marked by "
+                        ".tunekit-convert.json); other directories are never replaced")
     return p
 
 
@@ -55,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as err:
         print(f"tunekit convert: error: {err}", file=sys.stderr)
         return 1
-    files = sorted(p.name for p in out.iterdir())
+    except OSError as err:  # disk full, permission denied: nothing was replaced
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"tunekit convert: error: could not write {args.dest}: {err.strerror or err}{where}. Nothing "
+              f"was replaced; free disk space or choose a DEST you can write to.", file=sys.stderr)
+        return 1
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     print(f"Wrote {args.to.upper() if args.to == 'hf' else 'Meta'} checkpoint to {out}: {', '.join(files)}")
     return 0
 

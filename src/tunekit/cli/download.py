@@ -10,8 +10,10 @@ printed or written anywhere. This module does not import torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import fnmatch
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,63 @@ __all__ = ["MODELS_ROOT_ENV", "default_ignore_patterns", "default_models_root", 
 
 from tunekit.config.resolvers import MODELS_ROOT_ENV
 from tunekit.config.resolvers import default_models_root as _config_models_root
+
+# The Hub's rule for repo ids (huggingface_hub.utils.validate_repo_id): [owner/]name, each part
+# letters, digits, '-', '_', '.', not starting or ending with '-' or '.', at most 96 characters.
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+_REPO_RE = re.compile(rf"^(?:{_REPO_PART}/)?{_REPO_PART}$")
+
+
+class DownloadError(Exception):
+    """A download that cannot go ahead; the message is the one paragraph shown to the user."""
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a repo id the Hub cannot have (before any network access).
+
+    Raises:
+        DownloadError: naming the value and the expected form.
+    """
+    if not _REPO_RE.match(repo_id or "") or "--" in repo_id or ".." in repo_id:
+        raise DownloadError(
+            f"repo_id {repo_id!r} is not a Hugging Face Hub repository id: expected owner/name (or a bare "
+            f"name), each part letters, digits, '-', '_' or '.', without spaces or further '/', e.g. "
+            f"meta-llama/Llama-2-7b-hf as in its address https://huggingface.co/meta-llama/Llama-2-7b-hf. "
+            f"To download a single file or a sub-folder of a repo use --include PATTERN."
+        )
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse to download into a directory holding something other than an earlier download.
+
+    snapshot_download overwrites files of the same name; a run directory, a checkpoint or any
+    folder of the user's must never be written into.
+
+    Raises:
+        DownloadError: naming the directory and what is in it.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DownloadError(f"--output-dir {out} exists and is not a directory. Choose a new directory.")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries or (out / ".cache" / "huggingface").is_dir():
+        return  # empty, or an earlier download (huggingface_hub keeps its metadata there): resumed
+    raise DownloadError(
+        f"--output-dir {out} already holds files that were not downloaded there by tunekit download "
+        f"({', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}); downloading would overwrite "
+        f"files of the same name. Choose a new or empty directory (the default is the models root "
+        f"joined with the repo id)."
+    )
+
+
+def _honour_umask(root: Path) -> None:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink() and ".cache" not in p.relative_to(root).parts:
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
 
 _OTHER_FRAMEWORKS = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "*.gguf", "*.mlmodel"]
 
@@ -78,12 +137,15 @@ def download(
     """Download ``repo_id`` into ``output_dir`` (default: models root / repo_id).
 
     Raises:
+        DownloadError: a malformed repo id, or an output directory holding other files.
         huggingface_hub errors (GatedRepoError, RepositoryNotFoundError, HfHubHTTPError, ...);
         :func:`main` turns them into one-paragraph messages.
     """
+    check_repo_id(repo_id)
+    out = Path(output_dir).expanduser() if output_dir is not None else default_models_root() / repo_id
+    check_output_dir(out)
     from huggingface_hub import HfApi, snapshot_download
 
-    out = Path(output_dir).expanduser() if output_dir is not None else default_models_root() / repo_id
     ignore = list(exclude or [])
     if not all_formats and not include:
         info = HfApi(token=token).model_info(repo_id, revision=revision)
@@ -96,26 +158,58 @@ def download(
         allow_patterns=list(include) if include else None,
         ignore_patterns=ignore or None,
     )
+    _honour_umask(Path(path))
     return Path(path)
 
 
-def _explain(err: Exception, repo_id: str) -> str:
+def _is_network_error(err: BaseException) -> bool:
+    seen = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        mod = type(e).__module__.split(".")[0]
+        if mod.startswith(("httpx", "httpcore", "requests", "urllib3")) and any(
+            w in type(e).__name__ for w in ("Connect", "Timeout", "Network", "Proxy", "Protocol", "SSL")
+        ):
+            return True
+        if isinstance(e, (ConnectionError, TimeoutError)) or (
+            isinstance(e, OSError) and e.errno in (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                                                    errno.ETIMEDOUT, errno.ECONNRESET)
+        ):
+            return True
+        if type(e).__name__ == "gaierror":
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _explain(err: Exception, repo_id: str, out: Path | None = None) -> str:
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     url = f"https://huggingface.co/{repo_id}"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if isinstance(err, DownloadError):
+        return str(err)
     if isinstance(err, LocalEntryNotFoundError) and isinstance(err.__cause__, HfHubHTTPError):
         err = err.__cause__  # snapshot_download hides the Hub's answer behind a cache miss
+    if isinstance(err, OfflineModeIsEnabled) or (
+        isinstance(err, LocalEntryNotFoundError) and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    ):
+        return (f"Cannot download {repo_id}: offline mode is on (HF_HUB_OFFLINE is set), so the Hub is not "
+                f"contacted. Unset HF_HUB_OFFLINE to download, or copy the model directory onto this "
+                f"machine and point checkpointer.checkpoint_dir at it.")
     if isinstance(err, GatedRepoError):
         return (f"{repo_id} is a gated repository: request access at {url} (accept the licence), then "
                 f"pass a token of that account with --hf-token or the HF_TOKEN environment variable.")
     if isinstance(err, RevisionNotFoundError):
-        return f"{repo_id} has no such revision; check --revision."
+        return f"{repo_id} has no such revision; check --revision (a branch, tag or commit of {url})."
     if isinstance(err, RepositoryNotFoundError):
         return (f"{repo_id} was not found on the Hub, or it is private and your token may not read it. "
                 f"Check the spelling (owner/name, as in {url}); for a private repo pass a token with "
@@ -129,9 +223,18 @@ def _explain(err: Exception, repo_id: str) -> str:
             return (f"Your token is not authorised to read {repo_id} (403 Forbidden): request access at {url} "
                     f"or use a token with read permission for this repository.")
         return f"The Hub answered {status} for {repo_id}; try again later."
-    if isinstance(err, LocalEntryNotFoundError):
-        return f"Could not reach the Hub to download {repo_id}: check the network connection (or HF_ENDPOINT)."
-    return f"Download of {repo_id} failed: {type(err).__name__}: {err}"
+    if isinstance(err, LocalEntryNotFoundError) or _is_network_error(err):
+        return (f"Could not reach the Hub at {endpoint} to download {repo_id} (no network connection, a "
+                f"proxy or firewall, or a wrong HF_ENDPOINT). Check the connection and run the command "
+                f"again (it resumes), or copy the model directory onto this machine and point "
+                f"checkpointer.checkpoint_dir at it.")
+    if isinstance(err, OSError):
+        where = f" into {out}" if out is not None else ""
+        return (f"Could not write the download of {repo_id}{where}: {err.strerror or err}"
+                f"{f' ({err.filename})' if getattr(err, 'filename', None) else ''}. Free disk space or choose "
+                f"another --output-dir (or TUNEKIT_MODELS_ROOT), then run the command again (it resumes).")
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+    return f"Download of {repo_id} failed: {type(err).__name__}: {detail}. Run the command again; it resumes."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,11 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             all_formats=args.all_formats,
         )
     except Exception as err:  # noqa: BLE001 - every failure becomes one readable paragraph
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        if not isinstance(err, (HfHubHTTPError, LocalEntryNotFoundError, OSError)):
-            raise
-        msg = _explain(err, args.repo_id)
+        out = args.output_dir if args.output_dir is not None else None
+        msg = " ".join(_explain(err, args.repo_id, out).split())
         if token:
             msg = msg.replace(token, "***")
         print(f"tunekit download: error: {msg}", file=sys.stderr)

@@ -164,3 +164,31 @@ def test_unauthorised_and_bad_token(hub, tmp_path):
     assert r.returncode == 1 and "not authorised to read org/forbidden (403" in r.stderr
     r = _run(hub, tmp_path, "org/open", "--hf-token", "hf_wrong_token")
     assert r.returncode == 1 and "rejected the token" in r.stderr and "hf_wrong_token" not in r.stderr
+
+
+@pytest.mark.parametrize("umask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_downloaded_files_honour_the_umask(hub, tmp_path, umask, dir_mode, file_mode):
+    old = os.umask(umask)
+    try:
+        r = _run(hub, tmp_path, "org/open", "--output-dir", str(tmp_path / "dl"), "--all-formats")
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    dest = tmp_path / "dl"
+    for p in [dest, *dest.rglob("*")]:
+        if ".cache" in p.relative_to(dest).parts:
+            continue
+        assert p.stat().st_mode & 0o777 == (dir_mode if p.is_dir() else file_mode), p
+
+
+def test_download_resumes_into_its_own_earlier_output_but_not_a_foreign_dir(hub, tmp_path):
+    dest = tmp_path / "dl"
+    assert _run(hub, tmp_path, "org/open", "--output-dir", str(dest)).returncode == 0
+    again = _run(hub, tmp_path, "org/open", "--output-dir", str(dest))
+    assert again.returncode == 0, again.stderr  # an earlier download (it has .cache/huggingface)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("mine")
+    r = _run(hub, tmp_path, "org/open", "--output-dir", str(foreign))
+    assert r.returncode == 1 and "already holds files that were not downloaded there" in r.stderr
+    assert (foreign / "config.json").read_text() == "mine" and sorted(p.name for p in foreign.iterdir()) == ["config.json"]

@@ -55,7 +55,10 @@ def test_meta_to_hf_loads_in_transformers_with_equal_logits_and_tokenizer(tmp_pa
     config = json.loads((out / "config.json").read_text())
     assert (config["hidden_size"], config["intermediate_size"], config["num_key_value_heads"],
             config["vocab_size"], config["max_position_embeddings"]) == (128, 352, 2, 512, 4096)
-    assert (out / "model.safetensors.index.json").is_file() and (out / "COMPLETE").is_file()
+    assert (out / "model.safetensors.index.json").is_file() and (out / ".tunekit-convert.json").is_file()
+    marker = json.loads((out / ".tunekit-convert.json").read_text())
+    assert marker["source"] == str(TINY_META) and marker["format"] == "hf"
+    assert set(marker["files"]) == {p.name for p in out.iterdir()} - {".tunekit-convert.json"}
 
     model = llama2_tiny().eval()
     model.load_state_dict(_tk(TINY_META, tmp_path))
@@ -131,17 +134,49 @@ def test_run_directory_source_uses_the_newest_complete_checkpoint(hf_dir, tmp_pa
     out = convert_checkpoint(tmp_path / "run", tmp_path / "meta", to="meta")
     got = FullModelMetaCheckpointer(out, tmp_path / "o").load_checkpoint()["model"]
     assert_same(got, newer)
-    assert json.loads((out / "COMPLETE").read_text())["converted_from"] == str(tmp_path / "run" / "epoch_1")
+    assert json.loads((out / ".tunekit-convert.json").read_text())["source"] == str(tmp_path / "run" / "epoch_1" / "model")
+    # the epoch directory and its model/ directory are sources too
+    for src in (tmp_path / "run" / "epoch_0", tmp_path / "run" / "epoch_0" / "model"):
+        again = convert_checkpoint(src, tmp_path / f"meta_{src.name}", to="meta")
+        assert_same(FullModelMetaCheckpointer(again, tmp_path / "o").load_checkpoint()["model"], sd)
 
 
-def test_force_replaces_an_existing_destination(tmp_path):
+def test_force_replaces_only_an_earlier_convert_output(tmp_path):
     dest = tmp_path / "out"
     dest.mkdir()
-    (dest / "stale.txt").write_text("old")
-    with pytest.raises(CheckpointError, match="exists; choose a new directory or pass force"):
-        convert_checkpoint(TINY_META, dest, to="hf")
-    convert_checkpoint(TINY_META, dest, to="hf", force=True)
-    assert not (dest / "stale.txt").exists() and checkpoint_format(dest) == "hf"
+    (dest / "notes.txt").write_text("mine")
+    for force in (False, True):  # a directory convert did not write is never replaced
+        with pytest.raises(CheckpointError, match="not written by tunekit convert; it holds notes.txt"):
+            convert_checkpoint(TINY_META, dest, to="hf", force=force)
+    assert [p.name for p in dest.iterdir()] == ["notes.txt"]
+    (dest / "notes.txt").unlink()  # an empty directory is fine
+    convert_checkpoint(TINY_META, dest, to="hf")
+    with pytest.raises(CheckpointError, match="earlier tunekit convert output .*pass --force"):
+        convert_checkpoint(TINY_META, dest, to="hf", dtype="bf16")
+    convert_checkpoint(TINY_META, dest, to="hf", dtype="bf16", force=True)
+    assert json.loads((dest / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside it
+    (dest / "mine.txt").write_text("added by the user")
+    with pytest.raises(CheckpointError, match="also holds mine.txt, which convert did not write"):
+        convert_checkpoint(TINY_META, dest, to="hf", force=True)
+    assert (dest / "mine.txt").read_text() == "added by the user"
+
+
+def test_failed_convert_leaves_the_earlier_output_intact(tmp_path, monkeypatch):
+    import tunekit.checkpointing._export as export
+
+    dest = tmp_path / "out"
+    convert_checkpoint(TINY_META, dest, to="hf")
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "write_hf_weights", boom)
+    with pytest.raises(OSError):
+        convert_checkpoint(TINY_META, dest, to="hf", force=True)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -167,18 +202,20 @@ def test_source_problems_are_refused_with_the_reason(hf_dir, tmp_path):
         convert_checkpoint(hf_dir, hf_dir / "sub", to="meta")
     with pytest.raises(CheckpointError, match="max_position_embeddings comes from the HF source's config.json"):
         convert_checkpoint(hf_dir, tmp_path / "out", to="hf", max_position_embeddings=8)
+    # what the Llama model code does not implement is refused on reading, in either direction
     config = json.loads((hf_dir / "config.json").read_text())
     config["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
     config["attention_bias"] = True
     (hf_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError) as info:
-        convert_checkpoint(hf_dir, tmp_path / "out", to="meta")
-    assert "uses RoPE scaling 'linear', attention_bias=true, which Meta's params.json cannot express" in str(info.value)
+    for to in ("meta", "hf"):
+        with pytest.raises(CheckpointError) as info:
+            convert_checkpoint(hf_dir, tmp_path / "out", to=to)
+        assert "declares attention_bias=true" in str(info.value) and "rope_scaling type 'linear'" in str(info.value)
     assert not (tmp_path / "out").exists()
     config = {k: v for k, v in config.items() if k not in ("rope_scaling", "attention_bias")}
     config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}  # transformers 5
     (hf_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="uses RoPE scaling 'yarn', which Meta's params.json"):
+    with pytest.raises(CheckpointError, match="rope_scaling type 'yarn'"):
         convert_checkpoint(hf_dir, tmp_path / "out", to="meta")
 
 
@@ -187,7 +224,7 @@ def test_cli_reports_errors_in_one_line_and_exit_1(tmp_path):
         [sys.executable, "-m", "tunekit.cli.main", "convert", str(tmp_path / "missing"), str(tmp_path / "o"),
          "--to", "hf"], capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
     assert proc.returncode == 1
-    assert proc.stderr.startswith("tunekit convert: error: source=") and "holds no model weights" in proc.stderr
+    assert proc.stderr.startswith("tunekit convert: error: source=") and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
     help_text = subprocess.run([sys.executable, "-m", "tunekit.cli.main", "--help"], capture_output=True,
                                text=True, timeout=60, cwd=REPO).stdout
