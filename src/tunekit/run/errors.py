@@ -38,14 +38,14 @@ def user_errors() -> Iterator[None]:
         yield
     except ConfigError:
         raise
+    except (DataFormatError, CheckpointError, NonFiniteLossError, MultirunInTorchrunError, RunError,
+            TokenizerError, TokenizerFileNotFoundError, MissingExtraError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - only disk errors are translated; the rest re-raised
         message = disk_error_message(exc)
         if message is None:
             raise
         raise ConfigError(message) from exc
-    except (DataFormatError, CheckpointError, NonFiniteLossError, MultirunInTorchrunError, RunError,
-            TokenizerError, TokenizerFileNotFoundError, MissingExtraError, FileNotFoundError) as exc:
-        raise ConfigError(str(exc)) from exc
 
 
 _DISK_ERRORS = {
