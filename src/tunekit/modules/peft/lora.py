@@ -86,6 +86,49 @@ class LoRASpec:
         return self.alpha
 
 
+def merged_weight(
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    *,
+    scaling: float,
+    magnitude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The weight of a plain linear that computes a LoRA (or DoRA) layer: ``W + s B A``.
+
+    The one merge of tunekit: ``LoRALinear.merged_weight``, the merged checkpoints, the FSDP
+    gather and generation's adapter merge all call it, so they agree bit for bit. The math is
+    fp32; with DoRA's magnitude ``m`` each output row is rescaled as PEFT merges it,
+    ``m / ||W + s B A||_row * (W + s B A)``.
+
+    Args:
+        weight: the base weight ``W``, ``[out, in]``.
+        lora_a: ``A``, ``[rank, in]``.
+        lora_b: ``B``, ``[out, rank]``.
+        scaling: ``s = alpha / rank``.
+        magnitude: DoRA's magnitude vector ``[out]`` (None: plain LoRA).
+
+    Returns:
+        The merged weight in ``weight.dtype`` (on ``weight``'s device).
+
+    Raises:
+        ValueError: the shapes do not fit together (naming all three).
+    """
+    fits = (weight.dim() == 2 and lora_a.dim() == 2 and lora_b.dim() == 2
+            and lora_b.shape[1] == lora_a.shape[0] and (lora_b.shape[0], lora_a.shape[1]) == tuple(weight.shape)
+            and (magnitude is None or tuple(magnitude.shape) == (weight.shape[0],)))
+    if not fits:
+        mag = "" if magnitude is None else f", magnitude {tuple(magnitude.shape)}"
+        raise ValueError(
+            f"LoRA shapes do not fit: weight {tuple(weight.shape)} (out, in), lora_a {tuple(lora_a.shape)} "
+            f"(rank, in), lora_b {tuple(lora_b.shape)} (out, rank){mag} (out,)"
+        )
+    w = weight.float() + scaling * (lora_b.float() @ lora_a.float())
+    if magnitude is not None:
+        w = (magnitude.float() / torch.linalg.norm(w, dim=1)).unsqueeze(1) * w
+    return w.to(weight.dtype)
+
+
 @torch.library.custom_op("tunekit::linear_plus_lowrank", mutates_args=())
 def _linear_plus_lowrank(
     x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, u: torch.Tensor, v: torch.Tensor
@@ -253,10 +296,8 @@ class LoRALinear(nn.Module):
         """The weight an ``nn.Linear`` needs to compute this layer, in the base weight's dtype:
         ``W + s B A``, or with DoRA ``m / ||W + s B A||_row * (W + s B A)``."""
         with torch.no_grad():
-            w = self.weight.float() + self.delta_weight()
-            if self.use_dora:
-                w = (self.lora_magnitude.float() / torch.linalg.norm(w, dim=1)).unsqueeze(1) * w
-            return w.to(self.weight.dtype)
+            return merged_weight(self.weight, self.lora_a.weight, self.lora_b.weight, scaling=self.scaling,
+                                 magnitude=self.lora_magnitude if self.use_dora else None)
 
     def _dora_forward(self, x: torch.Tensor) -> torch.Tensor:
         # PEFT's DoraLinearLayer.forward (peft/tuners/lora/dora.py) term by term.
