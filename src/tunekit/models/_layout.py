@@ -112,7 +112,8 @@ LLAMA_WEIGHTS: tuple[Weight, ...] = (
     Weight("output.weight", "lm_head.weight", "output.weight", ("v", "e"), 0, per_layer=False),
 )
 
-#: LoRA target names, tunekit -> PEFT/HF module names (docs/architecture.md).
+#: LoRA target names, tunekit -> PEFT/HF module names (docs/architecture.md): what
+#: ``ModelType.peft_target_names`` derives from :data:`LLAMA_WEIGHTS`.
 LLAMA_PEFT_TARGETS: Mapping[str, str] = MappingProxyType({
     "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj",
     "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj", "output": "lm_head",
@@ -189,9 +190,8 @@ class ModelType:
         display_name: the family's name in messages, e.g. ``"Llama 2"``.
         hf_model_type / hf_architectures: what a fresh ``config.json`` declares.
         weights: the :class:`Weight` table.
-        peft_target_names: tunekit LoRA target -> PEFT module name.
-        hf_module_names: tunekit module path segments -> HF ones beyond the targets
-            (``attn`` -> ``self_attn``), for PEFT rank/alpha patterns.
+        lora_targets: the linears LoRA may adapt (tunekit names, ``LoRASpec.targets``); their
+            PEFT names (:attr:`peft_target_names`) follow from the table.
         hf_config_defaults: the fields a fresh ``config.json`` gets after the sizes, RoPE base
             and norm eps (activation, biases, tied embeddings, special token ids ...).
         tokenizer_config: ``tokenizer_config.json`` for the family's tokenizer (without
@@ -208,8 +208,7 @@ class ModelType:
     hf_model_type: str = "llama"
     hf_architectures: tuple[str, ...] = ("LlamaForCausalLM",)
     weights: tuple[Weight, ...] = LLAMA_WEIGHTS
-    peft_target_names: Mapping[str, str] = field(default_factory=lambda: LLAMA_PEFT_TARGETS)
-    hf_module_names: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({"attn": "self_attn"}))
+    lora_targets: tuple[str, ...] = tuple(LLAMA_PEFT_TARGETS)
     hf_config_defaults: Mapping[str, Any] = field(default_factory=lambda: _LLAMA2_HF_CONFIG)
     tokenizer_config: Mapping[str, Any] = field(default_factory=lambda: _LLAMA2_TOKENIZER_CONFIG)
     rope_theta: float = 10000.0
@@ -234,6 +233,11 @@ class ModelType:
             dup = sorted({n for layer, n in names if names.count((layer, n)) > 1})
             if dup:
                 problems.append(f"{attr} names used twice: {dup}")
+        targets = {w.tunekit[: -len(".weight")].rpartition(".")[2] for w in self.weights
+                   if w.tunekit.endswith(".weight") and len(w.shape) == 2}
+        missing = [t for t in self.lora_targets if t not in targets]
+        if missing:
+            problems.append(f"lora_targets {missing} name no matrix of the table")
         if problems:
             raise ValueError(f"model type {self.name!r}: " + "; ".join(problems))
 
@@ -300,6 +304,35 @@ class ModelType:
             f"Expected names look like {known}; is this checkpoint for another model family "
             f"(model_type) or a differently prefixed export?"
         )
+
+    @cached_property
+    def _lora_weights(self) -> dict[str, list[Weight]]:
+        """LoRA target -> the matrices it adapts."""
+        out: dict[str, list[Weight]] = {}
+        for w in self.weights:
+            module, _, leaf = w.tunekit.rpartition(".")
+            target = module.rpartition(".")[2]
+            if leaf == "weight" and len(w.shape) == 2 and target in self.lora_targets:
+                out.setdefault(target, []).append(w)
+        return out
+
+    @property
+    def peft_target_names(self) -> dict[str, str]:
+        """tunekit LoRA target -> PEFT/HF module name (``w1`` -> ``gate_proj``), from the table."""
+        return {t: ws[0].hf[: -len(".weight")].rpartition(".")[2]
+                for t in self.lora_targets for ws in [self._lora_weights[t]]}
+
+    @cached_property
+    def _hf_segments(self) -> dict[str, str]:
+        # tunekit -> HF module path segments of the LoRA targets ("attn" -> "self_attn",
+        # "w1" -> "gate_proj"), for PEFT rank/alpha patterns.
+        seg: dict[str, str] = {}
+        for ws in self._lora_weights.values():
+            for w in ws:
+                tk, hf = w.tunekit.split(".")[:-1], w.hf.split(".")[:-1]
+                if len(tk) == len(hf):
+                    seg.update(zip(tk, hf))
+        return seg
 
     def _rope_heads(self, w: Weight, num_heads: int, num_kv_heads: int) -> int:
         return {"heads": num_heads, "kv_heads": num_kv_heads, "head": 1}[w.rope]
@@ -581,8 +614,7 @@ class ModelType:
     def _pattern_to_hf(self, pattern: str) -> str:
         # rank/alpha patterns name a target ("v_proj") or a module path ("layers.0.attn.q_proj");
         # PEFT matches them as a suffix of the module name, so renaming each segment is enough.
-        segments = {**self.hf_module_names, **self.peft_target_names}
-        return ".".join(segments.get(part, part) for part in pattern.split("."))
+        return ".".join(self._hf_segments.get(part, part) for part in pattern.split("."))
 
     def peft_config(self, adapter_config: Mapping[str, Any],
                     base_model_name_or_path: str | None = None) -> dict[str, Any]:
