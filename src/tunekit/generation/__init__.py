@@ -1,6 +1,15 @@
 """Text generation: sampling helpers and KV-cached autoregressive decoding (eager or compiled)."""
 
-from tunekit.generation._generate import GenerationResult, TokenGenerator, default_compile_mode, generate
+from tunekit.generation._generate import (
+    STOP_CACHE_LEN,
+    STOP_MAX_NEW_TOKENS,
+    STOP_MAX_SEQ_LEN,
+    STOP_TOKEN,
+    GenerationResult,
+    TokenGenerator,
+    default_compile_mode,
+    generate,
+)
 from tunekit.generation._sampling import (
     pick_next_token,
     sample_next_token,
@@ -10,6 +19,10 @@ from tunekit.generation._sampling import (
 )
 
 __all__ = [
+    "STOP_CACHE_LEN",
+    "STOP_MAX_NEW_TOKENS",
+    "STOP_MAX_SEQ_LEN",
+    "STOP_TOKEN",
     "GenerationResult",
     "TokenGenerator",
     "default_compile_mode",
