@@ -104,9 +104,14 @@ def run(cfg: DictConfig) -> str:
     from tunekit.training.device import get_device
     from tunekit.training.precision import get_dtype
 
+    from tunekit.config import ConfigError
+
     _check_sampling(cfg)
-    device = get_device(cfg.device)
-    dtype = get_dtype(cfg.dtype, device)
+    try:
+        device = get_device(cfg.device)
+        dtype = get_dtype(cfg.dtype, device)
+    except ValueError as err:  # no CUDA, or a dtype the device cannot run
+        raise ConfigError(f"`device`={cfg.device!r}, `dtype`={cfg.dtype!r}: {err}.") from err
     model_type = cfg.checkpointer.model_type
     if cfg.checkpoint is not None:
         found = resolve_checkpoint(cfg.checkpoint)

@@ -173,3 +173,19 @@ def test_adapter_with_settings_that_are_not_implemented(tmp_path, runs):
     proc = _generate(tmp_path, f"adapter={dst}")
     assert_user_error(proc, "adapter_config.json: this adapter cannot be applied",
                       "bias='lora_only' (trained LoRA biases are not supported)", "merge_and_unload")
+
+
+def test_truncated_adapter_file(tmp_path, runs):
+    dst = _adapter_copy(runs, tmp_path)
+    data = (dst / "adapter_0.pt").read_bytes()
+    (dst / "adapter_0.pt").write_bytes(data[: len(data) // 3])  # an interrupted copy
+    before = snapshot(dst)
+    proc = _generate(tmp_path, f"adapter={dst}")
+    assert_user_error(proc, f"{dst}/adapter_0.pt", "truncated or corrupt")
+    assert_unchanged(before, dst)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_a_gpu(tmp_path):
+    assert_user_error(_generate(tmp_path, "device=cuda"), "`device`='cuda'", "CUDA is not available",
+                      "use 'cpu' or 'auto'")
