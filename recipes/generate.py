@@ -11,7 +11,8 @@ Weights, in this order of preference:
   `epoch_N/`, whose `adapter/` + `adapter_0.pt` are used, or a PEFT dir with
   `adapter_config.json`). A LoRA run's own checkpoint already holds the merged weights, so
   `checkpoint=` such a checkpoint together with `adapter=` is refused (it would apply the
-  update twice).
+  update twice), unless the adapter was trained on those merged weights (its
+  `adapter_config.json` names them as `base_model_name_or_path`).
 
 The prompt is encoded as plain text after BOS, or as an Alpaca instruction (`template=alpaca`),
 or as a Llama 2 chat turn (`chat=true`, optional `system_prompt=...`). Generation uses the KV

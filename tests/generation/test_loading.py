@@ -175,6 +175,14 @@ def test_merged_checkpoint_plus_adapter_is_refused_naming_the_adapter(tmp_path, 
     # Base weights take an adapter.
     _write_model(tmp_path / "base")
     check_adapter_not_merged(resolve_checkpoint(tmp_path / "base"), epoch)
+    # So do the merged weights, for an adapter trained on them (a second run from this checkpoint).
+    weights = resolve_checkpoint(epoch).weights_dir
+    for base in (weights, epoch):
+        second = tmp_path / f"second_{base.name}"
+        _write_adapter(second, None, _lora_model(SPEC, seed=2), SPEC, base_model_name_or_path=str(base))
+        check_adapter_not_merged(resolve_checkpoint(epoch), second)
+    with pytest.raises(CheckpointError, match="holds merged weights"):
+        check_adapter_not_merged(resolve_checkpoint(epoch), tmp_path / "other")  # its base: None
 
 
 @pytest.mark.parametrize("use_dora", [False, True])

@@ -202,7 +202,10 @@ def check_adapter_not_merged(checkpoint: CheckpointSource, adapter_path: str | P
     """Refuse ``adapter=`` on top of weights that already contain an adapter.
 
     A LoRA checkpoint's model files are the merged weights ``W + s B A``; applying the adapter
-    again would add ``s B A`` twice (and any other adapter was trained on the base, not on them).
+    again would add ``s B A`` twice, and another adapter was trained on the base weights, not on
+    these. The one exception is an adapter trained *on* these merged weights (a second LoRA run
+    whose checkpointer read this checkpoint): its ``adapter_config.json`` names this checkpoint as
+    ``base_model_name_or_path``, and it is allowed.
 
     Raises:
         CheckpointError: naming the merged adapter (file, sha256 when known) and the two fixes.
@@ -218,19 +221,33 @@ def check_adapter_not_merged(checkpoint: CheckpointSource, adapter_path: str | P
     if sha is None and where.is_file():
         sha = _sha256(where)
     named = f"{where}" + (f" (sha256 {sha[:12]}...)" if sha else "")
-    same = ""
     try:
-        given = find_adapter(adapter_path).tunekit_file
+        given = find_adapter(adapter_path)
     except CheckpointError:
         given = None
-    if given is not None and sha is not None and _sha256(given) == sha:
+    same = ""
+    if given is not None and given.tunekit_file is not None and sha is not None and _sha256(given.tunekit_file) == sha:
         same = " adapter= names that very adapter, so it would be applied twice (2x its update)."
+    elif given is not None and _trained_on(given, checkpoint):
+        return
     raise CheckpointError(
         f"checkpoint={ckpt or checkpoint.weights_dir} holds merged weights: the LoRA adapter {named} is "
         f"already in {checkpoint.weights_dir}, and adapter={adapter_path} would be applied on top of "
         f"it.{same} Drop adapter= to generate with the fine-tuned weights as saved, or point checkpoint= "
         "at the base model (or omit it, for the configured base model) to apply an adapter."
     )
+
+
+def _trained_on(adapter: AdapterSource, checkpoint: CheckpointSource) -> bool:
+    """Whether the adapter's ``adapter_config.json`` names ``checkpoint`` as its base model."""
+    try:
+        base = json.loads((adapter.peft_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+    if not isinstance(base, str) or not base:
+        return False
+    here = {p.resolve() for p in (checkpoint.weights_dir, checkpoint.checkpoint_dir) if p is not None}
+    return Path(base).expanduser().resolve() in here
 
 
 def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:

@@ -220,6 +220,9 @@ class ModelType:
     def __hash__(self) -> int:  # the mapping fields are not hashable; a family is its name
         return hash(self.name)
 
+    def __repr__(self) -> str:  # the full table is long; name what identifies the row
+        return f"ModelType(name={self.name!r}, display_name={self.display_name!r}, {len(self.weights)} weights)"
+
     def __post_init__(self) -> None:
         problems = []
         for w in self.weights:
