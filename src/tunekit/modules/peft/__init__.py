@@ -7,10 +7,11 @@ from tunekit.modules.peft._utils import (
     get_merged_state_dict,
     is_adapter_key,
     merge_lora_weights_,
+    merged_weight,
     reset_all_parameters,
     set_trainable_params,
 )
-from tunekit.modules.peft.lora import LORA_TARGETS, LoRALinear, LoRASpec, merged_weight
+from tunekit.modules.peft.lora import LORA_TARGETS, LoRALinear, LoRASpec
 
 __all__ = [
     "LORA_TARGETS",

@@ -8,25 +8,24 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from tunekit.modules.peft._merge import merged_weight
 from tunekit.modules.peft.lora import LoRALinear
+
+__all__ = [
+    "disable_adapters",
+    "get_adapter_state_dict",
+    "get_merged_state_dict",
+    "is_adapter_key",
+    "merge_lora_weights_",
+    "merged_weight",
+    "reset_all_parameters",
+    "set_trainable_params",
+]
 
 def _lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     for name, m in model.named_modules():
         if isinstance(m, LoRALinear):
             yield name, m
-
-
-def is_adapter_key(key: str) -> bool:
-    """Whether a state-dict / parameter name is a LoRA or DoRA adapter entry.
-
-    True for ``<linear>.lora_a.weight``, ``<linear>.lora_b.weight`` and DoRA's
-    ``<linear>.lora_magnitude`` (and their bare forms in a ``LoRALinear``'s own state dict),
-    whatever wraps the linear (``_orig_mod.``, ``_checkpoint_wrapped_module.`` ...); False for
-    every base-model weight. One definition for the whole library: what is saved as the adapter,
-    what a LoRA model may miss when it loads a plain checkpoint, what resume compares.
-    """
-    parts = key.split(".")
-    return parts[-1] == "lora_magnitude" or (len(parts) >= 2 and parts[-2] in ("lora_a", "lora_b"))
 
 
 @torch.no_grad()
@@ -132,3 +131,16 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, p in zip(mods, previous):
             m.disabled = p
+
+
+def is_adapter_key(key: str) -> bool:
+    """Whether a state-dict / parameter name is a LoRA or DoRA adapter entry.
+
+    True for ``<linear>.lora_a.weight``, ``<linear>.lora_b.weight`` and DoRA's
+    ``<linear>.lora_magnitude`` (and their bare forms in a ``LoRALinear``'s own state dict),
+    whatever wraps the linear (``_orig_mod.``, ``_checkpoint_wrapped_module.`` ...); False for
+    every base-model weight. One definition for the whole library: what is saved as the adapter,
+    what a LoRA model may miss when it loads a plain checkpoint, what resume compares.
+    """
+    parts = key.split(".")
+    return parts[-1] == "lora_magnitude" or (len(parts) >= 2 and parts[-2] in ("lora_a", "lora_b"))
