@@ -344,13 +344,17 @@ class ModelType:
                  skip: re.Pattern[str] | None, known: str, source: str) -> StateDict:
         out: StateDict = {}
         unknown: list[str] = []
+        nameless: list[str] = []
         permute = permute_from_hf if src == "hf" else permute_to_hf
         for key, t in sd.items():
             if skip is not None and skip.search(key):
                 continue
             layer, w = self._lookup(key, src)
-            if w is None or getattr(w, dst) is None:
+            if w is None:
                 unknown.append(key)
+                continue
+            if getattr(w, dst) is None:
+                nameless.append(key)
                 continue
             if heads is not None and w.rope is not None:
                 n = self._rope_heads(w, *heads)
@@ -359,6 +363,13 @@ class ModelType:
             out[self._name(w, dst, layer)] = t
         if unknown:
             raise self._unknown(unknown, source, known)
+        if nameless:
+            fmt = {"hf": "HF", "meta": "Meta", "tunekit": "tunekit"}[dst]
+            raise ConversionError(
+                f"{self.display_name} has no {fmt} name for {len(nameless)} key(s): {', '.join(sorted(nameless)[:10])}; "
+                f"a {self.display_name} checkpoint cannot be written in {fmt} format"
+                + (" (keep it in HF format)." if dst == "meta" else ".")
+            )
         return out
 
     # ---- HF <-> tunekit <-> Meta -----------------------------------------------------------
