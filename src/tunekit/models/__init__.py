@@ -14,9 +14,17 @@ What a new family provides - one folder and one row:
    rule says whether and in which groups of heads HF <-> tunekit permutes their rows), its
    ``hf_model_type`` / ``hf_architectures`` (written into a fresh ``config.json``), its
    defaults (``rope_theta``, ``max_position_embeddings``, ``hf_config_defaults``,
-   ``tokenizer_config``, ``meta_ffn_rules``) and ``peft_target_names`` if its LoRA targets
-   differ. Every conversion (HF, Meta, PEFT adapters, config files, expected shapes) then comes
-   from the shared machinery in ``models/_layout.py``.
+   ``tokenizer_config``, ``meta_ffn_rules``) and ``lora_targets`` if other linears may take
+   LoRA (their PEFT module names follow from the table). Every conversion (HF, Meta, PEFT
+   adapters and their config, config files, expected shapes) then comes from the shared
+   machinery in ``models/_layout.py``. Example (a test registers exactly this)::
+
+       TOY = register_model_type(LLAMA2.derive(
+           name="TOY_LLAMA", display_name="Toy Llama", hf_model_type="toy_llama",
+           hf_architectures=("ToyLlamaForCausalLM",), hf_renames={"mlp.w1.weight": "mlp.gate.weight"}))
+
+   Outside ``models/`` import only ``tunekit.models`` and ``tunekit.models.<family>`` (a test
+   checks it).
 
 A family whose layout is not Llama's (another block structure) needs new builders and, where
 its keys cannot be expressed as :class:`Weight` rows, a new record type with the same methods.
