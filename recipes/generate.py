@@ -93,6 +93,7 @@ def run(cfg: DictConfig) -> str:
     """Load the weights, encode the prompt, generate, print."""
     import torch
 
+    from tunekit.config import ConfigError
     from tunekit.generation import TokenGenerator
     from tunekit.generation._loading import (
         check_adapter_not_merged,
@@ -104,8 +105,6 @@ def run(cfg: DictConfig) -> str:
     from tunekit.training import setup
     from tunekit.training.device import get_device
     from tunekit.training.precision import get_dtype
-
-    from tunekit.config import ConfigError
 
     _check_sampling(cfg)
     try:
