@@ -118,7 +118,7 @@ def main() -> None:
     if not a.no_hf:
         from transformers import LlamaForCausalLM
 
-        from tunekit.models.llama2._convert import tunekit_to_hf
+        from tunekit.models import get_model_type
 
         cfg = hf_config(shape, max(cache_len, 4096))
         cfg.use_cache = True
@@ -129,7 +129,7 @@ def main() -> None:
                 hf = LlamaForCausalLM(cfg)
         finally:
             torch.set_default_dtype(prev)
-        sd = tunekit_to_hf(model.state_dict(), shape["num_heads"], shape["num_kv_heads"], shape["embed_dim"])
+        sd = get_model_type("LLAMA2").tunekit_to_hf(model.state_dict(), shape["num_heads"], shape["num_kv_heads"], shape["embed_dim"])
         hf.load_state_dict(sd, strict=True)
         del sd
         hf.requires_grad_(False).eval()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +22,22 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+def _to_current_layout(flat_epoch: Path, epoch: Path) -> None:
+    """A copy of a flat-layout epoch dir in the current layout (files moved as the checkpointer now saves)."""
+    shutil.copytree(flat_epoch, epoch)
+    (epoch / "model").mkdir()
+    (epoch / "state").mkdir()
+    for pattern in ("model*.safetensors", "model.safetensors.index.json", "*config.json", "tokenizer*"):
+        for f in epoch.glob(pattern):
+            f.rename(epoch / "model" / f.name)
+    for name in ("adapter_0.pt", "recipe_state.pt"):
+        (epoch / name).rename(epoch / "state" / name)
+    sha = hashlib.sha256((epoch / "state" / "adapter_0.pt").read_bytes()).hexdigest()
+    (epoch / "checkpoint.json").write_text(json.dumps({
+        "format": "hf", "epoch": 0, "step": None, "trained_with": {},
+        "merged_adapter": {"sha256": sha, "file": "state/adapter_0.pt"}}))
 
 
 def _text(proc: subprocess.CompletedProcess, prompt: str) -> str:
@@ -47,6 +66,16 @@ def test_generate_from_outputs_and_base_plus_adapter(tmp_path):
                      f"adapter={lora / 'epoch_0' / 'adapter'}", *common)
     # Greedy: merged weights, base + tunekit adapter and base + PEFT adapter say the same thing.
     assert _text(merged, prompt) == _text(adapter, prompt) == _text(peft_only, prompt)
+    assert "reached max_new_tokens=12" in merged.stderr or "stopped at EOS (id 2)" in merged.stderr
+
+    # The current checkpoint layout (model/, adapter/, state/, checkpoint.json) reads the same.
+    current = tmp_path / "current"
+    _to_current_layout(lora / "epoch_0", current / "epoch_0")
+    new_merged = _run("recipes.generate", f"hydra.run.dir={tmp_path / 'g5'}", f"checkpoint={current}", *common)
+    new_adapter = _run("recipes.generate", f"hydra.run.dir={tmp_path / 'g6'}", f"adapter={current / 'epoch_0'}",
+                       *common)
+    assert _text(new_merged, prompt) == _text(new_adapter, prompt) == _text(merged, prompt)
+    assert str(current / "epoch_0" / "model") in new_merged.stderr
 
     meta_out = _run("recipes.generate", f"hydra.run.dir={tmp_path / 'g4'}", f"checkpoint={meta / 'epoch_0'}",
                     "checkpointer=meta", "chat=true", "system_prompt=Be brief.", "prompt=Hi", "max_new_tokens=8")

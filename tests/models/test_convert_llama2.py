@@ -1,12 +1,14 @@
-"""Llama 2 key maps, RoPE permutation, PEFT names and the MODEL_TYPES table."""
+"""Llama 2 key maps, RoPE permutation, PEFT names and the MODEL_TYPES table (through the public
+``tunekit.models`` names: the LLAMA2 row's methods)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tunekit.models import MODEL_TYPES, get_model_type
-from tunekit.models.llama2 import _convert as C
+from tunekit.models import MODEL_TYPES, ConversionError, ModelDims, get_model_type, permute_from_hf, permute_to_hf
+
+C = get_model_type("LLAMA2")
 
 
 def _hf_sd(layers=2, heads=4, kv=2, dim=32, ffn=48, vocab=10):
@@ -32,26 +34,26 @@ def test_permutation_matches_rope_pairs():
     # of the HF weight must land on row h*hd + 2j + c.
     n, hd, dim = 3, 8, 5
     w = torch.arange(n * hd, dtype=torch.float32)[:, None].expand(n * hd, dim).contiguous()
-    out = C.permute_from_hf(w, n)
+    out = permute_from_hf(w, n)
     for h in range(n):
         for j in range(hd // 2):
             for c in range(2):
                 assert out[h * hd + 2 * j + c, 0] == h * hd + c * hd // 2 + j
-    assert torch.equal(C.permute_to_hf(out, n), w)
+    assert torch.equal(permute_to_hf(out, n), w)
 
 
 def test_hf_round_trip_exact_and_skips_inv_freq():
     sd = _hf_sd()
     tk = C.hf_to_tunekit(sd, 4, 2, 32)
     assert not any("inv_freq" in k for k in tk)
-    assert set(tk) == set(C.expected_shapes(C.Llama2Dims(2, 4, 2, 32, 10, 48)))
+    assert set(tk) == set(C.expected_shapes(ModelDims(2, 4, 2, 32, 10, 48)))
     back = C.tunekit_to_hf(tk, 4, 2, 32)
     assert set(back) == {k for k in sd if "inv_freq" not in k}
     assert all(torch.equal(back[k], sd[k]) for k in back)
     # k uses the kv-head count: permuting with 4 heads would give different rows.
     k = sd["model.layers.0.self_attn.k_proj.weight"]
-    assert torch.equal(tk["layers.0.attn.k_proj.weight"], C.permute_from_hf(k, 2))
-    assert not torch.equal(C.permute_from_hf(k, 2), C.permute_from_hf(k, 1))
+    assert torch.equal(tk["layers.0.attn.k_proj.weight"], permute_from_hf(k, 2))
+    assert not torch.equal(permute_from_hf(k, 2), permute_from_hf(k, 1))
 
 
 def test_meta_round_trip_exact_and_skips_rope_freqs():
@@ -63,13 +65,13 @@ def test_meta_round_trip_exact_and_skips_rope_freqs():
 
 
 def test_unknown_keys_are_listed():
-    with pytest.raises(C.ConversionError, match=r"model\.layers\.0\.mystery\.weight.*vision_tower\.x"):
+    with pytest.raises(ConversionError, match=r"model\.layers\.0\.mystery\.weight.*vision_tower\.x"):
         C.hf_to_tunekit({"model.layers.0.mystery.weight": torch.zeros(1), "vision_tower.x": torch.zeros(1)}, 4, 2, 32)
-    with pytest.raises(C.ConversionError, match="layers.0.attention.wz.weight"):
+    with pytest.raises(ConversionError, match="layers.0.attention.wz.weight"):
         C.meta_to_tunekit({"layers.0.attention.wz.weight": torch.zeros(1)})
-    with pytest.raises(C.ConversionError, match="bogus"):
+    with pytest.raises(ConversionError, match="bogus"):
         C.tunekit_to_hf({"bogus": torch.zeros(1)}, 4, 2, 32)
-    with pytest.raises(C.ConversionError, match="num_attention_heads"):
+    with pytest.raises(ConversionError, match="num_attention_heads"):
         C.hf_to_tunekit({"model.layers.0.self_attn.q_proj.weight": torch.zeros(6, 4)}, 4, 2, 32)
 
 
@@ -82,13 +84,13 @@ def test_adapter_to_peft_names_and_b_permutation():
     peft = C.adapter_to_peft(sd, 4, 2, 32)
     p = "base_model.model.model.layers."
     assert torch.equal(peft[p + "0.self_attn.q_proj.lora_A.weight"], a)  # A: input side, untouched
-    assert torch.equal(peft[p + "0.self_attn.q_proj.lora_B.weight"], C.permute_to_hf(b, 4))
-    assert torch.equal(peft[p + "0.self_attn.k_proj.lora_B.weight"], C.permute_to_hf(kb, 2))
+    assert torch.equal(peft[p + "0.self_attn.q_proj.lora_B.weight"], permute_to_hf(b, 4))
+    assert torch.equal(peft[p + "0.self_attn.k_proj.lora_B.weight"], permute_to_hf(kb, 2))
     assert p + "1.mlp.down_proj.lora_A.weight" in peft
     assert "base_model.model.lm_head.lora_B.weight" in peft
     back = C.peft_to_adapter(peft, 4, 2, 32)
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
-    with pytest.raises(C.ConversionError, match="layers.0.attn.q_proj.weight"):
+    with pytest.raises(ConversionError, match="layers.0.attn.q_proj.weight"):
         C.adapter_to_peft({"layers.0.attn.q_proj.weight": a}, 4, 2, 32)
 
 
@@ -99,7 +101,7 @@ def test_peft_config_maps_targets_and_patterns():
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8.0 and cfg["lora_dropout"] == 0.1
     assert cfg["rank_pattern"] == {"layers.1.self_attn.q_proj": 2}
     assert cfg["alpha_pattern"] == {"gate_proj": 3.0}
-    with pytest.raises(C.ConversionError, match="valid targets"):
+    with pytest.raises(ConversionError, match="valid targets"):
         C.peft_config({"targets": ["wq"]})
 
 
@@ -122,3 +124,16 @@ def test_model_types_table():
         get_model_type("MISTRAL")
     with pytest.raises(ValueError, match="did you mean 'LLAMA2'"):
         get_model_type("llama2")
+
+
+def test_deprecated_convert_module_still_answers_with_the_row():
+    """``tunekit.models.llama2._convert`` (older importers outside models/) is aliases of the row."""
+    import importlib
+
+    old = importlib.import_module("tunekit.models.llama2._convert")
+    assert old.ConversionError is ConversionError and old.Llama2Dims is ModelDims
+    sd = C.hf_to_tunekit(_hf_sd(), 4, 2, 32)
+    assert all(torch.equal(old.tunekit_to_hf(sd, 4, 2, 32)[k], v) for k, v in C.tunekit_to_hf(sd, 4, 2, 32).items())
+    assert old.MERGE_DIMS["attention.wo.weight"] == 1 and old.MERGE_DIMS["tok_embeddings.weight"] == 1
+    assert old.MERGE_DIMS["norm.weight"] is None and len(old.MERGE_DIMS) == 12
+    assert old.PEFT_TARGET_NAMES == dict(C.peft_target_names)

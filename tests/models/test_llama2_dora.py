@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from _llama_hf_ref import TINY, TK_TO_PEFT_TARGET, hf_to_tk_state_dict, make_pair, tk_model
 from peft import LoraConfig, get_peft_model
 
-from tunekit.models.llama2._convert import adapter_to_peft, peft_config, peft_to_adapter, permute_to_hf
+from tunekit.models import get_model_type, permute_to_hf
 from tunekit.modules.peft import (
     LoRALinear,
     LoRASpec,
@@ -29,6 +29,7 @@ from tunekit.modules.peft import (
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output"]
 HEADS, KV_HEADS = 4, 2
 REPO = Path(__file__).resolve().parents[2]
+LLAMA2 = get_model_type("LLAMA2")
 
 
 def _interleave_rows(v: torch.Tensor, n: int) -> torch.Tensor:
@@ -199,7 +200,7 @@ def test_adapter_to_peft_maps_magnitude_with_qk_permutation():
             if "lora_" in name:
                 p.normal_()
     adapter = get_adapter_state_dict(tk)
-    out = adapter_to_peft(adapter, HEADS, KV_HEADS, TINY["embed_dim"])
+    out = LLAMA2.adapter_to_peft(adapter, HEADS, KV_HEADS, TINY["embed_dim"])
     for layer, proj, n in [(0, "q_proj", HEADS), (1, "k_proj", KV_HEADS), (0, "v_proj", None)]:
         mag = adapter[f"layers.{layer}.attn.{proj}.lora_magnitude"]
         got = out[f"base_model.model.model.layers.{layer}.self_attn.{proj}.lora_magnitude_vector.weight"]
@@ -210,12 +211,12 @@ def test_adapter_to_peft_maps_magnitude_with_qk_permutation():
         tk_b = adapter[f"layers.{layer}.attn.{proj}.lora_b.weight"]
         row = (tk_b[:1] == b).all(1).nonzero().item()
         assert got[row] == mag[0]
-    back = peft_to_adapter(out, HEADS, KV_HEADS, TINY["embed_dim"])
+    back = LLAMA2.peft_to_adapter(out, HEADS, KV_HEADS, TINY["embed_dim"])
     assert back.keys() == adapter.keys()
     for k in adapter:
         torch.testing.assert_close(back[k], adapter[k], rtol=0, atol=0)
-    assert peft_config({"targets": ["q_proj"], "use_dora": True})["use_dora"] is True
-    assert peft_config({"targets": ["q_proj"]})["use_dora"] is False
+    assert LLAMA2.peft_config({"targets": ["q_proj"], "use_dora": True})["use_dora"] is True
+    assert LLAMA2.peft_config({"targets": ["q_proj"]})["use_dora"] is False
 
 
 def test_config_accepts_use_dora():

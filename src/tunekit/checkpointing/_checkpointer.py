@@ -54,8 +54,7 @@ from tunekit.checkpointing._io import (
 )
 from tunekit.checkpointing._layout import INFO_FILE, MODEL_SUBDIR, PEFT_SUBDIR, STATE_SUBDIR, model_dir, state_dir
 from tunekit.checkpointing._settings import check_supported_hf_config, check_supported_meta_params, rope_scaling_type
-from tunekit.models import ModelType, get_model_type
-from tunekit.models.llama2._convert import ConversionError
+from tunekit.models import ConversionError, ModelType, get_model_type
 
 __all__ = [
     "ADAPTER_FILE",

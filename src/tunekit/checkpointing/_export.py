@@ -39,8 +39,7 @@ from tunekit.checkpointing._errors import CheckpointError
 from tunekit.checkpointing._io import COMPLETE_MARKER, apply_umask, parse_size, unique_sibling
 from tunekit.checkpointing._layout import INFO_FILE, model_dir
 from tunekit.checkpointing._settings import rope_scaling_type
-from tunekit.models import ModelType, get_model_type
-from tunekit.models.llama2._convert import ConversionError
+from tunekit.models import ConversionError, ModelType, get_model_type
 
 __all__ = ["CONVERT_MARKER", "FORMATS", "checkpoint_format", "convert_checkpoint", "find_weights_dir"]
 

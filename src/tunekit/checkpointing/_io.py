@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from tunekit.config.resolvers import default_models_root
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
 
 __all__ = [
@@ -54,13 +55,12 @@ def download_hint(checkpoint_dir: Path) -> str:
     Inside a checkpoint tunekit saved (``RUN/epoch_N/...``) nothing can be downloaded: the
     sentence names the run's previous complete checkpoint instead.
     """
-    from tunekit.cli.download import default_models_root  # torch-free helper
 
     own = run_checkpoint_of(Path(checkpoint_dir))
     if own is not None:
         return f"It belongs to the checkpoint {own.name} that tunekit saved in {own.parent}. {_own_run_fix(own)}"
     try:
-        repo = checkpoint_dir.resolve().relative_to(default_models_root().resolve()).as_posix()
+        repo = checkpoint_dir.resolve().relative_to(Path(default_models_root()).resolve()).as_posix()
     except ValueError:
         repo = ""
     if repo.count("/") == 1:

@@ -13,6 +13,7 @@ length changes per prompt, and it runs once.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,22 @@ from torch import nn
 
 from tunekit.generation._sampling import pick_next_token
 
-__all__ = ["GenerationResult", "TokenGenerator", "default_compile_mode", "generate"]
+__all__ = [
+    "STOP_CACHE_LEN",
+    "STOP_MAX_NEW_TOKENS",
+    "STOP_MAX_SEQ_LEN",
+    "STOP_TOKEN",
+    "GenerationResult",
+    "TokenGenerator",
+    "default_compile_mode",
+    "generate",
+]
+
+#: ``GenerationResult.stop_reason`` values: what ended a row's continuation.
+STOP_TOKEN = "stop_token"  # one of ``stop_tokens`` (e.g. EOS) was generated
+STOP_MAX_NEW_TOKENS = "max_new_tokens"  # ``max_new_tokens`` tokens were generated
+STOP_MAX_SEQ_LEN = "max_seq_len"  # prompt + new tokens filled the model's context window
+STOP_CACHE_LEN = "cache_len"  # ... filled the KV cache the caller installed
 
 
 @dataclass
@@ -33,13 +49,19 @@ class GenerationResult:
     Attributes:
         tokens: the new tokens of each prompt (a stop token and what follows excluded).
         stopped: per prompt, whether a stop token ended it (else ``max_new_tokens`` or the
-            model's ``max_seq_len`` did).
+            model's ``max_seq_len`` did: see ``stop_reason``).
         prompt_len: prompt length (all prompts share it).
         prefill_seconds: time of the prompt pass (first new token included).
         decode_seconds: time of the remaining one-token steps.
         steps: tokens generated per row until every row stopped (stop tokens included).
         compile_seconds: time spent compiling (and capturing CUDA graphs for) the decode step
             during this call; not part of the other two times.
+        stop_reason: per prompt, what ended it: :data:`STOP_TOKEN`, :data:`STOP_MAX_NEW_TOKENS`,
+            :data:`STOP_MAX_SEQ_LEN` (the context window ran out first) or
+            :data:`STOP_CACHE_LEN` (a caller-installed KV cache ran out first).
+        max_new_tokens: the cap the caller asked for.
+        context_len: the positions available to prompt + new tokens (the model's ``max_seq_len``,
+            or a caller-installed cache's length).
     """
 
     tokens: list[list[int]]
@@ -49,6 +71,23 @@ class GenerationResult:
     decode_seconds: float = 0.0
     steps: int = field(default=0)
     compile_seconds: float = 0.0
+    stop_reason: list[str] = field(default_factory=list)
+    max_new_tokens: int = 0
+    context_len: int = 0
+
+    def describe_stop(self, row: int = 0, *, stop_token_name: str = "a stop token") -> str:
+        """One phrase saying what ended row ``row``, with the numbers (for logs and the CLI)."""
+        reason = self.stop_reason[row] if self.stop_reason else (STOP_TOKEN if self.stopped[row] else
+                                                                   STOP_MAX_NEW_TOKENS)
+        n = len(self.tokens[row])
+        if reason == STOP_TOKEN:
+            return f"stopped at {stop_token_name} after {n} new tokens"
+        if reason == STOP_MAX_NEW_TOKENS:
+            return f"reached max_new_tokens={self.max_new_tokens or n}"
+        where = "the model's context window" if reason == STOP_MAX_SEQ_LEN else "the KV cache's length"
+        key = "max_seq_len" if reason == STOP_MAX_SEQ_LEN else "cache length"
+        return (f"stopped at {where}: {key}={self.context_len} = {self.prompt_len}-token prompt + {n} new "
+                f"tokens, before max_new_tokens={self.max_new_tokens} was reached")
 
     @property
     def num_new_tokens(self) -> int:
@@ -231,7 +270,7 @@ class TokenGenerator:
 
         Raises:
             ValueError: an empty prompt, one that fills the model's context already, or a
-                bad sampling setting.
+                bad sampling setting (each message names the setting and the valid values).
         """
         model, device = self.model, self.device
         prompt = torch.as_tensor(prompt_tokens, dtype=torch.long, device=device)
@@ -241,17 +280,22 @@ class TokenGenerator:
         if s == 0:
             raise ValueError("generate() got an empty prompt; it needs at least one token (e.g. BOS).")
         limit = model.max_seq_len if self._own_cache else self._cache_capacity()[1]
+        limit_name = "the model's context window (max_seq_len)" if self._own_cache else "the installed KV cache"
         if s >= limit:
-            raise ValueError(f"the prompt has {s} tokens but the context is {limit}: no room to generate.")
+            raise ValueError(f"the prompt has {s} tokens but {limit_name} is {limit} positions: no room to "
+                             f"generate; shorten the prompt to at most {limit - 1} tokens.")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
         if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise ValueError(f"top_k must be >= 1 (or None: off), got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+            raise ValueError(f"top_p must be in (0, 1] (or None: off), got {top_p}")
         max_new = min(max_new_tokens, limit - s)
+        # What ends a row that no stop token ends: the cap asked for, or the room left.
+        cap_reason = (STOP_MAX_NEW_TOKENS if max_new_tokens <= limit - s
+                      else STOP_MAX_SEQ_LEN if self._own_cache else STOP_CACHE_LEN)
 
         self._ensure_cache(b, s + max_new)
         model.reset_caches()
@@ -308,7 +352,9 @@ class TokenGenerator:
             stopped.append(cut is not None)
             steps = max(steps, len(row) if cut is None else cut + 1)
         return GenerationResult(tokens=tokens, stopped=stopped, prompt_len=s, prefill_seconds=t1 - t0,
-                                decode_seconds=t2 - t1, steps=steps, compile_seconds=compile_s)
+                                decode_seconds=t2 - t1, steps=steps, compile_seconds=compile_s,
+                                stop_reason=[STOP_TOKEN if st else cap_reason for st in stopped],
+                                max_new_tokens=max_new_tokens, context_len=limit)
 
 
 def generate(

@@ -1,82 +1,83 @@
-"""Model families and the table checkpointers use to convert their weights.
+"""Model families, and the one table checkpointers use to convert their weights.
 
-``MODEL_TYPES[model_type]`` gives one :class:`ModelType` record of conversion functions; a
-checkpointer never branches on the model family itself. A new family adds a row here and a
-``_convert.py`` beside its builders.
+``MODEL_TYPES[model_type]`` is one :class:`ModelType` record per family; checkpointers, export
+and generation look a family up there (:func:`get_model_type`) and never branch on its name.
+
+What a new family provides - one folder and one row:
+
+1. ``models/<family>/`` with its builders (``<family>(...)`` taking flat typed arguments and
+   returning a ``TransformerDecoder``, plus the published sizes), exported from the folder's
+   ``__init__``. Its private modules (``_builders.py`` ...) are imported from nowhere else.
+2. One row below: ``LLAMA2.derive(name=..., display_name=..., ...)`` stating only what differs
+   from Llama 2 - the HF names it renames (``hf_renames={tunekit name: hf name}``), the tensors
+   it adds (``extra_weights=(Weight(...),)``: q/k/v biases, per-head q/k norms; their ``rope``
+   rule says whether and in which groups of heads HF <-> tunekit permutes their rows), its
+   ``hf_model_type`` / ``hf_architectures`` (written into a fresh ``config.json``), its
+   defaults (``rope_theta``, ``max_position_embeddings``, ``hf_config_defaults``,
+   ``tokenizer_config``, ``meta_ffn_rules``) and ``lora_targets`` if other linears may take
+   LoRA (their PEFT module names follow from the table). Every conversion (HF, Meta, PEFT
+   adapters and their config, config files, expected shapes) then comes from the shared
+   machinery in ``models/_layout.py``. Example (a test registers exactly this)::
+
+       TOY = register_model_type(LLAMA2.derive(
+           name="TOY_LLAMA", display_name="Toy Llama", hf_model_type="toy_llama",
+           hf_architectures=("ToyLlamaForCausalLM",), hf_renames={"mlp.w1.weight": "mlp.gate.weight"}))
+
+   Outside ``models/`` import only ``tunekit.models`` and ``tunekit.models.<family>`` (a test
+   checks it).
+
+A family whose layout is not Llama's (another block structure) needs new builders and, where
+its keys cannot be expressed as :class:`Weight` rows, a new record type with the same methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from tunekit.models._layout import (
+    LLAMA_PEFT_TARGETS,
+    LLAMA_WEIGHTS,
+    ConversionError,
+    ModelDims,
+    ModelType,
+    Weight,
+    permute_from_hf,
+    permute_to_hf,
+)
 
-from tunekit.models.llama2 import _convert as _llama2
+__all__ = [
+    "LLAMA2",
+    "LLAMA_PEFT_TARGETS",
+    "LLAMA_WEIGHTS",
+    "MODEL_TYPES",
+    "ConversionError",
+    "ModelDims",
+    "ModelType",
+    "Weight",
+    "get_model_type",
+    "permute_from_hf",
+    "permute_to_hf",
+    "register_model_type",
+]
 
-__all__ = ["MODEL_TYPES", "ModelType", "get_model_type"]
+#: The table: ``model_type`` string -> family record.
+MODEL_TYPES: dict[str, ModelType] = {}
 
-StateDict = dict[str, Any]
 
+def register_model_type(model_type: ModelType, *, replace: bool = False) -> ModelType:
+    """Add a family's row to :data:`MODEL_TYPES` (also how tests add throwaway families).
 
-@dataclass(frozen=True)
-class ModelType:
-    """Conversion functions for one model family (all work on any subset of keys: one shard).
-
-    Attributes:
-        name: the ``model_type`` string used in configs.
-        hf_to_tunekit / tunekit_to_hf: ``(sd, num_heads, num_kv_heads, dim) -> sd``.
-        meta_to_tunekit / tunekit_to_meta: ``(sd) -> sd``.
-        adapter_to_peft / peft_to_adapter: ``(sd, num_heads, num_kv_heads, dim) -> sd``.
-        peft_config: ``(adapter_config, base_model_name_or_path) -> adapter_config.json dict``.
-        hf_config_dims / meta_params_dims: ``config.json`` / ``params.json`` dict -> dims.
-        expected_shapes: ``dims -> {tunekit key: shape}`` for the plain model.
-        meta_merge_dim: ``Meta key -> dim`` of model-parallel splits (None: replicated).
-        hf_config / meta_params: dims (+ norm_eps, rope_theta, ...) -> ``config.json`` /
-            ``params.json`` dict, for cross-format export; hf_tokenizer_config likewise.
-        rope_theta_of: an HF ``config.json`` dict -> its RoPE base.
-        peft_target_names: tunekit LoRA target -> PEFT module name.
+    Raises:
+        ValueError: ``model_type.name`` is taken and ``replace`` is False.
     """
-
-    name: str
-    hf_to_tunekit: Callable[..., StateDict]
-    tunekit_to_hf: Callable[..., StateDict]
-    meta_to_tunekit: Callable[[Mapping[str, Any]], StateDict]
-    tunekit_to_meta: Callable[[Mapping[str, Any]], StateDict]
-    adapter_to_peft: Callable[..., StateDict]
-    peft_to_adapter: Callable[..., StateDict]
-    peft_config: Callable[..., dict[str, Any]]
-    hf_config_dims: Callable[[Mapping[str, Any]], Any]
-    meta_params_dims: Callable[[Mapping[str, Any]], Any]
-    expected_shapes: Callable[[Any], dict[str, tuple[int | None, ...]]]
-    meta_merge_dim: Callable[[str], int | None]
-    hf_config: Callable[..., dict[str, Any]]
-    meta_params: Callable[..., dict[str, Any]]
-    hf_tokenizer_config: Callable[[int], dict[str, Any]]
-    rope_theta_of: Callable[[Mapping[str, Any]], float]
-    peft_target_names: Mapping[str, str] = field(default_factory=dict)
+    if model_type.name in MODEL_TYPES and not replace:
+        raise ValueError(f"model_type {model_type.name!r} is already registered "
+                         f"({MODEL_TYPES[model_type.name].display_name}); pass replace=True to override it.")
+    MODEL_TYPES[model_type.name] = model_type
+    return model_type
 
 
-MODEL_TYPES: dict[str, ModelType] = {
-    "LLAMA2": ModelType(
-        name="LLAMA2",
-        hf_to_tunekit=_llama2.hf_to_tunekit,
-        tunekit_to_hf=_llama2.tunekit_to_hf,
-        meta_to_tunekit=_llama2.meta_to_tunekit,
-        tunekit_to_meta=_llama2.tunekit_to_meta,
-        adapter_to_peft=_llama2.adapter_to_peft,
-        peft_to_adapter=_llama2.peft_to_adapter,
-        peft_config=_llama2.peft_config,
-        hf_config_dims=_llama2.hf_config_dims,
-        meta_params_dims=_llama2.meta_params_dims,
-        expected_shapes=_llama2.expected_shapes,
-        meta_merge_dim=_llama2.meta_merge_dim,
-        hf_config=_llama2.hf_config,
-        meta_params=_llama2.meta_params,
-        hf_tokenizer_config=_llama2.hf_tokenizer_config,
-        rope_theta_of=_llama2.rope_theta_of,
-        peft_target_names=_llama2.PEFT_TARGET_NAMES,
-    ),
-}
+# ---- the rows -------------------------------------------------------------------------------
+#: Llama 2 (builders: ``tunekit.models.llama2``). The layout's defaults are Llama 2's.
+LLAMA2 = register_model_type(ModelType(name="LLAMA2", display_name="Llama 2"))
 
 
 def get_model_type(model_type: str) -> ModelType:
@@ -88,7 +89,8 @@ def get_model_type(model_type: str) -> ModelType:
     try:
         return MODEL_TYPES[model_type]
     except (KeyError, TypeError):
-        close = [k for k in MODEL_TYPES if str(model_type).upper().replace("-", "").replace("_", "") == k]
+        norm = str(model_type).upper().replace("-", "").replace("_", "")
+        close = [k for k in MODEL_TYPES if norm == k.replace("_", "")]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
             f"Unknown model_type {model_type!r}{hint}; valid model types: {', '.join(sorted(MODEL_TYPES))}."

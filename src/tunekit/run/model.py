@@ -8,16 +8,14 @@ parameters (``load_state_dict(assign=True)``); LoRA adapters are created fresh. 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from tunekit.checkpointing import CheckpointError
+from tunekit.checkpointing import CheckpointError, check_model_matches
 from tunekit.config import ConfigError
 from tunekit.distributed import broadcast_object, load_full_state_dict
-from tunekit.modules import RMSNorm, RotaryPositionalEmbeddings
 from tunekit.modules.peft import LoRALinear, is_adapter_key, set_trainable_params
 from tunekit.training.precision import get_dtype
 from tunekit.training.prepare import cast_params_, materialize_empty, shard_model
@@ -25,7 +23,6 @@ from tunekit.training.prepare import cast_params_, materialize_empty, shard_mode
 __all__ = [
     "build_model",
     "build_training_model",
-    "check_model_settings",
     "check_tokenizer_fits",
     "load_model_weights",
 ]
@@ -87,46 +84,6 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     return model
 
 
-def check_model_settings(model: nn.Module, declared: Mapping[str, Any] | None, source: str) -> None:
-    """Refuse a model whose non-shape settings differ from what its checkpoint declares.
-
-    Shapes are checked when the weights are loaded; the RoPE base, the RMSNorm epsilon and RoPE
-    scaling are not visible in the weights, and a mismatch would silently run them with
-    settings they were not trained with (e.g. a CodeLlama checkpoint, rope_theta 1e6, under
-    ``model=llama2_7b``, 1e4).
-
-    Args:
-        declared: a checkpointer's ``model_settings`` (``norm_eps``, ``rope_base``,
-            ``rope_scaling``); None or empty checks nothing.
-
-    Raises:
-        CheckpointError: naming each mismatch and the override that fixes it.
-    """
-    if not declared:
-        return
-    problems = []
-    if declared.get("rope_scaling"):
-        problems.append(f"RoPE scaling {declared['rope_scaling']!r}, which tunekit's Llama 2 does not implement")
-    rope = declared.get("rope_base")
-    bases = sorted({float(m.base) for m in model.modules() if isinstance(m, RotaryPositionalEmbeddings)})
-    if rope is not None and any(not math.isclose(b, rope, rel_tol=1e-9) for b in bases):
-        problems.append(f"rope_theta={rope!r} where the model was built with rope_base="
-                        f"{', '.join(repr(b) for b in bases)} (set model.rope_base={rope!r})")
-    eps = declared.get("norm_eps")
-    eps_model = sorted({float(m.eps) for m in model.modules() if isinstance(m, RMSNorm)})
-    if eps is not None and any(not math.isclose(e, eps, rel_tol=1e-6) for e in eps_model):
-        problems.append(f"norm_eps={eps!r} where the model was built with norm_eps="
-                        f"{', '.join(repr(e) for e in eps_model)} (set model.norm_eps={eps!r})")
-    if problems:
-        raise CheckpointError(
-            f"{source} declares {'; '.join(problems)}. The weights would run with settings they "
-            f"were not trained with. Build a matching model: the shape builders (llama2_7b, ...) fix "
-            f"Llama 2's values, so use model._component_=tunekit.models.llama2.llama2 with the "
-            f"shape arguments and the settings above, or point the checkpointer at the weights "
-            f"this model is for."
-        )
-
-
 def build_model(make_model: Callable[..., nn.Module], state_dict: Mapping[str, torch.Tensor], *,
                 lora: Any = None, source: str = "the checkpoint") -> nn.Module:
     """Build the model on the meta device (allocates nothing), then assign the weights.
@@ -174,11 +131,11 @@ def build_training_model(make_model: Callable[..., nn.Module],
         source: where the weights come from, for error messages.
         world_size, rank: from :func:`init_distributed`.
         declared: the checkpoint's non-shape settings (``checkpointer.model_settings``),
-            checked on every rank before any weight is read (:func:`check_model_settings`).
+            checked on every rank before any weight is read (``tunekit.checkpointing.check_model_matches``).
     """
     with torch.device("meta"):
         model = make_model(lora=lora) if lora is not None else make_model()
-    check_model_settings(model, declared, source)
+    check_model_matches(model, declared, source)
     if world_size <= 1:  # the meta model gets the weights assigned, as build_model does
         if load_weights is not None:
             load_model_weights(model, load_weights(), lora=lora is not None, source=source)

@@ -1,4 +1,5 @@
-"""Parameter-efficient fine-tuning: LoRA layers and whole-model adapter helpers."""
+"""Parameter-efficient fine-tuning: LoRA/DoRA layers, the one merge function (:func:`merged_weight`),
+the one adapter-key predicate (:func:`is_adapter_key`) and whole-model adapter helpers."""
 
 from tunekit.modules.peft._utils import (
     disable_adapters,

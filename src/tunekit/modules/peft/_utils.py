@@ -8,19 +8,24 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from tunekit.modules.peft._merge import merged_weight
 from tunekit.modules.peft.lora import LoRALinear
 
-_ADAPTER_SUFFIXES = (".lora_a.weight", ".lora_b.weight", ".lora_magnitude")
-
+__all__ = [
+    "disable_adapters",
+    "get_adapter_state_dict",
+    "get_merged_state_dict",
+    "is_adapter_key",
+    "merge_lora_weights_",
+    "merged_weight",
+    "reset_all_parameters",
+    "set_trainable_params",
+]
 
 def _lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     for name, m in model.named_modules():
         if isinstance(m, LoRALinear):
             yield name, m
-
-
-def _is_adapter_key(key: str) -> bool:
-    return key.endswith(_ADAPTER_SUFFIXES) or key.startswith(("lora_a.", "lora_b.")) or key == "lora_magnitude"
 
 
 @torch.no_grad()
@@ -63,7 +68,7 @@ def set_trainable_params(model: nn.Module) -> None:
 def get_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights only, under tunekit names (``layers.0.attn.q_proj.lora_a.weight``;
     with DoRA also ``layers.0.attn.q_proj.lora_magnitude``)."""
-    return {k: v for k, v in model.state_dict().items() if _is_adapter_key(k)}
+    return {k: v for k, v in model.state_dict().items() if is_adapter_key(k)}
 
 
 @torch.no_grad()
@@ -75,7 +80,7 @@ def get_merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     dropped, so the result loads into a model built with ``lora=None``. The model itself is
     not changed (disabled adapters are not merged).
     """
-    sd = {k: v for k, v in model.state_dict().items() if not _is_adapter_key(k)}
+    sd = {k: v for k, v in model.state_dict().items() if not is_adapter_key(k)}
     for name, m in _lora_modules(model):
         if m.disabled:
             continue
@@ -129,15 +134,13 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def is_adapter_key(key: str) -> bool:
-    """True for an adapter tensor's state-dict key (``lora_a`` / ``lora_b`` / DoRA magnitude)."""
-    return _is_adapter_key(key)
+    """Whether a state-dict / parameter name is a LoRA or DoRA adapter entry.
 
-
-@torch.no_grad()
-def merged_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, *, scaling: float,
-                  magnitude: torch.Tensor | None = None) -> torch.Tensor:
-    """``W + s B A`` (DoRA: rows rescaled by ``m / ||W + s B A||``), fp32 math, in ``weight``'s dtype."""
-    w = weight.float() + scaling * (lora_b.float() @ lora_a.float())
-    if magnitude is not None:
-        w = (magnitude.float() / torch.linalg.norm(w, dim=1)).unsqueeze(1) * w
-    return w.to(weight.dtype)
+    True for ``<linear>.lora_a.weight``, ``<linear>.lora_b.weight`` and DoRA's
+    ``<linear>.lora_magnitude`` (and their bare forms in a ``LoRALinear``'s own state dict),
+    whatever wraps the linear (``_orig_mod.``, ``_checkpoint_wrapped_module.`` ...); False for
+    every base-model weight. One definition for the whole library: what is saved as the adapter,
+    what a LoRA model may miss when it loads a plain checkpoint, what resume compares.
+    """
+    parts = key.split(".")
+    return parts[-1] == "lora_magnitude" or (len(parts) >= 2 and parts[-2] in ("lora_a", "lora_b"))

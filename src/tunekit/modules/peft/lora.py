@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunekit.modules.peft._merge import merged_weight
+
 LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output")
 """Valid ``LoRASpec.targets`` (tunekit linear names)."""
 
@@ -253,10 +255,8 @@ class LoRALinear(nn.Module):
         """The weight an ``nn.Linear`` needs to compute this layer, in the base weight's dtype:
         ``W + s B A``, or with DoRA ``m / ||W + s B A||_row * (W + s B A)``."""
         with torch.no_grad():
-            w = self.weight.float() + self.delta_weight()
-            if self.use_dora:
-                w = (self.lora_magnitude.float() / torch.linalg.norm(w, dim=1)).unsqueeze(1) * w
-            return w.to(self.weight.dtype)
+            return merged_weight(self.weight, self.lora_a.weight, self.lora_b.weight, scaling=self.scaling,
+                                 magnitude=self.lora_magnitude if self.use_dora else None)
 
     def _dora_forward(self, x: torch.Tensor) -> torch.Tensor:
         # PEFT's DoraLinearLayer.forward (peft/tuners/lora/dora.py) term by term.

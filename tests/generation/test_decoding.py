@@ -204,3 +204,60 @@ def test_token_generator_reuses_a_caller_cache_and_grows_its_own():
         assert gen.generate([1, 2, 3, 4], max_new_tokens=10, temperature=0.0).tokens == ref  # grows to 14
         assert model.layers[0].attn.kv_cache.k_cache.shape[2] == 14
     assert not model.caches_are_enabled()
+
+
+def test_stop_reason_says_what_ended_each_row_with_the_numbers():
+    from tunekit.generation import STOP_CACHE_LEN, STOP_MAX_NEW_TOKENS, STOP_MAX_SEQ_LEN, STOP_TOKEN, TokenGenerator
+
+    model = _model(3)
+    prompt = [1, 5, 9, 2, 7]
+    capped = generate(model, prompt, max_new_tokens=6, temperature=0)
+    assert capped.stop_reason == [STOP_MAX_NEW_TOKENS] and capped.max_new_tokens == 6 and capped.context_len == 48
+    assert capped.describe_stop() == "reached max_new_tokens=6"
+    # 5 + 100 > max_seq_len=48: the context window ends it, after 43 tokens, and says so.
+    full = generate(model, prompt, max_new_tokens=100, temperature=0)
+    assert full.stop_reason == [STOP_MAX_SEQ_LEN] and len(full.tokens[0]) == 43 and full.stopped == [False]
+    assert full.describe_stop() == ("stopped at the model's context window: max_seq_len=48 = 5-token prompt + "
+                                    "43 new tokens, before max_new_tokens=100 was reached")
+    # Exactly filling the window is what was asked for: max_new_tokens, not the window.
+    assert generate(model, prompt, max_new_tokens=43, temperature=0).stop_reason == [STOP_MAX_NEW_TOKENS]
+    stop = full.tokens[0][4]
+    cut = full.tokens[0].index(stop)
+    hit = generate(model, prompt, max_new_tokens=100, temperature=0, stop_tokens=[stop])
+    assert hit.stop_reason == [STOP_TOKEN] and hit.stopped == [True] and len(hit.tokens[0]) == cut
+    assert hit.describe_stop(stop_token_name="EOS (id 2)") == f"stopped at EOS (id 2) after {cut} new tokens"
+    # Two rows: one stops at its stop token, the other runs into the cap.
+    rows = torch.tensor([prompt, [1, 3, 3, 8, 4]])
+    other = generate(model, rows[1], max_new_tokens=10, temperature=0).tokens[0]
+    only_first = next(t for t in full.tokens[0][:10] if t not in other)
+    both = generate(model, rows, max_new_tokens=10, temperature=0, stop_tokens=[only_first])
+    assert both.stop_reason == [STOP_TOKEN, STOP_MAX_NEW_TOKENS] and both.stopped == [True, False]
+    # A cache the caller installed ends it at its own length.
+    model.setup_caches(batch_size=1, dtype=torch.float32, max_seq_len=12)
+    try:
+        with TokenGenerator(model) as gen:
+            res = gen.generate(prompt, max_new_tokens=30, temperature=0)
+        assert res.stop_reason == [STOP_CACHE_LEN] and res.context_len == 12 and len(res.tokens[0]) == 7
+        assert "the KV cache's length: cache length=12" in res.describe_stop()
+    finally:
+        model.remove_caches()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"temperature": float("inf")}, "temperature must be a finite number"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+    ({"top_k": 0}, "top_k must be >= 1"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+    ({"top_p": float("nan")}, r"top_p must be in \(0, 1\]"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+])  # fmt: skip
+def test_bad_sampling_settings_name_the_setting(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate(_model(), [1, 2, 3], **{"max_new_tokens": 4, **kwargs})
+
+
+def test_a_prompt_that_fills_the_context_names_both_lengths():
+    with pytest.raises(ValueError, match=r"the prompt has 48 tokens but the model's context window \(max_seq_len\) "
+                                         r"is 48 positions.*at most 47 tokens"):
+        generate(_model(), list(range(1, 49)), max_new_tokens=4)
