@@ -41,7 +41,13 @@ def _family(mt: Any) -> str:
 
 
 def _supported_model_types(mt: Any) -> tuple[str, ...]:
-    return tuple(getattr(mt, "hf_model_types", None) or _HF_MODEL_TYPES.get(_family(mt), ("llama",)))
+    explicit = getattr(mt, "hf_model_types", None)
+    if explicit:
+        return tuple(explicit)
+    own = getattr(mt, "hf_model_type", None)  # the family record's own config.json model_type
+    if own:
+        return (str(own),)
+    return _HF_MODEL_TYPES.get(_family(mt), ("llama",))
 
 
 def _supported_scaling(mt: Any) -> tuple[str, ...]:

@@ -23,6 +23,26 @@ from typing import Any
 
 import torch
 
+from tunekit.checkpointing import (
+    ADAPTER_FILE,
+    COMPLETE_MARKER,
+    INFO_FILE,
+    MODEL_SUBDIR,
+    PEFT_SUBDIR,
+    STATE_SUBDIR,
+    CheckpointError,
+    FullModelHFCheckpointer,
+    FullModelMetaCheckpointer,
+    checkpoint_format,
+    list_checkpoints,
+    load_state_file,
+    model_dir,
+    read_checkpoint_info,
+    state_dir,
+)
+from tunekit.models import ConversionError, get_model_type
+from tunekit.modules.peft import is_adapter_key, merged_weight
+
 __all__ = [
     "AdapterSource",
     "CheckpointSource",
@@ -47,15 +67,12 @@ def _sha256(path: Path) -> str:
 
 
 def _format(d: Path) -> str | None:
-    from tunekit.checkpointing import checkpoint_format
 
     return checkpoint_format(d) if d.is_dir() else None
 
 
 def _is_checkpoint_dir(d: Path) -> bool:
     """A tunekit checkpoint directory of either layout (``epoch_N/``, ``step_N/``)."""
-    from tunekit.checkpointing import COMPLETE_MARKER
-    from tunekit.checkpointing._layout import INFO_FILE
 
     return (d / INFO_FILE).is_file() or (d / COMPLETE_MARKER).is_file() or bool(_CKPT_NAME.match(d.name))
 
@@ -80,8 +97,6 @@ class CheckpointSource:
 def _merged_adapter_of(ckpt: Path) -> dict[str, Any] | None:
     """What ``ckpt``'s weights already contain: ``checkpoint.json``'s ``merged_adapter``, or, without
     that file, the ``adapter_0.pt`` a LoRA run saves beside its merged weights."""
-    from tunekit.checkpointing import ADAPTER_FILE
-    from tunekit.checkpointing._layout import read_checkpoint_info, state_dir
 
     info = read_checkpoint_info(ckpt)
     if "merged_adapter" in info:
@@ -106,8 +121,6 @@ def resolve_checkpoint(path: str | Path) -> CheckpointSource:
     Raises:
         CheckpointError: ``path`` holds no model weights (naming what it holds instead).
     """
-    from tunekit.checkpointing import CheckpointError, list_checkpoints
-    from tunekit.checkpointing._layout import MODEL_SUBDIR, PEFT_SUBDIR, STATE_SUBDIR, model_dir
 
     d = Path(path).expanduser()
     if _format(d):
@@ -143,7 +156,6 @@ def find_weights_dir(path: str | Path) -> Path:
 def weights_checkpointer(d: Path, *, model_type: str, output_dir: str | Path) -> Any:
     """The checkpointer for the weights in ``d`` (format detected by its files); nothing is read
     yet: ``.load_checkpoint()["model"]`` gives them in tunekit names."""
-    from tunekit.checkpointing import FullModelHFCheckpointer, FullModelMetaCheckpointer, checkpoint_format
 
     cls = FullModelHFCheckpointer if checkpoint_format(d) == "hf" else FullModelMetaCheckpointer
     return cls(checkpoint_dir=d, output_dir=output_dir, model_type=model_type)
@@ -173,8 +185,6 @@ def find_adapter(path: str | Path) -> AdapterSource:
     Raises:
         CheckpointError: no adapter there (naming what the directory is instead).
     """
-    from tunekit.checkpointing import ADAPTER_FILE, CheckpointError, list_checkpoints
-    from tunekit.checkpointing._layout import PEFT_SUBDIR, state_dir
 
     d = Path(path).expanduser()
     if (d / "adapter_config.json").is_file():
@@ -210,7 +220,6 @@ def check_adapter_not_merged(checkpoint: CheckpointSource, adapter_path: str | P
     Raises:
         CheckpointError: naming the merged adapter (file, sha256 when known) and the two fixes.
     """
-    from tunekit.checkpointing import CheckpointError
 
     merged = checkpoint.merged_adapter
     if merged is None:
@@ -268,7 +277,6 @@ _UNSUPPORTED_PEFT = (
 
 
 def _read_peft_config(path: Path) -> dict[str, Any]:
-    from tunekit.checkpointing import CheckpointError
 
     try:
         config = json.loads(path.read_text())
@@ -309,9 +317,6 @@ def load_adapter(path: str | Path, *, model_type: str, num_heads: int, num_kv_he
         CheckpointError: nothing usable found, an unreadable file, a setting not supported,
             keys that are not this model family's adapter weights.
     """
-    from tunekit.checkpointing import CheckpointError, load_state_file
-    from tunekit.models import ConversionError, get_model_type
-    from tunekit.modules.peft import is_adapter_key
 
     src = find_adapter(path)
     config = _read_peft_config(src.peft_dir / "adapter_config.json")
@@ -361,8 +366,6 @@ def merge_adapter(state_dict: dict[str, torch.Tensor], adapter: dict[str, torch.
         CheckpointError: the adapter names a module the weights lack, misses half of a pair, or
             its shapes do not fit the weights (an adapter trained on another model).
     """
-    from tunekit.checkpointing import CheckpointError
-    from tunekit.modules.peft import merged_weight
 
     out = dict(state_dict)
     missing, unpaired, misfit = [], [], []
