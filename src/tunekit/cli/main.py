@@ -138,24 +138,38 @@ def _split_hydra_flags(items: Sequence[str]) -> tuple[list[str], str | None, str
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from tunekit.config import ConfigError, compose, config_problems
+    from tunekit.config import ConfigError, config_problems
+    from tunekit.config.entrypoint import compose_with_hydra
     from tunekit.config.validate import format_problems
 
     if not _known_recipe(args.recipe):
         return 1
     overrides, config_dir, config_name = _split_hydra_flags(args.overrides)
+    problems: list[str] = []
     try:
-        cfg = compose(
-            args.recipe, overrides, user_config_dir=config_dir, config_name=config_name
+        cfg, hydra_node = compose_with_hydra(
+            args.recipe, overrides, user_config_dir=config_dir, config_name=config_name,
+            collect=problems,
         )
     except ConfigError as exc:
         print(f"tunekit validate: {exc}", file=sys.stderr)
         return 1
-    problems = config_problems(cfg, args.recipe)
+    problems += config_problems(cfg, args.recipe, hydra_node)
+    notes: list[str] = []
+    if not args.no_build:
+        from tunekit.config.build_check import build_problems
+
+        built, notes = build_problems(cfg, args.recipe, problems)
+        problems += built
+    for note in notes:
+        print(f"tunekit validate: note: {note}", file=sys.stderr)
     if problems:
         print(format_problems(problems, f"Invalid `{args.recipe}` config"), file=sys.stderr)
         return 1
-    print(f"OK: `{args.recipe}` composes and every component matches its signature.")
+    what = "composes and every component matches its signature"
+    if not args.no_build:
+        what += "; the model (on the meta device), data set, optimizer, lr schedule and loss build"
+    print(f"OK: `{args.recipe}` {what}.")
     return 0
 
 
@@ -203,10 +217,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_cmd_cp)
     for name, func, text in (
-        ("validate", _cmd_validate, "compose and check a config without building anything"),
+        ("validate", _cmd_validate, "compose a config, check it and build its cheap components"
+                                    " (model on the meta device, data set, optimizer, lr schedule,"
+                                    " loss); nothing is written"),
         ("run", _cmd_run, "run a recipe (any Hydra flag works: --cfg job, -m, --config-dir)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
+        if name == "validate":
+            p.add_argument("--no-build", action="store_true",
+                           help="only compose and check signatures (do not import torch)")
         p.add_argument("recipe", help="recipe name (see `tunekit ls`)")
         p.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value, group=option")
         p.set_defaults(func=func)

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 DTYPES = ("fp32", "bf16")
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 AC_POLICIES = ("full", "selective")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output")
 
@@ -76,6 +76,12 @@ def _each_one_of(choices: tuple[str, ...]) -> Check:
         return None
 
     return check
+
+
+def _device(v: Any) -> Optional[str]:
+    from tunekit.config.devices import device_syntax_problem
+
+    return device_syntax_problem(v)
 
 
 def _non_empty(v: Any) -> Optional[str]:
@@ -150,7 +156,9 @@ class _RunSettings:
     """Settings shared by every recipe."""
 
     seed: int = setting(0, _at_least(0))
-    device: str = setting("auto", _one_of(DEVICES), doc="auto = cuda if available, else cpu.")
+    device: str = setting(
+        "auto", _device, doc="auto = cuda if available, else cpu; also cpu, cuda, cuda:N, mps."
+    )
     dtype: str = setting("fp32", _one_of(DTYPES))
     compile: bool = setting(False, doc="torch.compile each decoder layer.")
     output_dir: str = setting("${tunekit.run_dir:}", doc="Defaults to Hydra's run dir.")
@@ -177,6 +185,12 @@ class _TrainSettings(_RunSettings):
     save_every_n_steps: Optional[int] = setting(None, _at_least(1), doc="Else once per epoch.")
     eval_every_n_steps: Optional[int] = setting(None, _at_least(1), doc="Else no evaluation.")
     log_every_n_steps: int = setting(10, _at_least(1))
+    max_eval_batches: Optional[int] = setting(
+        None, _at_least(1), doc="Cap on validation batches per evaluation; None = all."
+    )
+    handle_signals: bool = setting(
+        True, doc="SIGTERM/SIGINT finish the step, save a step checkpoint and stop cleanly."
+    )
     max_seq_len: int = setting(512, _at_least(2))
     packed: bool = setting(False, doc="Pack samples into max_seq_len rows.")
     train_on_input: bool = setting(False, doc="Also take the loss on the prompt tokens.")
