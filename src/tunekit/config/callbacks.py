@@ -50,8 +50,8 @@ def failed_jobs_paragraph(sweep: dict[str, Any]) -> str:
     records = sweep["records"]
     failed = [r for r in records if r["status"] == "failed"]
     parts = [
-        f"job {r['job']} ({' '.join(r['overrides']) or 'no overrides'}): "
-        + " ".join(str(r.get("error") or "").split())
+        ("" if r["job"] == "-" else f"job {r['job']} ({' '.join(r['overrides']) or 'no overrides'}): ")
+        + " ".join(str(r.get("error") or "").split()).rstrip(".")
         for r in failed
     ]
     return (
@@ -75,15 +75,20 @@ def _overrides(job_dir: Path) -> list[str]:
         return []
 
 
-def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
+def summarize_sweep(sweep_dir: str | Path, not_started: str | None = None) -> list[dict[str, Any]]:
     """Collect every job of ``sweep_dir`` and write ``summary.json`` and ``summary.md`` there.
+
+    Args:
+        sweep_dir: the sweep directory (``hydra.sweep.dir``).
+        not_started: the reason a sweep point could not even be composed (the sweep stopped
+            there); it is listed as one more failed job.
 
     Returns:
         The records, in job order.
     """
     root = Path(sweep_dir)
     records: list[dict[str, Any]] = []
-    jobs = [d for d in root.iterdir() if d.is_dir() and (
+    jobs = [d for d in (root.iterdir() if root.is_dir() else []) if d.is_dir() and (
         (d / ".hydra").is_dir() or (d / RESULT_FILE).is_file() or (d / FAILURE_FILE).is_file())]
     for d in sorted(jobs, key=_job_number):
         rec: dict[str, Any] = {"job": d.name, "dir": str(d), "overrides": _overrides(d)}
@@ -109,6 +114,12 @@ def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
             )
             rec["overrides"] = rec["overrides"] or result.get("overrides", [])
         records.append(rec)
+    if not_started is not None:
+        records.append({"job": "-", "dir": None, "overrides": [], "status": "failed",
+                        "error": "a sweep point does not compose, so Hydra started no (further)"
+                                 f" job: {not_started}", "final_train_loss": None,
+                        "final_val_loss": None, "global_step": None})
+    root.mkdir(parents=True, exist_ok=True)
     for name, text in (("summary.json", json.dumps(records, indent=2) + "\n"),
                        ("summary.md", _table(records))):
         tmp = root / (name + ".tmp")
@@ -140,6 +151,10 @@ def _table(records: list[dict[str, Any]]) -> str:
 
 class SweepSummary(Callback):
     """After a multirun, summarise the jobs into the sweep directory (see the module docstring)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        LAST_SWEEP.clear()
+        LAST_SWEEP["dir"] = str(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -27,8 +27,8 @@ from tunekit.config.errors import (
     paragraph,
 )
 from tunekit.config.schemas import SCHEMAS
-from tunekit.config.secrets import redact, redact_override
-from tunekit.config.validate import check_config
+from tunekit.config.secrets import redact, redact_override, secret_problems
+from tunekit.config.validate import check_config, format_problems
 
 __all__ = [
     "compose",
@@ -368,6 +368,10 @@ def recipe_main(recipe: str) -> Callable[[Callable[[DictConfig], Any]], Callable
 
             failures.clear()
             callbacks.LAST_SWEEP.clear()
+            # A token on the command line is refused before Hydra prints, saves or sweeps it.
+            secrets = secret_problems({}, split_hydra_argv(sys.argv[1:])[0])
+            if secrets:
+                _fail(recipe, [format_problems(secrets, f"Invalid `{recipe}` command line")])
             with _hydra_raises() as user_wants_traceback:
                 try:
                     result = hydra_main()
@@ -375,8 +379,13 @@ def recipe_main(recipe: str) -> Callable[[Callable[[DictConfig], Any]], Callable
                     text = None if user_wants_traceback else explain(exc)
                     if text is None:
                         raise
+                    if callbacks.LAST_SWEEP.get("dir") and "records" not in callbacks.LAST_SWEEP:
+                        # A sweep point that does not compose stops Hydra's launcher: the
+                        # points already run are still summarised, this one as failed.
+                        callbacks.summarize_sweep(callbacks.LAST_SWEEP["dir"], not_started=text)
+                        _fail(recipe, [callbacks.failed_jobs_paragraph(callbacks.LAST_SWEEP)])
                     _fail(recipe, [_diagnose_argv(recipe) or text])
-            if callbacks.LAST_SWEEP:
+            if callbacks.LAST_SWEEP.get("records"):
                 failed = [r for r in callbacks.LAST_SWEEP["records"] if r["status"] == "failed"]
                 if failed:
                     _fail(recipe, [callbacks.failed_jobs_paragraph(callbacks.LAST_SWEEP)])
