@@ -161,7 +161,7 @@ def test_schema_problems_are_reported_all_at_once():
     for expected in (
         "`epochs`=0: must be >= 1",
         "`dtype`='fp16': must be one of: fp32, bf16",
-        "`device`='tpu': must be one of: cpu, cuda, auto",
+        "`device`='tpu': is not a device: use auto, cpu, cuda, cuda:N (a GPU index) or mps",
         "`lora.targets`=['q_proj', 'qq']: unknown name(s) qq",
         "`lora.dropout`=1.5: must be in [0.0, 1.0)",
         "`lora.rank_pattern.k_proj`: `k_proj` is not in `lora.targets`",

@@ -3,11 +3,12 @@
 Signatures say whether a config *binds*; only building says whether its values are accepted
 (torch refuses ``lr=-1`` and ``betas=[0.9]`` when the optimizer is made, a schedule refuses a
 negative warmup, a data set an unknown template or a missing file). Everything here is cheap
-and writes nothing: the model on the meta device (no memory), the optimizer over one dummy
-parameter, the lr schedule over that optimizer with the run's real number of steps, the loss,
+and writes nothing: the optimizer over one dummy parameter, the lr schedule over that optimizer with the run's real number of steps, the loss,
 the tokenizer when its file is there, and the training split of the data set (rows read and
 checked, nothing tokenized). Checkpointers and metric loggers touch the disk and are left to
-the run. torch is imported here, never by ``import tunekit.config``.
+the run; the model is left to the run too (its signature is checked, and building even on the
+meta device costs seconds: ``torch.device("meta")`` as a context imports torch._dynamo).
+torch is imported here, never by ``import tunekit.config``.
 """
 
 from __future__ import annotations
@@ -121,12 +122,6 @@ def build_problems(cfg: DictConfig, recipe: str, known: list[str]) -> tuple[list
 
     problems: list[str] = []
     notes: list[str] = []
-
-    if _is_component(cfg, "model") and not _blocked("model", known):
-        def build_model() -> Any:
-            with torch.device("meta"):
-                return instantiate(cfg.model)
-        _attempt(cfg, "model", build_model, problems)
 
     tokenizer: Any = _NoTokenizer()
     ckpt_dir = OmegaConf.select(cfg, "checkpointer.checkpoint_dir", default=None)

@@ -372,6 +372,7 @@ def recipe_main(recipe: str) -> Callable[[Callable[[DictConfig], Any]], Callable
             secrets = secret_problems({}, split_hydra_argv(sys.argv[1:])[0])
             if secrets:
                 _fail(recipe, [format_problems(secrets, f"Invalid `{recipe}` command line")])
+            text = None
             with _hydra_raises() as user_wants_traceback:
                 try:
                     result = hydra_main()
@@ -379,12 +380,13 @@ def recipe_main(recipe: str) -> Callable[[Callable[[DictConfig], Any]], Callable
                     text = None if user_wants_traceback else explain(exc)
                     if text is None:
                         raise
-                    if callbacks.LAST_SWEEP.get("dir") and "records" not in callbacks.LAST_SWEEP:
-                        # A sweep point that does not compose stops Hydra's launcher: the
-                        # points already run are still summarised, this one as failed.
-                        callbacks.summarize_sweep(callbacks.LAST_SWEEP["dir"], not_started=text)
-                        _fail(recipe, [callbacks.failed_jobs_paragraph(callbacks.LAST_SWEEP)])
-                    _fail(recipe, [_diagnose_argv(recipe) or text])
+            if text is not None:  # outside the except block: a new error must not chain onto it
+                if callbacks.LAST_SWEEP.get("dir") and "records" not in callbacks.LAST_SWEEP:
+                    # A sweep point that does not compose stops Hydra's launcher: the points
+                    # already run are still summarised, this one as failed.
+                    callbacks.summarize_sweep(callbacks.LAST_SWEEP["dir"], not_started=text)
+                    _fail(recipe, [callbacks.failed_jobs_paragraph(callbacks.LAST_SWEEP)])
+                _fail(recipe, [_diagnose_argv(recipe) or text])
             if callbacks.LAST_SWEEP.get("records"):
                 failed = [r for r in callbacks.LAST_SWEEP["records"] if r["status"] == "failed"]
                 if failed:
