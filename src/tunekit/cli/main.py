@@ -161,19 +161,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return 1
     problems += config_problems(cfg, args.recipe, hydra_node)
     notes: list[str] = []
+    built: list[str] = []
     if not args.no_build:
         from tunekit.config.build_check import build_problems
 
-        built, notes = build_problems(cfg, args.recipe, problems)
-        problems += built
+        found, notes, built = build_problems(cfg, args.recipe, problems)
+        problems += found
     for note in notes:
         print(f"tunekit validate: note: {note}", file=sys.stderr)
     if problems:
         print(format_problems(problems, f"Invalid `{args.recipe}` config"), file=sys.stderr)
         return 1
     what = "composes and every component matches its signature"
-    if not args.no_build:
-        what += "; the data set, optimizer, lr schedule and loss build"
+    if built:
+        what += f"; built for real: {', '.join(built)}"
     print(f"OK: `{args.recipe}` {what}.")
     return 0
 

@@ -110,8 +110,10 @@ def _total_steps(cfg: DictConfig, num_samples: int | None) -> tuple[int | None, 
     return epochs * per_epoch, how
 
 
-def build_problems(cfg: DictConfig, recipe: str, known: list[str]) -> tuple[list[str], list[str]]:
-    """Build the cheap components of ``cfg``; returns ``(problems, notes)``.
+def build_problems(
+    cfg: DictConfig, recipe: str, known: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """Build the cheap components of ``cfg``; returns ``(problems, notes, what was built)``.
 
     Args:
         cfg: the composed config (already checked by ``config_problems``).
@@ -122,6 +124,7 @@ def build_problems(cfg: DictConfig, recipe: str, known: list[str]) -> tuple[list
 
     problems: list[str] = []
     notes: list[str] = []
+    built: list[str] = []
 
     tokenizer: Any = _NoTokenizer()
     ckpt_dir = OmegaConf.select(cfg, "checkpointer.checkpoint_dir", default=None)
@@ -131,22 +134,26 @@ def build_problems(cfg: DictConfig, recipe: str, known: list[str]) -> tuple[list
         notes.append(f"`checkpointer.checkpoint_dir`={str(ckpt_dir)!r} does not exist yet{hint};"
                      " the tokenizer and the weights are checked when the run starts.")
     elif _is_component(cfg, "tokenizer") and not _blocked("tokenizer", known):
-        built = _attempt(cfg, "tokenizer", lambda: instantiate(cfg.tokenizer), problems)
-        tokenizer = built if built is not None else tokenizer
+        tok = _attempt(cfg, "tokenizer", lambda: instantiate(cfg.tokenizer), problems)
+        tokenizer = tok if tok is not None else tokenizer
+        built.append("tokenizer")
 
     num_samples = None
     if _is_component(cfg, "dataset") and not _blocked("dataset", known):
         def build_dataset() -> Any:
             return instantiate(cfg.dataset)(tokenizer, split="train")
         ds = _attempt(cfg, "dataset", build_dataset, problems)
+        built.append("data set")
         num_samples = len(ds) if ds is not None else None
 
     optimizer = None
     if _is_component(cfg, "optimizer") and not _blocked("optimizer", known):
         param = torch.nn.Parameter(torch.zeros(4))
         optimizer = _attempt(cfg, "optimizer", lambda: instantiate(cfg.optimizer)([param]), problems)
+        built.append("optimizer")
 
-    if optimizer is None:  # the schedule is still checked, over a stand-in optimizer
+    if optimizer is None and _is_component(cfg, "lr_scheduler"):
+        # the schedule is still checked, over a stand-in optimizer
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(4))], lr=1e-3)
     if _is_component(cfg, "lr_scheduler") and not _blocked("lr_scheduler", known):
         schema_ok = not any(p.startswith(("`epochs`", "`batch_size`", "`gradient_accumulation_steps`",
@@ -159,6 +166,7 @@ def build_problems(cfg: DictConfig, recipe: str, known: list[str]) -> tuple[list
         else:
             sched = _attempt(cfg, "lr_scheduler", lambda: instantiate(cfg.lr_scheduler)(
                 optimizer, num_training_steps=total if total is not None else 1000), problems)
+            built.append("lr schedule")
             warmup = OmegaConf.select(cfg, "lr_scheduler.num_warmup_steps", default=None)
             if sched is not None and total is not None and isinstance(warmup, int) and warmup >= total:
                 notes.append(
@@ -168,4 +176,5 @@ def build_problems(cfg: DictConfig, recipe: str, known: list[str]) -> tuple[list
 
     if _is_component(cfg, "loss") and not _blocked("loss", known):
         _attempt(cfg, "loss", lambda: instantiate(cfg.loss), problems)
-    return problems, notes
+        built.append("loss")
+    return problems, notes, built

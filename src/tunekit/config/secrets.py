@@ -19,7 +19,10 @@ REDACTED = "<redacted>"
 
 # Hugging Face user/org access tokens and a few other common API token shapes.
 _TOKEN_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|api_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})\b")
-_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_key|apikey)($|_)", re.I)
+# Key names that hold credentials. `stop_token`, `pad_token`, `max_new_tokens` are settings.
+_SECRET_KEY = re.compile(
+    r"^((hf|hub|api|access|auth|bearer)_)?token$|secret|password|passwd|api_?key", re.I
+)
 
 
 def looks_secret(key: str | None, value: Any) -> bool:
@@ -28,9 +31,8 @@ def looks_secret(key: str | None, value: Any) -> bool:
         return False
     if _TOKEN_VALUE.search(value):
         return True
-    name = str(key or "").rsplit(".", 1)[-1]
-    # `max_new_tokens`, `pad_token_id`, `tokenizer` are settings, not secrets.
-    return bool(_SECRET_KEY.search(name)) and not name.endswith(("tokens", "_id", "_ids"))
+    name = str(key or "").rsplit(".", 1)[-1].lstrip("+~")
+    return bool(_SECRET_KEY.search(name))
 
 
 def redact(obj: Any, key: str | None = None) -> Any:
