@@ -242,3 +242,18 @@ def test_activation_checkpointing_policy_settings():
 
     s = train_settings(cfg)
     assert (s.activation_checkpointing, s.ac_policy, s.ac_every_k_layers) == (True, "selective", 1)
+
+
+def test_schema_is_the_one_source_of_every_training_setting():
+    """Every TrainSettings field has a schema field (so the loop can take all of them from cfg)."""
+    import dataclasses
+
+    from tunekit.config.schemas import FullFinetuneSchema, LoraFinetuneSchema
+    from tunekit.training.loop import TrainSettings
+
+    for schema in (LoraFinetuneSchema, FullFinetuneSchema):
+        names = {f.name for f in dataclasses.fields(schema)}
+        assert {f.name for f in dataclasses.fields(TrainSettings)} <= names
+    cfg = compose("full_finetune")
+    assert (cfg.clip_grad_norm, cfg.device) == (None, "auto")
+    assert (cfg.max_eval_batches, cfg.handle_signals) == (None, True)

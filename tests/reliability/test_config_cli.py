@@ -201,6 +201,11 @@ def test_yaml_that_names_no_recipe(tmp_path):
     assert_user_error(proc, "cannot tell which recipe", "lora_finetune_schema", "--config-name other")
 
 
+def test_validate_of_a_sweep_command_line():
+    proc = run_tunekit("validate", "lora_finetune", "-m", "optimizer.lr=1e-4,3e-4")
+    assert_user_error(proc, "not a sweep", "drop `-m`", "`optimizer.lr=1e-4`")
+
+
 def test_missing_config_dir(tmp_path):
     proc = run_tunekit("validate", "lora_finetune", "--config-dir", str(tmp_path / "nope"),
                        "--config-name", "my")

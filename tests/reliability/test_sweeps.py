@@ -16,10 +16,8 @@ from tests.reliability._harness import (
     FAST,
     REPO,
     _env,
-    assert_unchanged,
     assert_user_error,
     output,
-    snapshot,
 )
 
 
@@ -66,16 +64,6 @@ def test_a_sweep_point_that_does_not_compose_is_summarised(tmp_path):
                       "expects a value of type int")
     (record,) = _summary(sweep)
     assert record["status"] == "failed" and "lora.rank=abc" in record["error"]
-
-
-def test_a_sweep_does_not_overwrite_an_earlier_summary_of_another_sweep(tmp_path):
-    # Each sweep writes into its own directory: a second sweep elsewhere leaves the first alone.
-    first, second = tmp_path / "first", tmp_path / "second"
-    run_sweep(first, "lora.rank=0,-1")
-    before = snapshot(first)
-    proc = run_sweep(second, "lora.rank=0")
-    assert_user_error(proc, "1 of 1 sweep job(s) failed")
-    assert_unchanged(before, first)
 
 
 def test_a_token_in_a_sweep_is_refused_before_anything_is_printed_or_written(tmp_path):

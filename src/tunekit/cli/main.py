@@ -149,6 +149,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if recipe is None:
         return 1
     args.recipe = recipe
+    if "-m" in items or "--multirun" in items:
+        print("tunekit validate: checks one config, not a sweep: drop `-m` and give each key one"
+              " value (validate every sweep point you plan, e.g. `optimizer.lr=1e-4`, then"
+              " `optimizer.lr=3e-4`).", file=sys.stderr)
+        return 1
     overrides, config_dir, config_name = _split_hydra_flags(items)
     problems: list[str] = []
     try:
