@@ -249,7 +249,10 @@ def test_schema_is_the_one_source_of_every_training_setting():
     import dataclasses
 
     from tunekit.config.schemas import FullFinetuneSchema, LoraFinetuneSchema
-    from tunekit.training.loop import TrainSettings
+    try:  # where the loop's settings live moves with the training room's layout
+        from tunekit.training.settings import TrainSettings
+    except ImportError:
+        from tunekit.training.loop import TrainSettings
 
     for schema in (LoraFinetuneSchema, FullFinetuneSchema):
         names = {f.name for f in dataclasses.fields(schema)}
