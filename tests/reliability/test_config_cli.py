@@ -95,7 +95,7 @@ def test_required_value_of_a_group_option_names_the_key():
         ("+lr_scheduler.min_lr_ratio=2", ["`lr_scheduler.min_lr_ratio`=2", "must be in [0, 1]",
                                           "`lr_scheduler.min_lr_ratio=0.0`"]),
         ("dataset.template=foo", ["`dataset.template`='foo'", "alpaca", "llama2_chat",
-                                  "`dataset.template=alpaca`"]),
+                                  "dataset.template=alpaca"]),
         ("dataset.source=/no/such/data.json", ["`dataset.source`='/no/such/data.json'", "does not exist",
                                                ".jsonl", "alpaca_tiny"]),
         ("loss=chunked_cross_entropy loss.num_chunks=0", ["`loss.num_chunks`=0", "must be >= 1",
