@@ -122,3 +122,29 @@ def test_cfg_job_is_fast_and_does_not_import_torch():
     assert proc.returncode == 0
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "hydra" in imported
+
+
+def test_validate_and_run_take_a_yaml_file(tmp_path):
+    assert tunekit("cp", "lora_finetune", "my.yaml", cwd=tmp_path).returncode == 0
+    ok = tunekit("validate", "my.yaml", "epochs=1", cwd=tmp_path)
+    assert ok.returncode == 0 and "OK: `lora_finetune`" in ok.stdout and "optimizer, lr schedule" in ok.stdout
+    run = tunekit("run", "my.yaml", "batch_size=7", "--cfg", "job", cwd=tmp_path)
+    assert run.returncode == 0 and "batch_size: 7" in run.stdout
+
+
+def test_validate_no_build_skips_building():
+    proc = tunekit("validate", "lora_finetune", "--no-build", "optimizer.lr=-1")
+    assert proc.returncode == 0 and "build" not in proc.stdout.split("signature")[-1]
+
+
+def test_validate_notes_a_model_not_downloaded_yet(tmp_path):
+    proc = _run("-m", "tunekit.cli.main", "validate", "lora_finetune", "model=llama2_7b",
+                env={"TUNEKIT_MODELS_ROOT": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "does not exist yet" in proc.stderr and "tunekit download meta-llama/Llama-2-7b-hf" in proc.stderr
+
+
+def test_validate_notes_a_warmup_longer_than_the_run():
+    proc = tunekit("validate", "lora_finetune", "max_steps_per_epoch=2", "epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "`lr_scheduler.num_warmup_steps`=10 is not below the run's 2 optimizer steps" in proc.stderr

@@ -161,7 +161,7 @@ def test_schema_problems_are_reported_all_at_once():
     for expected in (
         "`epochs`=0: must be >= 1",
         "`dtype`='fp16': must be one of: fp32, bf16",
-        "`device`='tpu': must be one of: cpu, cuda, auto",
+        "`device`='tpu': is not a device: use auto, cpu, cuda, cuda:N (a GPU index) or mps",
         "`lora.targets`=['q_proj', 'qq']: unknown name(s) qq",
         "`lora.dropout`=1.5: must be in [0.0, 1.0)",
         "`lora.rank_pattern.k_proj`: `k_proj` is not in `lora.targets`",
@@ -242,3 +242,21 @@ def test_activation_checkpointing_policy_settings():
 
     s = train_settings(cfg)
     assert (s.activation_checkpointing, s.ac_policy, s.ac_every_k_layers) == (True, "selective", 1)
+
+
+def test_schema_is_the_one_source_of_every_training_setting():
+    """Every TrainSettings field has a schema field (so the loop can take all of them from cfg)."""
+    import dataclasses
+
+    from tunekit.config.schemas import FullFinetuneSchema, LoraFinetuneSchema
+    try:  # where the loop's settings live moves with the training room's layout
+        from tunekit.training.settings import TrainSettings
+    except ImportError:
+        from tunekit.training.loop import TrainSettings
+
+    for schema in (LoraFinetuneSchema, FullFinetuneSchema):
+        names = {f.name for f in dataclasses.fields(schema)}
+        assert {f.name for f in dataclasses.fields(TrainSettings)} <= names
+    cfg = compose("full_finetune")
+    assert (cfg.clip_grad_norm, cfg.device) == (None, "auto")
+    assert (cfg.max_eval_batches, cfg.handle_signals) == (None, True)

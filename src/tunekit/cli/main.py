@@ -138,25 +138,94 @@ def _split_hydra_flags(items: Sequence[str]) -> tuple[list[str], str | None, str
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from tunekit.config import ConfigError, compose, config_problems
+    from tunekit.config import ConfigError, config_problems
+    from tunekit.config.entrypoint import compose_with_hydra
     from tunekit.config.validate import format_problems
 
-    if not _known_recipe(args.recipe):
+    if "--no-build" in args.overrides:  # also accepted after the recipe name
+        args.overrides = [o for o in args.overrides if o != "--no-build"]
+        args.no_build = True
+    recipe, items = _recipe_and_overrides(args)
+    if recipe is None:
         return 1
-    overrides, config_dir, config_name = _split_hydra_flags(args.overrides)
+    args.recipe = recipe
+    if "-m" in items or "--multirun" in items:
+        print("tunekit validate: checks one config, not a sweep: drop `-m` and give each key one"
+              " value (validate every sweep point you plan, e.g. `optimizer.lr=1e-4`, then"
+              " `optimizer.lr=3e-4`).", file=sys.stderr)
+        return 1
+    overrides, config_dir, config_name = _split_hydra_flags(items)
+    problems: list[str] = []
     try:
-        cfg = compose(
-            args.recipe, overrides, user_config_dir=config_dir, config_name=config_name
+        cfg, hydra_node = compose_with_hydra(
+            args.recipe, overrides, user_config_dir=config_dir, config_name=config_name,
+            collect=problems,
         )
     except ConfigError as exc:
         print(f"tunekit validate: {exc}", file=sys.stderr)
         return 1
-    problems = config_problems(cfg, args.recipe)
+    problems += config_problems(cfg, args.recipe, hydra_node)
+    notes: list[str] = []
+    built: list[str] = []
+    if not args.no_build:
+        from tunekit.config.build_check import build_problems
+
+        found, notes, built = build_problems(cfg, args.recipe, problems)
+        problems += found
+    for note in notes:
+        print(f"tunekit validate: note: {note}", file=sys.stderr)
     if problems:
         print(format_problems(problems, f"Invalid `{args.recipe}` config"), file=sys.stderr)
         return 1
-    print(f"OK: `{args.recipe}` composes and every component matches its signature.")
+    what = "composes and every component matches its signature"
+    if built:
+        what += f"; built for real: {', '.join(built)}"
+    print(f"OK: `{args.recipe}` {what}.")
     return 0
+
+
+def _recipe_of_yaml(path: Path) -> str | None:
+    """The recipe a YAML file configures (its defaults name ``<recipe>_schema`` or ``<recipe>``)."""
+    from tunekit.config.errors import yaml_error_text
+
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        print(f"tunekit: cannot read `{path}`: {exc.strerror}.", file=sys.stderr)
+        return None
+    except yaml.YAMLError as exc:
+        print(f"tunekit: {yaml_error_text(exc)}", file=sys.stderr)
+        return None
+    recipes = list_recipes()
+    defaults = data.get("defaults", []) if isinstance(data, dict) else []
+    for entry in defaults if isinstance(defaults, list) else []:
+        name = str(entry).removesuffix("_schema") if isinstance(entry, str) else None
+        if name in recipes:
+            return name
+    print(
+        f"tunekit: cannot tell which recipe `{path}` configures: its `defaults:` list names none"
+        f" of {', '.join(r + '_schema' for r in recipes)}. Name the recipe first:"
+        f" `tunekit validate <recipe> --config-dir {path.parent} --config-name {path.stem}`.",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """``tunekit validate|run RECIPE ...`` or ``tunekit validate|run my.yaml ...``."""
+    if args.recipe.endswith((".yaml", ".yml")) or "/" in args.recipe:
+        path = Path(args.recipe)
+        if not path.is_file():
+            print(f"tunekit: `{path}` is not a file; give a recipe name (see `tunekit ls`)"
+                  " or the path of a YAML config.", file=sys.stderr)
+            return None, []
+        recipe = _recipe_of_yaml(path)
+        flags = ["--config-dir", str(path.parent.resolve()), "--config-name", path.stem]
+        return recipe, flags + list(args.overrides)
+    if not _known_recipe(args.recipe):
+        return None, []
+    return args.recipe, list(args.overrides)
 
 
 def _known_recipe(recipe: str) -> bool:
@@ -174,10 +243,11 @@ def _known_recipe(recipe: str) -> bool:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if not _known_recipe(args.recipe):
+    recipe, items = _recipe_and_overrides(args)
+    if recipe is None:
         return 1
-    script = _dirs()[1] / f"{args.recipe}.py"
-    sys.argv = [str(script), *args.overrides]
+    script = _dirs()[1] / f"{recipe}.py"
+    sys.argv = [str(script), *items]
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
@@ -203,11 +273,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_cmd_cp)
     for name, func, text in (
-        ("validate", _cmd_validate, "compose and check a config without building anything"),
+        ("validate", _cmd_validate, "compose a config, check it and build its cheap components"
+                                    " (data set, optimizer, lr schedule, loss); nothing is written"),
         ("run", _cmd_run, "run a recipe (any Hydra flag works: --cfg job, -m, --config-dir)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("recipe", help="recipe name (see `tunekit ls`)")
+        if name == "validate":
+            p.add_argument("--no-build", action="store_true",
+                           help="only compose and check signatures (do not import torch)")
+        p.add_argument("recipe", help="recipe name (see `tunekit ls`) or a YAML config file")
         p.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value, group=option")
         p.set_defaults(func=func)
     for name, (_, text) in EXTERNAL_COMMANDS.items():

@@ -4,9 +4,11 @@ Importing this package registers the recipe schemas in Hydra's ConfigStore and t
 OmegaConf resolvers. It never imports torch.
 """
 
-from tunekit.config._instantiate import instantiate
+from tunekit.config._instantiate import ConfigPartial, instantiate
+from tunekit.config.devices import check_device
 from tunekit.config.entrypoint import (
     compose,
+    compose_with_hydra,
     config_dir,
     find_shipped_dir,
     is_multirun,
@@ -18,6 +20,7 @@ from tunekit.config.entrypoint import (
 )
 from tunekit.config.errors import ConfigError, explain
 from tunekit.config.resolvers import default_models_root, register_resolvers
+from tunekit.config.secrets import redact, secret_problems
 from tunekit.config.schemas import SCHEMAS, register_schemas
 from tunekit.config.validate import check_config, config_problems, locate
 
@@ -27,8 +30,11 @@ register_schemas()
 __all__ = [
     "SCHEMAS",
     "ConfigError",
+    "ConfigPartial",
     "check_config",
+    "check_device",
     "compose",
+    "compose_with_hydra",
     "config_dir",
     "config_problems",
     "default_models_root",
@@ -41,5 +47,7 @@ __all__ = [
     "print_config",
     "recipe_main",
     "recipes_dir",
+    "redact",
     "resolved_yaml",
+    "secret_problems",
 ]

@@ -10,6 +10,7 @@ rewritten into one paragraph by ``tunekit.config.validate.explain_instantiation_
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import hydra.utils
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunekit.config.errors import ConfigError
 
-__all__ = ["COMPONENT", "TARGET", "instantiate", "target_key", "to_hydra_node"]
+__all__ = ["COMPONENT", "TARGET", "ConfigPartial", "instantiate", "target_key", "to_hydra_node"]
 
 COMPONENT = "_component_"
 TARGET = "_target_"
@@ -112,8 +113,59 @@ def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
     node = to_hydra_node(config)
     kwargs = {k: to_hydra_node(v) if _mentions_component(v) else v for k, v in kwargs.items()}
     try:
-        return hydra.utils.instantiate(node, *args, **kwargs)
+        built = hydra.utils.instantiate(node, *args, **kwargs)
     except InstantiationException as exc:
         from tunekit.config.validate import explain_instantiation_error
 
         raise ConfigError(explain_instantiation_error(exc, config, args, kwargs)) from exc
+    if isinstance(built, functools.partial) and isinstance(node, DictConfig) and TARGET in node:
+        path = config._get_full_key(None) if OmegaConf.is_config(config) else ""
+        built = ConfigPartial.wrap(built, path=path or "<root>", dotted=str(node[TARGET]),
+                                   config_keys=[str(k) for k in node.keys()])
+    return built
+
+
+class ConfigPartial(functools.partial):
+    """A ``functools.partial`` built from a config node (``_partial_: true``).
+
+    Calling it is where the component sees its values (an optimizer gets its parameters, a
+    schedule its optimizer), so that is where a bad value fails: an exception of exactly
+    ``ValueError``/``TypeError``/``IndexError``/``KeyError`` becomes a :class:`ConfigError`
+    naming the key path (``optimizer.lr``), the value and the fix. Any other exception keeps
+    its type.
+    """
+
+    tk_path: str = "<root>"
+    tk_dotted: str = "?"
+    tk_values: dict[str, Any] = {}
+    tk_target: Any = None
+
+    @classmethod
+    def wrap(cls, part: functools.partial, *, path: str, dotted: str,
+             config_keys: list[str]) -> "ConfigPartial":
+        # `part` may be Hydra's own partial subclass (it checks the target policy when
+        # called): keep it whole as the wrapped callable.
+        new = cls(part)
+        new.tk_path, new.tk_dotted, new.tk_target = path, dotted, part.func
+        new.tk_values = {k: v for k, v in part.keywords.items()
+                         if k in config_keys and not k.startswith("_")}
+        return new
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            from omegaconf.errors import OmegaConfBaseException
+
+            from tunekit.config.validate import VALUE_ERRORS, build_error_text
+
+            if type(exc) not in VALUE_ERRORS and not isinstance(exc, OmegaConfBaseException):
+                raise
+            values = {k: v for k, v in self.tk_values.items() if k not in kwargs}
+
+            def probe(**reset: Any) -> Any:
+                return functools.partial.__call__(self, *args, **{**kwargs, **reset})
+
+            text = build_error_text(exc, path=self.tk_path, dotted=self.tk_dotted,
+                                    target=self.tk_target, values=values, probe=probe)
+            raise ConfigError(text) from exc

@@ -28,7 +28,15 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-__all__ = ["ConfigError", "close_matches", "did_you_mean", "explain", "paragraph"]
+__all__ = [
+    "ConfigError",
+    "close_matches",
+    "did_you_mean",
+    "explain",
+    "explain_with_override",
+    "paragraph",
+    "yaml_error_text",
+]
 
 
 class ConfigError(ValueError):
@@ -148,19 +156,44 @@ def _explain_missing_config(err: MissingConfigException, override: str | None) -
     )
 
 
-def explain(exc: BaseException) -> str | None:
-    """Turn a config-related exception into one readable paragraph.
+def yaml_error_text(err: BaseException) -> str:
+    """One paragraph for a YAML syntax error: the file, line, column, what is wrong and the fix."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    where = "a YAML config"
+    if mark is not None:
+        where = f"`{mark.name}`, line {mark.line + 1}, column {mark.column + 1}"
+    what = f"{context}, {problem}" if context else problem
+    if "duplicate key" in what:
+        fix = "A key may appear only once in a mapping: merge the two blocks into one."
+    elif "'\\t'" in problem or "\t" in problem:
+        fix = "YAML does not allow tab characters for indentation: indent with spaces."
+    else:
+        fix = "Fix the YAML syntax there (indentation, a missing `:`, an unclosed bracket or quote)."
+    return f"Cannot read the config file {where}: {what}. {fix}"
 
-    Args:
-        exc: an exception raised while composing, validating or instantiating a config.
+
+def _yaml_error(exc: BaseException) -> BaseException | None:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - hydra depends on PyYAML
+        return None
+    return _first(exc, yaml.YAMLError)
+
+
+def explain_with_override(exc: BaseException) -> tuple[str | None, str | None]:
+    """Like :func:`explain`, also returning the command-line override that caused ``exc``.
 
     Returns:
-        The paragraph, or ``None`` when ``exc`` is not a config mistake (a real bug should
-        keep its traceback).
+        ``(paragraph or None, "key=value" / "group=option" override or None)``.
     """
     own = _first(exc, ConfigError)
     if own is not None:
-        return str(own)
+        return str(own), None
+    yaml_err = _yaml_error(exc)
+    if yaml_err is not None:
+        return yaml_error_text(yaml_err), None
     override = None
     for e in _chain(exc):
         m = _OVERRIDE_RE.search(str(e))
@@ -172,12 +205,27 @@ def explain(exc: BaseException) -> str | None:
             break
     missing = _first(exc, MissingConfigException)
     if missing is not None:
-        return _explain_missing_config(missing, override)
+        group, _, option = (missing.missing_cfg_file or "").rpartition("/")
+        culprit = override or (f"{group}={option}" if group else None)
+        return _explain_missing_config(missing, override), culprit
     oc = _first(exc, OmegaConfBaseException)
     if oc is not None and isinstance(exc, (ConfigCompositionException, OmegaConfBaseException)):
-        return _explain_omegaconf(oc, override)
+        return _explain_omegaconf(oc, override), override
     if isinstance(exc, OverrideParseException):
-        return paragraph(f"Cannot parse the command-line override: {exc}")
+        return paragraph(f"Cannot parse the command-line override: {exc}"), None
     if isinstance(exc, ConfigCompositionException):
-        return paragraph(str(exc).replace("\n", " "))
-    return None
+        return paragraph(str(exc).replace("\n", " ")), override
+    return None, None
+
+
+def explain(exc: BaseException) -> str | None:
+    """Turn a config-related exception into one readable paragraph.
+
+    Args:
+        exc: an exception raised while composing, validating or instantiating a config.
+
+    Returns:
+        The paragraph, or ``None`` when ``exc`` is not a config mistake (a real bug should
+        keep its traceback).
+    """
+    return explain_with_override(exc)[0]

@@ -11,6 +11,8 @@
   primary configs' ``hydra.run.dir`` uses it; see :func:`run_id`).
 - ``${tunekit.sweep_id:}``: ``run_id`` for ``hydra.sweep.dir``; refuses a ``-m`` sweep inside a
   multi-rank torchrun/srun launch (sweeps of distributed jobs go through a submitit launcher).
+- ``${tunekit.hydra_subdir:}``: ``.hydra`` (``hydra.output_subdir``), or null when a command-line
+  override holds an access token, so Hydra writes no copy of it before the run refuses it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -135,12 +138,36 @@ MULTIRUN_IN_TORCHRUN = (
 )
 
 
+def hydra_subdir(*, _root_: Any = None) -> str | None:
+    """``hydra.output_subdir``: ``.hydra``, or None when the config or an override holds a token."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from tunekit.config.secrets import redact_override, secret_problems
+
+    if HydraConfig.initialized():
+        task = OmegaConf.select(HydraConfig.get(), "overrides.task", default=None) or []
+        if any(redact_override(str(o)) != str(o) for o in task):
+            return None
+    if _root_ is not None:
+        try:
+            keys = [k for k in _root_.keys() if k != "hydra"]
+            plain = {k: OmegaConf.to_container(_root_._get_node(k), resolve=False)
+                     if OmegaConf.is_config(_root_._get_node(k)) else _root_._get_node(k)._value()
+                     for k in keys}
+        except Exception:
+            return ".hydra"
+        if secret_problems(plain):
+            return None
+    return ".hydra"
+
+
 def register_resolvers() -> None:
     """Register tunekit's resolvers with OmegaConf (idempotent)."""
     resolvers = (
         ("tunekit.models_root", default_models_root),
         ("tunekit.asset", asset_path),
         ("tunekit.run_dir", run_dir),
+        ("tunekit.hydra_subdir", hydra_subdir),
     )
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 DTYPES = ("fp32", "bf16")
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 AC_POLICIES = ("full", "selective")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output")
 
@@ -82,6 +82,12 @@ def _each_one_of(choices: tuple[str, ...]) -> Check:
         return None
 
     return check
+
+
+def _device(v: Any) -> Optional[str]:
+    from tunekit.config.devices import device_syntax_problem
+
+    return device_syntax_problem(v)
 
 
 def _non_empty(v: Any) -> Optional[str]:
@@ -156,7 +162,9 @@ class _RunSettings:
     """Settings shared by every recipe."""
 
     seed: int = setting(0, _at_least(0))
-    device: str = setting("auto", _one_of(DEVICES), doc="auto = cuda if available, else cpu.")
+    device: str = setting(
+        "auto", _device, doc="auto = cuda if available, else cpu; also cpu, cuda, cuda:N, mps."
+    )
     dtype: str = setting("fp32", _one_of(DTYPES))
     compile: bool = setting(False, doc="torch.compile each decoder layer.")
     output_dir: str = setting("${tunekit.run_dir:}", doc="Defaults to Hydra's run dir.")

@@ -21,16 +21,23 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from tunekit.config._instantiate import target_key
 from tunekit.config.errors import ConfigError, close_matches, did_you_mean, paragraph
+from tunekit.config.devices import check_device
+from tunekit.config.required import required_value_problems
 from tunekit.config.schemas import SCHEMAS, schema_problems
+from tunekit.config.secrets import secret_problems
 
 __all__ = [
     "check_config",
     "component_problems",
     "config_problems",
+    "build_error_text",
+    "cli_value",
     "explain_instantiation_error",
+    "find_culprits",
     "locate",
     "resolution_problems",
 ]
@@ -196,21 +203,47 @@ def resolution_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def config_problems(cfg: DictConfig, recipe: str) -> list[str]:
-    """All problems of a composed recipe config: resolution, schema, component signatures."""
+def config_problems(cfg: DictConfig, recipe: str, hydra_cfg: DictConfig | None = None) -> list[str]:
+    """All problems of a composed recipe config, without building anything.
+
+    Required values (``???``) left unset or hidden by a default, broken interpolations, the
+    schema's ranges and choices, the device, credentials written into the config, and the
+    signature of every component.
+
+    Args:
+        cfg: the composed config.
+        recipe: the recipe name (selects the schema).
+        hydra_cfg: Hydra's node of the composition (``HydraConfig.get()``); with it, a ``???``
+            written in the user's YAML but filled by a schema/group default is reported too.
+    """
     problems = resolution_problems(cfg)
+    if hydra_cfg is not None:
+        problems += required_value_problems(cfg, hydra_cfg)
     schema = SCHEMAS.get(recipe)
     if schema is not None:
         problems += schema_problems(cfg, schema)
+    if "device" in cfg and not cfg._get_node("device")._is_missing():
+        try:
+            device_problem = check_device(cfg.device)
+        except Exception:  # unresolvable: reported above
+            device_problem = None
+        if device_problem and not any(p.startswith("`device`") for p in problems):
+            problems.append(device_problem)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # unresolvable: reported above
+        container = OmegaConf.to_container(cfg, resolve=False)
+    overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    problems += secret_problems(container, overrides)
     for node in _walk(cfg):
         if isinstance(node, DictConfig) and not (node._is_none() or node._is_missing()):
             problems += component_problems(node)
     return problems
 
 
-def check_config(cfg: DictConfig, recipe: str) -> None:
+def check_config(cfg: DictConfig, recipe: str, hydra_cfg: DictConfig | None = None) -> None:
     """Raise one ``ConfigError`` listing every problem of ``cfg`` (see ``config_problems``)."""
-    problems = config_problems(cfg, recipe)
+    problems = config_problems(cfg, recipe, hydra_cfg)
     if problems:
         raise ConfigError(format_problems(problems, f"Invalid `{recipe}` config"))
 
@@ -265,6 +298,10 @@ def explain_instantiation_error(
         if problems:
             return f"Cannot build {dotted!r}: " + " ".join(problems)
         cause = exc.__cause__
+        if cause is not None and (type(cause) in VALUE_ERRORS
+                                  or isinstance(cause, OmegaConfBaseException)):
+            return _explain_node_value_error(cause, node, str(dotted), path or "<root>",
+                                             args if is_top else (), kwargs if is_top else {})
         # A failure inside the component itself is not a config mistake: keep it visible.
         if cause is not None and not isinstance(cause, TypeError):
             if hasattr(cause, "add_note"):
@@ -273,3 +310,162 @@ def explain_instantiation_error(
     body = paragraph(_FULL_KEY_RE.sub("", text)).replace("\n", " ")
     body = body.replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "")
     return f"`{path or '<root>'}`: {body}"
+
+
+#: Exceptions (exactly these built-in types, not subclasses) that a callable raises when it
+#: refuses an argument value: torch's ``ValueError("Invalid learning rate: -1")``, the
+#: ``IndexError`` of ``betas=[0.9]``. Subclasses (``DataFormatError``, ...) carry their own
+#: complete message and keep their type.
+VALUE_ERRORS = (ValueError, TypeError, IndexError, KeyError)
+
+# How libraries spell a parameter in their messages when it is not its own name.
+_SPELLINGS = {"lr": ("learning rate", "learning_rate"), "eps": ("epsilon",),
+              "betas": ("beta",), "num_warmup_steps": ("warmup",)}
+
+
+def _plain(value: Any) -> Any:
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def cli_value(value: Any) -> str:
+    """``value`` written as a command-line override value (``[0.9,0.999]``, ``null``, ``true``)."""
+    value = _plain(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(cli_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _mentions(text: str, word: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(word)}(?![A-Za-z0-9_])", text, re.I) is not None
+
+
+def find_culprits(
+    exc: BaseException, values: dict[str, Any], defaults: dict[str, Any], probe: Any = None
+) -> list[str]:
+    """The config keys whose values made a callable raise ``exc``.
+
+    In order: keys named in the message (or in a usual spelling: ``learning rate`` for ``lr``),
+    the one key whose value the message quotes, and, with ``probe(**{key: default})``, the
+    keys whose reset to the callable's default makes the call succeed.
+    """
+    msg = str(exc)
+    named = [k for k in values if _mentions(msg, k) or _mentions(msg, k.replace("_", " "))]
+    if named:
+        return named
+    named = [k for k in values if any(_mentions(msg, w) for w in _SPELLINGS.get(k, ()))]
+    if named:
+        return named
+    quoted = [k for k, v in values.items()
+              if isinstance(_plain(v), (int, float, str)) and not isinstance(v, bool)
+              and len(str(v)) > 0 and _mentions(msg, str(v))]
+    if len(quoted) == 1:
+        return quoted
+    if probe is None:
+        return []
+    found = []
+    for key, value in list(values.items())[:16]:
+        if key not in defaults or _plain(defaults[key]) == _plain(value):
+            continue
+        try:
+            probe(**{key: defaults[key]})
+        except Exception:
+            continue
+        found.append(key)
+    return found
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if isinstance(exc, OmegaConfBaseException) else str(exc)
+    name = "IndexError" if isinstance(exc, IndexError) else type(exc).__name__
+    return " ".join(f"{name}: {text}".split())
+
+
+def build_error_text(
+    exc: BaseException, *, path: str, dotted: str, target: Any, values: dict[str, Any],
+    probe: Any = None,
+) -> str:
+    """One paragraph for the values a component refused: key paths, values, reasons and fixes.
+
+    With ``probe``, the keys found are reset to their defaults and the call retried, so a
+    second bad value of the same node is reported in the same paragraph.
+    """
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        sig = None
+    defaults = {} if sig is None else {
+        n: p.default for n, p in sig.parameters.items() if p.default is not p.empty
+    }
+    where = path if path and path != "<root>" else ""
+    parts: list[str] = []
+
+    def part(keys: list[str], err: BaseException) -> None:
+        shown, fixes = [], []
+        for key in keys:
+            full = f"{where}.{key}" if where else key
+            shown.append(f"`{full}`={_plain(values[key])!r}")
+            fix = f"set `{full}` to a valid value"
+            if key in defaults:
+                fix += f" (the default is `{full}={cli_value(defaults[key])}`)"
+            fixes.append(fix)
+        parts.append(f"{' and '.join(shown)}: refused by {dotted} ({_reason(err)})."
+                     f" Fix: {'; '.join(fixes)}.")
+
+    named = find_culprits(exc, values, defaults, None)
+    if named:
+        part(named, exc)
+    if probe is not None:
+        # Every other value alone (the rest at their defaults): reports all bad values at once.
+        resettable = [k for k in values if k in defaults and _plain(defaults[k]) != _plain(values[k])]
+        base = {k: defaults[k] for k in resettable}
+        try:
+            probe(**base)
+            baseline_ok = True
+        except Exception:
+            baseline_ok = False
+        if baseline_ok:
+            for key in resettable[:16]:
+                if key in named:
+                    continue
+                try:
+                    probe(**{k: v for k, v in base.items() if k != key})
+                except Exception as err:
+                    if type(err) in VALUE_ERRORS or isinstance(err, OmegaConfBaseException):
+                        part([key], err)
+    if parts:
+        return " ".join(parts)
+    shown = ", ".join(f"{k}={_plain(v)!r}" for k, v in values.items())
+    sig_text = f" Signature: {_render_signature(dotted, sig)}." if sig is not None else ""
+    return (f"Building `{where or '<root>'}` ({dotted}) failed: {_reason(exc)}. Check the values"
+            f" under `{where or '<root>'}` ({shown or 'none'}).{sig_text}")
+
+
+def _explain_node_value_error(exc: BaseException, node: DictConfig, dotted: str, path: str,
+                              args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+    values = {str(k): node._get_node(k)._value() if not OmegaConf.is_config(node._get_node(k))
+              else node._get_node(k) for k in node.keys() if k not in _HYDRA_KEYS}
+    try:
+        values = {k: _plain(OmegaConf.select(node, k)) for k in values}
+    except Exception:
+        pass
+    try:
+        target = locate(dotted)
+    except ConfigError:
+        target = None
+    nested = any(isinstance(v, dict) and (COMPONENT_KEYS & set(v)) for v in values.values())
+    probe = None
+    if target is not None and not nested:
+        def probe(**reset: Any) -> Any:
+            return target(*args, **{**values, **kwargs, **reset})
+    return build_error_text(exc, path=path, dotted=dotted, target=target, values=values, probe=probe)
+
+
+COMPONENT_KEYS = {"_component_", "_target_"}
