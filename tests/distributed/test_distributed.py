@@ -69,8 +69,8 @@ def test_full_two_ranks_match_one_process(two_ranks, tmp_path):
     # End-of-epoch checkpoint: a full HF checkpoint written by rank 0, the same weights.
     from safetensors.torch import load_file
 
-    a = {k: v for f in sorted((two_ranks / "full/epoch_0").glob("*.safetensors")) for k, v in load_file(f).items()}
-    b = {k: v for f in sorted((tmp_path / "full_ref/epoch_0").glob("*.safetensors")) for k, v in load_file(f).items()}
+    a = {k: v for f in sorted((two_ranks / "full/epoch_0/model").glob("*.safetensors")) for k, v in load_file(f).items()}
+    b = {k: v for f in sorted((tmp_path / "full_ref/epoch_0/model").glob("*.safetensors")) for k, v in load_file(f).items()}
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
@@ -83,7 +83,7 @@ def test_lora_two_ranks_match_one_process(two_ranks, tmp_path):
     one = W.run("lora_ref", tmp_path, lora=True, batch_size=2, ga=2, steps=3)
     assert two["losses"] == pytest.approx(one["losses"], rel=RTOL)
     merged = two_ranks / "lora/epoch_0"
-    assert (merged / "adapter_0.pt").is_file() and (merged / "adapter/adapter_config.json").is_file()
+    assert (merged / "state/adapter_0.pt").is_file() and (merged / "adapter/adapter_config.json").is_file()
 
 
 def test_sharded_step_checkpoint_resumes_on_one_process(two_ranks, tmp_path):
@@ -197,7 +197,7 @@ def test_submitit_local_launcher_runs_a_two_rank_job(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.out"))
     assert "global_rank=0(2)" in logs and "global_rank=1(2)" in logs
-    state = torch.load(sweep / "0/epoch_0/recipe_state.pt", weights_only=True)
+    state = torch.load(sweep / "0/epoch_0/state/recipe_state.pt", weights_only=True)
     assert state["recipe_state"]["world_size"] == 2
     assert json.loads((sweep / "0/result.json").read_text())["global_step"] == 2
     assert [d.name for d in sweep.iterdir() if not d.name.startswith(".") and d.is_dir()] == ["0"]
@@ -217,7 +217,7 @@ def test_torchrun_recipe_full_finetune(tmp_path):
     runs = list((tmp_path / "outputs/full_finetune").iterdir())
     assert len(runs) == 1  # both ranks agreed on the run dir
     assert (runs[0] / "step_2/state/dcp/.metadata").is_file() and (runs[0] / "step_2/COMPLETE").is_file()
-    assert list((runs[0] / "epoch_0").glob("*.safetensors"))
+    assert list((runs[0] / "epoch_0" / "model").glob("*.safetensors"))
     assert json.loads((runs[0] / "result.json").read_text())["global_step"] == 3
 
 

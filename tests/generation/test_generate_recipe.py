@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -24,20 +22,14 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def _to_current_layout(flat_epoch: Path, epoch: Path) -> None:
-    """A copy of a flat-layout epoch dir in the current layout (files moved as the checkpointer now saves)."""
-    shutil.copytree(flat_epoch, epoch)
-    (epoch / "model").mkdir()
-    (epoch / "state").mkdir()
-    for pattern in ("model*.safetensors", "model.safetensors.index.json", "*config.json", "tokenizer*"):
-        for f in epoch.glob(pattern):
-            f.rename(epoch / "model" / f.name)
-    for name in ("adapter_0.pt", "recipe_state.pt"):
-        (epoch / name).rename(epoch / "state" / name)
-    sha = hashlib.sha256((epoch / "state" / "adapter_0.pt").read_bytes()).hexdigest()
-    (epoch / "checkpoint.json").write_text(json.dumps({
-        "format": "hf", "epoch": 0, "step": None, "trained_with": {},
-        "merged_adapter": {"sha256": sha, "file": "state/adapter_0.pt"}}))
+def _to_flat_layout(epoch: Path, flat: Path) -> None:
+    """A copy of a current-layout epoch dir in the older flat layout (everything side by side)."""
+    shutil.copytree(epoch, flat)
+    for sub in ("model", "state"):
+        for f in (flat / sub).iterdir():
+            f.rename(flat / f.name)
+        (flat / sub).rmdir()
+    (flat / "checkpoint.json").unlink()
 
 
 def _text(proc: subprocess.CompletedProcess, prompt: str) -> str:
@@ -68,14 +60,15 @@ def test_generate_from_outputs_and_base_plus_adapter(tmp_path):
     assert _text(merged, prompt) == _text(adapter, prompt) == _text(peft_only, prompt)
     assert "reached max_new_tokens=12" in merged.stderr or "stopped at EOS (id 2)" in merged.stderr
 
-    # The current checkpoint layout (model/, adapter/, state/, checkpoint.json) reads the same.
-    current = tmp_path / "current"
-    _to_current_layout(lora / "epoch_0", current / "epoch_0")
-    new_merged = _run("recipes.generate", f"hydra.run.dir={tmp_path / 'g5'}", f"checkpoint={current}", *common)
-    new_adapter = _run("recipes.generate", f"hydra.run.dir={tmp_path / 'g6'}", f"adapter={current / 'epoch_0'}",
+    # The older flat checkpoint layout (weights, adapter_0.pt, recipe_state.pt side by side) reads the same.
+    assert str(lora / "epoch_0" / "model") in merged.stderr
+    flat = tmp_path / "flat"
+    _to_flat_layout(lora / "epoch_0", flat / "epoch_0")
+    old_merged = _run("recipes.generate", f"hydra.run.dir={tmp_path / 'g5'}", f"checkpoint={flat}", *common)
+    old_adapter = _run("recipes.generate", f"hydra.run.dir={tmp_path / 'g6'}", f"adapter={flat / 'epoch_0'}",
                        *common)
-    assert _text(new_merged, prompt) == _text(new_adapter, prompt) == _text(merged, prompt)
-    assert str(current / "epoch_0" / "model") in new_merged.stderr
+    assert _text(old_merged, prompt) == _text(old_adapter, prompt) == _text(merged, prompt)
+    assert str(flat / "epoch_0") in old_merged.stderr
 
     meta_out = _run("recipes.generate", f"hydra.run.dir={tmp_path / 'g4'}", f"checkpoint={meta / 'epoch_0'}",
                     "checkpointer=meta", "chat=true", "system_prompt=Be brief.", "prompt=Hi", "max_new_tokens=8")

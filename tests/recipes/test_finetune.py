@@ -55,11 +55,11 @@ def test_lora_first_step_loss_matches_transformers_and_loss_falls(tmp_path):
 
 def test_lora_run_writes_hf_checkpoint_peft_adapter_and_run_records(lora_run):
     ckpt = lora_run / "epoch_0"
-    for name in ("COMPLETE", "config.json", "model.safetensors.index.json", "tokenizer.model",
-                 "adapter_0.pt", "recipe_state.pt", "adapter/adapter_config.json",
-                 "adapter/adapter_model.safetensors"):
+    for name in ("COMPLETE", "checkpoint.json", "model/config.json", "model/model.safetensors.index.json",
+                 "model/tokenizer.model", "state/adapter_0.pt", "state/recipe_state.pt",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
         assert (ckpt / name).is_file(), name
-    assert list(ckpt.glob("model-*.safetensors"))
+    assert list((ckpt / "model").glob("model-*.safetensors"))
     info = json.loads((lora_run / "run_info.json").read_text())
     assert info["recipe"] == "lora_finetune" and "max_steps_per_epoch=5" in info["overrides"]
     assert info["versions"]["torch"] and info["versions"]["hydra-core"]
@@ -77,10 +77,10 @@ def test_full_finetune_meta_in_meta_out_equals_hf(tmp_path):
     assert sorted(a) == [1, 2, 3]
     for s in a:
         assert a[s] == pytest.approx(b[s], abs=1e-5)
-    out = meta / "epoch_0"
+    out = meta / "epoch_0" / "model"
     assert (out / "consolidated.00.pth").is_file() and (out / "params.json").is_file()
-    assert not list(out.glob("*.safetensors")) and not (out / "adapter_0.pt").exists()
-    assert list((hf / "epoch_0").glob("model-*.safetensors"))
+    assert not list(out.glob("*.safetensors")) and not (meta / "epoch_0" / "state" / "adapter_0.pt").exists()
+    assert list((hf / "epoch_0" / "model").glob("model-*.safetensors"))
 
     # The same weights as Meta ships 13B: two model-parallel files in, two out, same training.
     mp_in, mp = tmp_path / "meta_mp_in", tmp_path / "meta_mp"
@@ -93,7 +93,7 @@ def test_full_finetune_meta_in_meta_out_equals_hf(tmp_path):
     run_recipe("full_finetune", mp, *FAST, "checkpointer=meta", f"checkpointer.checkpoint_dir={mp_in}")
     c = step_losses(mp)
     assert sorted(c) == [1, 2, 3] and all(c[s] == pytest.approx(b[s], abs=1e-6) for s in b)
-    files = sorted((mp / "epoch_0").glob("consolidated.*.pth"))
+    files = sorted((mp / "epoch_0" / "model").glob("consolidated.*.pth"))
     assert [f.name for f in files] == ["consolidated.00.pth", "consolidated.01.pth"]
     one = torch.load(out / "consolidated.00.pth", weights_only=True)
     parts = [torch.load(f, weights_only=True) for f in files]

@@ -67,4 +67,9 @@ def test_resume_mismatch_is_one_paragraph(tmp_path, lora_run):
     assert "saved by lora_finetune" in proc.stderr
     proc = run_recipe("lora_finetune", tmp_path / "y", *FAST, "lora.rank=4", f"resume={lora_run}", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "trained with other settings" in proc.stderr and "resume_accept=[lora]" in proc.stderr
+    # Accepting the change still cannot load an adapter of another shape.
+    proc = run_recipe("lora_finetune", tmp_path / "z", *FAST, "lora.rank=4", "resume_accept=[lora]",
+                      f"resume={lora_run}", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "does not match this run's `lora` settings" in proc.stderr

@@ -20,7 +20,8 @@ def test_readme_default_command(tmp_path):
     res = result(run)
     assert res["final_val_loss"] < 3.5 and not res["interrupted"]
     last = run / f"epoch_{res['checkpoints'][-1][0]}"
-    for name in ("COMPLETE", "config.json", "adapter_0.pt", "adapter/adapter_config.json"):
+    for name in ("COMPLETE", "checkpoint.json", "model/config.json", "state/adapter_0.pt",
+                 "adapter/adapter_config.json"):
         assert (last / name).is_file(), name
     assert "done in" in proc.stdout and "loss" in proc.stderr  # summary line + tqdm bar
 
@@ -90,10 +91,10 @@ def test_checkpoint_rope_theta_must_match_the_model(tmp_path):
     config = json.loads((ckpt / "config.json").read_text())
     config["rope_theta"] = 1000000.0
     (ckpt / "config.json").write_text(json.dumps(config))
-    fix = "(set model.rope_base=1000000.0)"
+    fix = "model.rope_base=1000000.0"
     _assert_one_paragraph(
         run_recipe("lora_finetune", tmp_path / "a", *FAST, f"checkpointer.checkpoint_dir={ckpt}", check=False),
-        str(ckpt), "declares rope_theta=1000000.0 where the model was built with rope_base=10000.0", fix)
+        str(ckpt), "declares rope_theta=1000000.0 where the chosen model builds RoPE base=10000.0", fix)
     _assert_one_paragraph(
         run_recipe("generate", None, f"checkpoint={ckpt}", "max_new_tokens=2", check=False),
         str(ckpt), "declares rope_theta=1000000.0", fix)

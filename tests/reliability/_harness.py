@@ -10,7 +10,7 @@ or the ``tunekit`` command) in a subprocess, exactly as a user types it, and ass
   (``snapshot`` before, ``assert_unchanged`` after).
 
 Files are named by class (``test_config_cli.py``, ``test_data.py``, ``test_checkpoints.py``,
-``test_resume.py``, ``test_faults.py``, ``test_download.py``, ``test_generation.py``) so the
+``test_resuming.py``, ``test_faults.py``, ``test_download.py``, ``test_generation.py``) so the
 count per class is ``pytest --collect-only -q tests/reliability/test_<class>.py``.
 """
 

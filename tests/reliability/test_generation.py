@@ -1,8 +1,8 @@
 """Bad input to `python -m recipes.generate`: one paragraph naming the setting/file and the fix.
 
-One real LoRA run (the recipe's own output, flat layout on this branch) is made per module; the
-current layout (``model/``, ``adapter/``, ``state/``, ``checkpoint.json``) is built from a copy of
-it by moving files. Cases that read saved files check that every byte saved is still there.
+One real LoRA run (the recipe's own output: ``model/``, ``adapter/``, ``state/``,
+``checkpoint.json``) is made per module; the older flat layout is built from a copy of it by
+moving files. Cases that read saved files check that every byte saved is still there.
 """
 
 from __future__ import annotations
@@ -18,34 +18,28 @@ import torch
 from _harness import FAST, REPO, assert_ok, assert_unchanged, assert_user_error, run_recipe, snapshot
 
 BASE = REPO / "src" / "tunekit" / "assets" / "tiny_llama2" / "hf"
-_MODEL_FILES = ("model*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
-                "tokenizer*")
 
 
-def _current_layout(flat_epoch: Path, epoch: Path) -> str:
-    """Copy a flat-layout epoch dir into the current layout; returns the adapter's sha256."""
-    shutil.copytree(flat_epoch, epoch)
-    (epoch / "model").mkdir()
-    (epoch / "state").mkdir()
-    for pattern in _MODEL_FILES:
-        for f in epoch.glob(pattern):
-            f.rename(epoch / "model" / f.name)
-    for name in ("adapter_0.pt", "recipe_state.pt"):
-        (epoch / name).rename(epoch / "state" / name)
-    sha = hashlib.sha256((epoch / "state" / "adapter_0.pt").read_bytes()).hexdigest()
-    (epoch / "checkpoint.json").write_text(json.dumps({
-        "format": "hf", "epoch": 0, "step": None, "trained_with": {},
-        "merged_adapter": {"sha256": sha, "file": "state/adapter_0.pt"}}))
-    return sha
+def _flat_layout(epoch: Path, flat: Path) -> None:
+    """A copy of a current-layout epoch dir in the older flat layout (everything side by side)."""
+    shutil.copytree(epoch, flat)
+    for sub in ("model", "state"):
+        for f in (flat / sub).iterdir():
+            f.rename(flat / f.name)
+        (flat / sub).rmdir()
+    (flat / "checkpoint.json").unlink()
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """``{"flat": RUN (as the recipe saved it), "current": RUN (current layout), "sha": adapter sha256}``."""
+    """``{"current": RUN (as the recipe saved it), "flat": RUN (older flat layout), "sha": adapter sha256}``."""
     root = tmp_path_factory.mktemp("gen_runs")
-    proc = run_recipe("lora_finetune", root / "flat", *FAST)
+    proc = run_recipe("lora_finetune", root / "current", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sha = _current_layout(root / "flat" / "epoch_0", root / "current" / "epoch_0")
+    epoch = root / "current" / "epoch_0"
+    sha = json.loads((epoch / "checkpoint.json").read_text())["merged_adapter"]["sha256"]
+    assert sha == hashlib.sha256((epoch / "state" / "adapter_0.pt").read_bytes()).hexdigest()
+    _flat_layout(epoch, root / "flat" / "epoch_0")
     return {"flat": root / "flat", "current": root / "current", "sha": sha, "root": root}
 
 

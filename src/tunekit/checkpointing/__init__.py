@@ -34,7 +34,6 @@ from tunekit.checkpointing._layout import (
     read_checkpoint_info,
     state_dir,
 )
-from tunekit.checkpointing._settings import check_model_matches
 from tunekit.checkpointing._resume import (
     find_resume_dir,
     list_checkpoints,
@@ -42,6 +41,7 @@ from tunekit.checkpointing._resume import (
     load_training_state,
     saved_at,
 )
+from tunekit.checkpointing._settings import check_model_matches
 
 __all__ = [
     "INFO_FILE",

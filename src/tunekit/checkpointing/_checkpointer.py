@@ -42,6 +42,7 @@ from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoun
 from tunekit.checkpointing._formats import (
     _discover_hf,
     _discover_meta,
+    check_json_describes_weights,
     check_model_parallel_size,
     hf_model_settings,
     meta_model_settings,
@@ -349,6 +350,8 @@ class FullModelHFCheckpointer:
             d = s.model_type.hf_config_dims(self.config)
         except ConversionError as err:
             raise CheckpointError(f"{s.checkpoint_dir / 'config.json'}: {err}") from None
+        check_json_describes_weights(s.files, d, s.model_type, json_path=s.checkpoint_dir / "config.json",
+                                     source=s.checkpoint_dir)
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
         #: what config.json says beyond shapes; the recipes check the built model against it
         self.model_settings = hf_model_settings(self.config, s.model_type, s.checkpoint_dir / "config.json")
@@ -442,6 +445,8 @@ class FullModelMetaCheckpointer:
             d = s.model_type.meta_params_dims(self.params)
         except ConversionError as err:
             raise CheckpointError(f"{s.checkpoint_dir / 'params.json'}: {err}") from None
+        check_json_describes_weights(s.files, d, s.model_type, json_path=s.checkpoint_dir / "params.json",
+                                     source=s.checkpoint_dir)
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
         self.model_settings = meta_model_settings(self.params, s.model_type, s.checkpoint_dir / "params.json")
         self.model_parallel_size = check_model_parallel_size(

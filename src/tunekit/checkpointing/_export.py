@@ -25,15 +25,15 @@ from tunekit.checkpointing._checkpointer import (
     _HF_AUX,
     _META_AUX,
     _copy_aux,
-    check_model_parallel_size,
-    read_hf_config,
-    read_meta_params,
-    read_hf_model,
-    read_meta_model,
-    write_hf_weights,
-    write_meta_weights,
     _discover_hf,
     _discover_meta,
+    check_model_parallel_size,
+    read_hf_config,
+    read_hf_model,
+    read_meta_model,
+    read_meta_params,
+    write_hf_weights,
+    write_meta_weights,
 )
 from tunekit.checkpointing._errors import CheckpointError
 from tunekit.checkpointing._io import COMPLETE_MARKER, apply_umask, parse_size, unique_sibling

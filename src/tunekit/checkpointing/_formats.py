@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
 from tunekit.checkpointing._io import (
@@ -178,20 +179,72 @@ def _config_vs_weights(sd: Mapping[str, torch.Tensor], dims: Any, fields: Mappin
     return out
 
 
+def _json_mismatch(clash: list[str], json_path: Path, source: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{json_path} does not describe the weights beside it: it declares {'; '.join(clash)}. "
+        f"Restore the {json_path.name} that came with these weights (download it again: "
+        f"{download_hint(source).removeprefix('Download it with ').rstrip('.')}), or point "
+        f"checkpointer.checkpoint_dir at the directory these settings belong to."
+    )
+
+
 def _validate_against_json(sd: dict[str, torch.Tensor], dims: Any, mt: ModelType, *, json_path: Path,
                            fields: Mapping[str, str], source: Path, key_files: dict[str, str]) -> None:
     try:
         validate_state_dict(mt.expected_shapes(dims), sd, source=str(source), key_files=key_files)
-    except CheckpointError as err:
+    except CheckpointError:
         clash = _config_vs_weights(sd, dims, fields)
         if not clash:
             raise
-        raise CheckpointError(
-            f"{json_path} does not describe the weights beside it: it declares {'; '.join(clash)}. "
-            f"Restore the {json_path.name} that came with these weights (download it again: "
-            f"{download_hint(source).removeprefix('Download it with ').rstrip('.')}), or point "
-            f"checkpointer.checkpoint_dir at the directory these settings belong to."
-        ) from None
+        raise _json_mismatch(clash, json_path, source) from None
+
+
+class _Shape:
+    """A tensor's shape read from a file's header, without its data."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        self.shape = tuple(int(n) for n in shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+def _header_shapes(files: Sequence[Path], mt: ModelType) -> dict[str, _Shape]:
+    """``{tunekit key: shape}`` from the weight files' headers (safetensors; Meta .pth memory-mapped).
+
+    Nothing is read beyond the headers; a file that cannot be read this way gives ``{}`` (the
+    full read reports it with its own message).
+    """
+    out: dict[str, _Shape] = {}
+    try:
+        for f in files:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt", device="cpu") as h:
+                    for key in h.keys():
+                        name = mt.hf_to_tunekit_key(key)
+                        if name is not None:
+                            out[name] = _Shape(h.get_slice(key).get_shape())
+            elif f.suffix == ".pth" and len(files) == 1:  # one Meta file: every shape whole
+                sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+                out.update({k: _Shape(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)})
+            else:
+                return {}
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the full read
+        return {}
+    return out
+
+
+def check_json_describes_weights(files: Sequence[Path], dims: Any, mt: ModelType, *, json_path: Path,
+                                 source: Path) -> None:
+    """Refuse a ``config.json`` / ``params.json`` whose sizes the weight files contradict.
+
+    Run when the checkpointer is built, before any model exists, so the message blames the JSON
+    file and its field (``num_hidden_layers=2 but the weight files hold 4``), not the model.
+    """
+    fields = _HF_FIELDS if json_path.name == "config.json" else _META_FIELDS
+    clash = _config_vs_weights(_header_shapes(files, mt), dims, fields)
+    if clash:
+        raise _json_mismatch(clash, json_path, source)
 
 
 _HF_FIELDS = {"num_layers": "num_hidden_layers", "embed_dim": "hidden_size", "vocab_size": "vocab_size",

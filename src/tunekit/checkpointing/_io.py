@@ -21,8 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from tunekit.config.resolvers import default_models_root
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
+from tunekit.config.resolvers import default_models_root
 
 __all__ = [
     "COMPLETE_MARKER",

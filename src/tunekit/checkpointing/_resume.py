@@ -10,10 +10,10 @@ from typing import Any
 from tunekit.checkpointing._checkpointer import (
     ADAPTER_FILE,
     RECIPE_STATE_FILE,
-    read_hf_model,
-    read_meta_model,
     _discover_hf,
     _discover_meta,
+    read_hf_model,
+    read_meta_model,
 )
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
 from tunekit.checkpointing._io import COMPLETE_MARKER, is_complete, load_pickle, load_state_file

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,28 @@ def hydra_subdir(*, _root_: Any = None) -> str | None:
     return ".hydra"
 
 
+def model_file(checkpoint_dir: str, name: str) -> str:
+    """``name`` inside the model directory that ``checkpoint_dir`` stands for.
+
+    As the checkpointers read it: a model directory holds its files itself; a checkpoint tunekit
+    saved keeps them in ``model/`` (``RUN/epoch_N/model/tokenizer.model``); a run directory
+    stands for its newest complete ``epoch_*`` / ``step_*`` checkpoint. Used by the tokenizer
+    configs, so ``checkpointer.checkpoint_dir=RUN`` or ``=RUN/epoch_N`` finds the tokenizer saved
+    with those weights. Where nothing is found the plain ``checkpoint_dir/name`` is returned
+    (and the tokenizer reports it missing).
+    """
+    base = Path(str(checkpoint_dir)).expanduser()
+    for candidate in (base / name, base / "model" / name):
+        if candidate.exists():
+            return str(candidate)
+    saved = [d for d in base.glob("*") if re.fullmatch(r"(epoch|step)_\d+", d.name) and (d / "COMPLETE").is_file()]
+    for d in sorted(saved, key=lambda d: (d / "COMPLETE").stat().st_mtime_ns, reverse=True):
+        for candidate in (d / "model" / name, d / name):
+            if candidate.exists():
+                return str(candidate)
+    return str(base / name)
+
+
 def register_resolvers() -> None:
     """Register tunekit's resolvers with OmegaConf (idempotent)."""
     resolvers = (
@@ -168,6 +191,7 @@ def register_resolvers() -> None:
         ("tunekit.asset", asset_path),
         ("tunekit.run_dir", run_dir),
         ("tunekit.hydra_subdir", hydra_subdir),
+        ("tunekit.model_file", model_file),
     )
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):

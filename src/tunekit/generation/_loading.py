@@ -67,8 +67,13 @@ def _sha256(path: Path) -> str:
 
 
 def _format(d: Path) -> str | None:
-
-    return checkpoint_format(d) if d.is_dir() else None
+    """The format of the weights ``d`` itself holds; None for a checkpoint directory (its
+    ``model/`` holds them) or a directory without weights."""
+    if not d.is_dir():
+        return None
+    if (d / MODEL_SUBDIR).is_dir() and checkpoint_format(d / MODEL_SUBDIR):
+        return None
+    return checkpoint_format(d)
 
 
 def _is_checkpoint_dir(d: Path) -> bool:

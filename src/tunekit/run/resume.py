@@ -225,7 +225,8 @@ def _has_adapter(ckpt: Path) -> tuple[bool, str]:
     return (state_dir(ckpt) / ADAPTER_FILE).is_file(), ADAPTER_FILE
 
 
-def _load_dir(ckpt: Path, *, lora: bool, model_type: str, rank: int) -> tuple[dict[str, Any], Any]:
+def _check_recipe(ckpt: Path, *, lora: bool) -> None:
+    """A LoRA checkpoint resumes only with lora_finetune, a full one only with full_finetune."""
     has_adapter, what = _has_adapter(ckpt)
     if lora and not has_adapter:
         raise CheckpointError(
@@ -238,6 +239,10 @@ def _load_dir(ckpt: Path, *, lora: bool, model_type: str, rank: int) -> tuple[di
             "LoRA weights. Resume it with `python -m recipes.lora_finetune resume=...`, or fine-tune "
             f"the merged model from scratch with checkpointer.checkpoint_dir={ckpt}."
         )
+
+
+def _load_dir(ckpt: Path, *, lora: bool, model_type: str, rank: int) -> tuple[dict[str, Any], Any]:
+    _check_recipe(ckpt, lora=lora)
     if is_sharded_checkpoint(ckpt):
         state = load_training_state(ckpt)
         state["sharded_checkpoint"] = str(sharded_dir(ckpt).resolve())
@@ -308,6 +313,7 @@ def open_resume(resume: str | None, *, checkpointer: Any, output_dir: str | Path
     else:
         ckpt = find_resume_dir(resume)
         how = f"resume={resume}"
+    _check_recipe(ckpt, lora=lora)  # the other recipe's checkpoint: say which recipe resumes it
     saved = read_checkpoint_info(ckpt).get("trained_with")
     if saved:  # checked before reading any tensor
         _refuse_differences(saved, trained_with, accept, ckpt, how)
