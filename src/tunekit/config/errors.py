@@ -9,6 +9,8 @@ turns the exceptions that Hydra and OmegaConf raise into such a paragraph.
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -218,6 +220,40 @@ def explain_with_override(exc: BaseException) -> tuple[str | None, str | None]:
     return None, None
 
 
+_DISK_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def disk_error_message(exc: BaseException) -> str | None:
+    """One paragraph for a write that failed for want of space or permission; None for other errors.
+
+    Looks through the exception's chain (Hydra wraps the log file's ``OSError`` in a
+    ``ValueError``); writers in Rust (safetensors) report ``(os error N)`` in their text.
+    """
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
+            code, where, detail = e.errno, e.filename, e.strerror
+            break
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if found is not None and int(found.group(1)) in _DISK_ERRORS:
+            code, where, detail = int(found.group(1)), None, os.strerror(int(found.group(1)))
+            break
+    else:
+        return None
+    where = where or "the run's output directory"
+    return (
+        f"Cannot write {where}: {_DISK_ERRORS[code]} ({detail}). Checkpoints are written under a temporary "
+        "name and renamed into place, so every checkpoint saved before is intact and resume=auto continues "
+        "from the newest one. Free space (or fix the permissions) and resume, or write the run elsewhere "
+        "with hydra.run.dir=<a writable directory>."
+    )
+
+
 def explain(exc: BaseException) -> str | None:
     """Turn a config-related exception into one readable paragraph.
 
@@ -228,4 +264,4 @@ def explain(exc: BaseException) -> str | None:
         The paragraph, or ``None`` when ``exc`` is not a config mistake (a real bug should
         keep its traceback).
     """
-    return explain_with_override(exc)[0]
+    return explain_with_override(exc)[0] or disk_error_message(exc)

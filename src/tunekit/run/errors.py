@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import re
 from typing import Iterator
 
 from tunekit.checkpointing import CheckpointError
 from tunekit.config import ConfigError
+from tunekit.config.errors import disk_error_message
 from tunekit.config.resolvers import MULTIRUN_IN_TORCHRUN
 from tunekit.data import DataFormatError
 from tunekit.tokenizers import TokenizerError, TokenizerFileNotFoundError
@@ -46,39 +45,6 @@ def user_errors() -> Iterator[None]:
         if message is None:
             raise
         raise ConfigError(message) from exc
-
-
-_DISK_ERRORS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-}
-
-
-def disk_error_message(exc: BaseException) -> str | None:
-    """One paragraph for a write that failed for want of space or permission; None for other errors.
-
-    ``OSError`` carries its errno; writers in Rust (safetensors) report ``(os error N)`` in text.
-    """
-    if isinstance(exc, OSError):
-        code, where, detail = exc.errno, exc.filename, exc.strerror
-    else:
-        found = re.search(r"\(os error (\d+)\)", str(exc))
-        if found is None:
-            return None
-        code, where, detail = int(found.group(1)), None, os.strerror(int(found.group(1)))
-    why = _DISK_ERRORS.get(code)
-    if why is None:
-        return None
-    where = where or "the run's output directory"
-    return (
-        f"Cannot write {where}: {why} ({detail}). Checkpoints are written under a temporary name "
-        "and renamed into place, so every checkpoint saved before is intact and resume=auto continues "
-        "from the newest one. Free space (or fix the permissions) and resume, or write the run "
-        "elsewhere with hydra.run.dir=<a writable directory>."
-    )
 
 
 def check_not_multirun_in_torchrun(hydra_mode: object = None) -> None:
