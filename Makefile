@@ -25,7 +25,8 @@ run: $(VENV)/.installed
 	$(BIN)/python -m recipes.lora_finetune
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -434,7 +434,8 @@ def print_train_table(a: argparse.Namespace, rows: list[tuple[dict, dict]]) -> N
     for ac in (False, True):
         t, h = by_key.get(("tunekit", ac)), by_key.get(("hf", ac))
         if t and h:
-            print(f"tunekit / {peer}, AC {'on' if ac else 'off'}: {t['tokens_per_s'] / h['tokens_per_s']:.2f}x tokens/s")
+            ratio = t["tokens_per_s"] / h["tokens_per_s"]
+            print(f"tunekit / {peer}, AC {'on' if ac else 'off'}: {ratio:.2f}x tokens/s")
     sys.stdout.flush()
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import shutil
 import subprocess
@@ -88,8 +87,9 @@ def _generate(a: argparse.Namespace, work: Path) -> None:
               "num_key_value_heads": a.kv_heads, "vocab_size": a.vocab, "rms_norm_eps": 1e-5,
               "torch_dtype": "bfloat16" if a.dtype == "bf16" else "float32", "tie_word_embeddings": False}  # fmt: skip
     (hf / "config.json").write_text(json.dumps(config))
-    (meta / "params.json").write_text(json.dumps({"dim": a.dim, "n_layers": a.layers, "n_heads": a.heads,
-                                                  "n_kv_heads": a.kv_heads, "vocab_size": -1, "norm_eps": 1e-5}))  # fmt: skip
+    params = {"dim": a.dim, "n_layers": a.layers, "n_heads": a.heads, "n_kv_heads": a.kv_heads, "vocab_size": -1,
+              "norm_eps": 1e-5}
+    (meta / "params.json").write_text(json.dumps(params))
     # HF shards of <= shard_bytes, written one at a time.
     heads = (a.heads, a.kv_heads, a.dim)
     shard: dict = {}

@@ -65,14 +65,14 @@ def worker(a: argparse.Namespace) -> None:
     import torch.distributed as dist
     from torch.utils.data import Dataset
 
+    from tunekit import distributed as D
     from tunekit.models import llama2
     from tunekit.modules.peft import LoRASpec, set_trainable_params
-    from tunekit import distributed as D
     from tunekit.run.settings import train_settings
     from tunekit.training import build_dataloader, prepare_model, shard_model, train
-    from tunekit.training.prepare import materialize_random
     from tunekit.training.losses import CrossEntropyLoss
     from tunekit.training.lr_schedulers import constant_with_warmup
+    from tunekit.training.prepare import materialize_random
 
     cuda = a.device == "cuda"
     D.init_distributed(a.device)
@@ -82,7 +82,8 @@ def worker(a: argparse.Namespace) -> None:
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", init_method="env://")
     rank, world = dist.get_rank(), dist.get_world_size()
     dtype = "bf16" if cuda else "fp32"
-    spec = LoRASpec(rank=a.lora_rank, alpha=2.0 * a.lora_rank, targets=["q_proj", "v_proj"]) if a.mode == "lora" else None
+    lora = a.mode == "lora"
+    spec = LoRASpec(rank=a.lora_rank, alpha=2.0 * a.lora_rank, targets=["q_proj", "v_proj"]) if lora else None
     builder = getattr(llama2, a.model)
     with torch.device("meta"):
         model = builder(lora=spec) if a.tiny else builder(lora=spec, max_seq_len=a.seq_len)

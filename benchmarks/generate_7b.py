@@ -109,7 +109,7 @@ def main() -> None:
             run(compiled, 8, **sampling)  # compile + CUDA-graph capture (compile_seconds), then 8 tokens
             run(compiled, 8, **sampling)
             compile_s = time.perf_counter() - t0
-            t, out = timed(lambda: run(compiled, a.new_tokens, **sampling), device, a.repeats)
+            t, out = timed(lambda s=sampling: run(compiled, a.new_tokens, **s), device, a.repeats)
             name = f"tunekit compiled ({compiled.compile_mode}{'' if not sampling else ', ' + label})"
             rows.append((name, t, None if sampling else out, compile_s))
             print(f"{name}: {a.new_tokens / t:.1f} tokens/s (compile + warm-up {compile_s:.0f} s)", flush=True)
@@ -129,7 +129,8 @@ def main() -> None:
                 hf = LlamaForCausalLM(cfg)
         finally:
             torch.set_default_dtype(prev)
-        sd = get_model_type("LLAMA2").tunekit_to_hf(model.state_dict(), shape["num_heads"], shape["num_kv_heads"], shape["embed_dim"])
+        sd = get_model_type("LLAMA2").tunekit_to_hf(model.state_dict(), shape["num_heads"], shape["num_kv_heads"],
+                                                     shape["embed_dim"])
         hf.load_state_dict(sd, strict=True)
         del sd
         hf.requires_grad_(False).eval()

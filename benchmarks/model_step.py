@@ -135,7 +135,8 @@ def main() -> None:
 
     runs = [("tunekit", lambda: build_tunekit(shape, args.seq, device, dtype, lora)[0], False)]
     if not args.no_hf:
-        runs.append(("HF" + (" + PEFT" if lora else ""), lambda: build_hf(shape, args.seq, device, dtype, lora, peft_bf16=True), True))
+        hf_name = "HF" + (" + PEFT" if lora else "")
+        runs.append((hf_name, lambda: build_hf(shape, args.seq, device, dtype, lora, peft_bf16=True), True))
     results = [measure(name, build, args, device, hf) for name, build, hf in runs]
 
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"

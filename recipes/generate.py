@@ -95,8 +95,8 @@ def run(cfg: DictConfig) -> str:
 
     from tunekit.checkpointing import check_model_matches
     from tunekit.config import ConfigError
-    from tunekit.generation import TokenGenerator
     from tunekit.generation import (
+        TokenGenerator,
         check_adapter_not_merged,
         load_adapter,
         merge_adapter,

@@ -69,7 +69,8 @@ def run(cfg: DictConfig) -> float | None:
         recipe=RECIPE, model=OmegaConf.to_container(cfg.model, resolve=True),
         checkpoint_dir=checkpointer.checkpoint_dir, tokenizer_path=getattr(tokenizer, "path", None),
         train_dataset=train_ds, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, packed=cfg.packed,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, world_size=world_size, seed=cfg.seed, lora=OmegaConf.to_container(cfg.lora, resolve=True))
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, world_size=world_size, seed=cfg.seed,
+        lora=OmegaConf.to_container(cfg.lora, resolve=True))
     res = resume.open_resume(cfg.resume, checkpointer=checkpointer, output_dir=cfg.output_dir, recipe=RECIPE,
                              lora=True, model_type=cfg.checkpointer.model_type, trained_with=trained_with,
                              accept=list(cfg.resume_accept), rank=rank, search_siblings=not is_multirun())

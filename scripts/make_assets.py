@@ -30,8 +30,8 @@ from safetensors.torch import save_file
 
 from tunekit.data import bundled_text_files
 from tunekit.models import MODEL_TYPES
-from tunekit.models.llama2 import llama2_tiny
 from tunekit.models import ModelDims as Llama2Dims
+from tunekit.models.llama2 import llama2_tiny
 from tunekit.tokenizers import TINY_TOKENIZER_PATH, SentencePieceTokenizer
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "tunekit" / "assets" / "tiny_llama2"

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from tunekit.checkpointing import write_hf_weights, write_meta_weights
+from tunekit.models import ModelDims as Llama2Dims
 from tunekit.models import get_model_type
 from tunekit.models import llama2 as llama2_builders
 from tunekit.models.llama2 import init_on_device
-from tunekit.models import ModelDims as Llama2Dims
 from tunekit.tokenizers import TINY_TOKENIZER_PATH
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -335,9 +335,9 @@ def story(rng: random.Random) -> str:
         act = rng.choice(ACTIVITIES)
         helper = rng.choice(HELPERS)
         s += [f"{name} wanted to {act}, but it was harder than it looked.",
-              f"The first try went wrong, and so did the second.",
+              "The first try went wrong, and so did the second.",
               f"Then {helper} came by and asked what the matter was.",
-              f"Together they tried once more, slowly and carefully, and this time it worked.",
+              "Together they tried once more, slowly and carefully, and this time it worked.",
               f"{name} felt {rng.choice(FEELINGS_GOOD)}.",
               rng.choice(LESSONS)]
     elif kind == 2:
@@ -348,15 +348,15 @@ def story(rng: random.Random) -> str:
               f"On the way home they met {rng.choice(HELPERS)}, who looked hungry.",
               f"{helper_name} gave away one of the {fruit}, so they had {number_words(n - 1)} left.",
               f"At home, {his(name)} {relative} made a pie with the rest.",
-              f"Everyone said it was the best pie they had eaten all year."]
+              "Everyone said it was the best pie they had eaten all year."]
     elif kind == 3:
         w = rng.choice(WEATHER)
         s += [f"Outside it was {w[0]}, and {w[4]}.",
               f"{name} had planned a trip with {helper_name} and {pet_name} the {pet}.",
               f"\"We should {w[2]},\" said {his(name)} {relative}.",
-              f"So they got ready and set off along the path.",
+              "So they got ready and set off along the path.",
               f"The day felt {w[3]}, but they did not mind.",
-              f"When they came home, they sat by the window and talked about everything they had seen."]
+              "When they came home, they sat by the window and talked about everything they had seen."]
     elif kind == 4:
         animal = rng.choice(ANIMALS)
         s += [f"On the way to school, {he(name)} saw {a_or_an(animal[0])} that looked lost.",
@@ -364,15 +364,15 @@ def story(rng: random.Random) -> str:
               f"So {he(name)} asked {rng.choice(HELPERS)} for help, and together they took it somewhere safe.",
               f"The {animal[0]} seemed {rng.choice(FEELINGS_GOOD)} in its new place.",
               f"At school, {name} told the class that the {animal[0]} {animal[5][3:]}.",
-              f"The teacher smiled and said it was a very good fact."]
+              "The teacher smiled and said it was a very good fact."]
     else:
         a, b = rng.randint(2, 6), rng.randint(2, 6)
         s += [f"It was raining, so {name} and {helper_name} stayed inside and played a counting game.",
               f"{name} put {number_words(a)} blocks on the table, and {helper_name} added {number_words(b)} more.",
               f"\"How many are there now?\" asked {helper_name}.",
               f"{name} counted them one by one and said, \"There are {number_words(a + b)}.\"",
-              f"Then they built a tower so tall that it wobbled and fell, and they both laughed.",
-              f"By the time the rain stopped, the room was tidy again and it was time for tea."]
+              "Then they built a tower so tall that it wobbled and fell, and they both laughed.",
+              "By the time the rain stopped, the room was tidy again and it was time for tea."]
     return " ".join(s)
 
 
@@ -569,7 +569,7 @@ def make_alpaca(rng: random.Random) -> list[dict[str, str]]:
         thing = rng.choice(["car", "hat", "kite", "door", "bag"])
         add("Rewrite the sentence in the past tense.", f"{name} painted the {thing} {col}.",
             f"{name} paints the {thing} {col}.")
-    for name, kind, home, food, *_ in ANIMALS[:20]:
+    for name, _kind, _home, food, *_ in ANIMALS[:20]:
         add(f"What does {a_or_an(name)} eat?", f"{cap(a_or_an(name))} eats {food}.")
     for _ in range(15):
         n = rng.randint(1, 30)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _ckpt_helpers import HEADS, KV_HEADS, SIZES, meta_params, reference_meta_from_hf, tiny_hf_config, tiny_tk_model  # noqa: F401
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
+from tunekit import distributed as D
 from tunekit.checkpointing import FullModelHFCheckpointer
 from tunekit.config.resolvers import asset_path
 from tunekit.models.llama2 import llama2_tiny
 from tunekit.modules.peft import LoRASpec, set_trainable_params
-from tunekit import distributed as D
 from tunekit.run.resume import load_checkpoint_dir, restore
 from tunekit.run.saver import CheckpointSaver
 from tunekit.run.settings import train_settings

@@ -104,7 +104,7 @@ def _greedy(model: TransformerDecoder, prompt: torch.Tensor, steps: int, cached:
         model.setup_caches(prompt.shape[0], torch.float32, max_seq_len=prompt.shape[1] + steps)
         b, s = prompt.shape
         logits = model(prompt, input_pos=torch.arange(s).expand(b, s))[:, -1]
-    for i in range(steps):
+    for _i in range(steps):
         if not cached:
             logits = model(tokens)[:, -1]
         all_logits.append(logits)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _recipe_helpers import FAST, result, run_recipe, step_losses, val_losses
+
 from tests.checkpointing._ckpt_helpers import meta_split_dim, split_meta
 
 ASSETS = Path(__file__).resolve().parents[2] / "src" / "tunekit" / "assets" / "tiny_llama2"

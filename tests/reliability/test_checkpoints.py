@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from _harness import REPO, assert_unchanged, assert_user_error, run_recipe, snapshot
 
 ASSETS = REPO / "src" / "tunekit" / "assets" / "tiny_llama2"

@@ -13,7 +13,6 @@ import pytest
 
 from tests.reliability._harness import (
     FAST,
-    REPO,
     assert_ok,
     assert_unchanged,
     assert_user_error,

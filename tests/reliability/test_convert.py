@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from _harness import REPO, assert_ok, assert_unchanged, assert_user_error, run_tunekit, snapshot
 
 ASSETS = REPO / "src" / "tunekit" / "assets" / "tiny_llama2"

@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-
 from _harness import assert_unchanged, assert_user_error, run_tunekit, snapshot
 
 TOKEN = "hf_reliability_secret_42"

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _harness import FAST, REPO, _env, assert_ok, assert_unchanged, assert_user_error, run_recipe, snapshot
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _harness import FAST, REPO, assert_ok, assert_unchanged, assert_user_error, run_recipe, snapshot
 
 BASE = REPO / "src" / "tunekit" / "assets" / "tiny_llama2" / "hf"

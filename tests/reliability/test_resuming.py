@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from _harness import FAST, assert_ok, assert_unchanged, assert_user_error, run_recipe, snapshot
+
 from tunekit.checkpointing import state_dir
 from tunekit.config.resolvers import asset_path
 

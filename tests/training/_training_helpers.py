@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-from pathlib import Path
 
 from tunekit.run.resume import Resume, restore
 from tunekit.run.saver import CheckpointSaver

@@ -19,13 +19,13 @@ from _training_helpers import FakeCheckpointer, run_train  # noqa: E402
 
 from tunekit.models.llama2 import llama2  # noqa: E402
 from tunekit.modules.peft import LoRASpec, set_trainable_params  # noqa: E402
+from tunekit.run.settings import train_settings  # noqa: E402
 from tunekit.training import (  # noqa: E402
     ChunkedCrossEntropyLoss,
     CrossEntropyLoss,
     build_dataloader,
     num_training_steps,
 )
-from tunekit.run.settings import train_settings  # noqa: E402
 from tunekit.training.lr_schedulers import cosine_with_warmup  # noqa: E402
 
 SEQ, VOCAB = 1024, 32000

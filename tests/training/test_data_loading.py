@@ -1,6 +1,6 @@
 import pytest
-
 from _training_helpers import collate, make_samples
+
 from tunekit.training.data_loading import StatefulSampler, build_dataloader
 
 

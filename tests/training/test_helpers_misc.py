@@ -3,8 +3,8 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from _training_helpers import TinyLM, collate, make_samples
+
 from tunekit.training.activation_checkpointing import apply_activation_checkpointing, is_checkpointed
 from tunekit.training.compile import compile_loss, compile_model
 from tunekit.training.device import get_device

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from _training_helpers import FakeCheckpointer, collate, make_samples, run_train
+
 from tunekit.run.settings import train_settings
 from tunekit.training import ChunkedCrossEntropyLoss, build_dataloader
 from tunekit.training.lr_schedulers import cosine_with_warmup

@@ -3,8 +3,8 @@ import signal
 
 import pytest
 import torch
-
 from _training_helpers import FakeCheckpointer, TinyLM, make_run, run_train
+
 from tunekit.run.settings import train_settings
 from tunekit.training import NonFiniteLossError, steps_per_epoch
 from tunekit.training.data_loading import StatefulSampler

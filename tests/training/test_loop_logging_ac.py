@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-
 from _training_helpers import FakeCheckpointer, make_run, run_train
+
 from tunekit.run.settings import train_settings
 from tunekit.training.activation_checkpointing import is_checkpointed
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from _training_helpers import TinyLM, collate, make_samples
+
 from tunekit.training.losses import ChunkedCrossEntropyLoss, CrossEntropyLoss
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tunekit.checkpointing import CheckpointError, FullModelHFCheckpointer, FullModelMetaCheckpointer
-from tunekit.models.llama2 import llama2, llama2_tiny
 from tunekit.checkpointing import check_model_matches as check_model_settings
+from tunekit.models.llama2 import llama2, llama2_tiny
 from tunekit.run.model import build_training_model
 
 ASSETS = Path(__file__).resolve().parents[2] / "src" / "tunekit" / "assets" / "tiny_llama2"

@@ -159,8 +159,9 @@ def _check_destination(out: Path, sources: list[Path], force: bool) -> bool:
     for src in sources:
         s = src.resolve()
         if real == s:
+            suggestion = out.parent / (out.name + "-converted")
             raise CheckpointError(f"dest {out} is the source {src}: convert never writes over what it reads. "
-                                  f"Choose a new directory for the converted checkpoint, e.g. {out.parent / (out.name + '-converted')}.")
+                                  f"Choose a new directory for the converted checkpoint, e.g. {suggestion}.")
         if s.is_relative_to(real):
             raise CheckpointError(f"dest {out} contains the source {src}: replacing it would delete the "
                                   f"checkpoint being read. Choose a directory outside {out} (e.g. beside it).")

@@ -143,8 +143,8 @@ def _own_run_fix(own: Path) -> str:
     mine = _saved_at(own) if is_complete(own) else None
     before = [d for d in others if mine is None or _saved_at(d) <= mine] or others
     if before:
-        fix = (f"The previous complete checkpoint of this run is {before[-1]}"
-               + (f" (complete checkpoints of this run: {', '.join(d.name for d in others)})" if len(others) > 1 else "")
+        listed = f" (complete checkpoints of this run: {', '.join(d.name for d in others)})" if len(others) > 1 else ""
+        fix = (f"The previous complete checkpoint of this run is {before[-1]}" + listed
                + f"; use it instead (e.g. checkpointer.checkpoint_dir={before[-1]} or resume={before[-1]}).")
     else:
         fix = (f"This run ({own.parent}) has no other complete checkpoint, so start again from the "
@@ -336,7 +336,8 @@ def validate_state_dict(
     if missing:
         parts.append(f"missing keys: {show(missing)}")
     if unexpected:
-        parts.append(f"unexpected keys: {show([k + (f' (in {key_files[k]})' if k in key_files else '') for k in unexpected])}")
+        where = [k + (f" (in {key_files[k]})" if k in key_files else "") for k in unexpected]
+        parts.append(f"unexpected keys: {show(where)}")
     if shapes:
         parts.append(f"shape mismatches: {show(shapes)}")
     raise CheckpointError(

@@ -199,9 +199,8 @@ def _explain(err: Exception, repo_id: str, out: Path | None = None) -> str:
         return str(err)
     if isinstance(err, LocalEntryNotFoundError) and isinstance(err.__cause__, HfHubHTTPError):
         err = err.__cause__  # snapshot_download hides the Hub's answer behind a cache miss
-    if isinstance(err, OfflineModeIsEnabled) or (
-        isinstance(err, LocalEntryNotFoundError) and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    ):
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if isinstance(err, OfflineModeIsEnabled) or (isinstance(err, LocalEntryNotFoundError) and offline):
         return (f"Cannot download {repo_id}: offline mode is on (HF_HUB_OFFLINE is set), so the Hub is not "
                 f"contacted. Unset HF_HUB_OFFLINE to download, or copy the model directory onto this "
                 f"machine and point checkpointer.checkpoint_dir at it.")

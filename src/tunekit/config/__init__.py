@@ -20,8 +20,8 @@ from tunekit.config.entrypoint import (
 )
 from tunekit.config.errors import ConfigError, explain
 from tunekit.config.resolvers import default_models_root, register_resolvers
-from tunekit.config.secrets import redact, secret_problems
 from tunekit.config.schemas import SCHEMAS, register_schemas
+from tunekit.config.secrets import redact, secret_problems
 from tunekit.config.validate import check_config, config_problems, locate
 
 register_resolvers()

@@ -2,12 +2,13 @@
 
 Signatures say whether a config *binds*; only building says whether its values are accepted
 (torch refuses ``lr=-1`` and ``betas=[0.9]`` when the optimizer is made, a schedule refuses a
-negative warmup, a data set an unknown template or a missing file). Everything here is cheap
-and writes nothing: the optimizer over one dummy parameter, the lr schedule over that optimizer with the run's real number of steps, the loss,
-the tokenizer when its file is there, and the training split of the data set (rows read and
-checked, nothing tokenized). Checkpointers and metric loggers touch the disk and are left to
-the run; the model is left to the run too (its signature is checked, and building even on the
-meta device costs seconds: ``torch.device("meta")`` as a context imports torch._dynamo).
+negative warmup, a data set an unknown template or a missing file). Everything here is cheap and
+writes nothing: the optimizer over one dummy parameter, the lr schedule over that optimizer with
+the run's real number of steps, the loss, the tokenizer when its file is there, and the training
+split of the data set (rows read and checked, nothing tokenized). Checkpointers and metric
+loggers touch the disk and are left to the run; the model is left to the run too (its signature
+is checked, and building even on the meta device costs seconds: ``torch.device("meta")`` as a
+context imports torch._dynamo).
 torch is imported here, never by ``import tunekit.config``.
 """
 

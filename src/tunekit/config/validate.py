@@ -24,8 +24,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tunekit.config._instantiate import target_key
-from tunekit.config.errors import ConfigError, close_matches, did_you_mean, paragraph
 from tunekit.config.devices import check_device
+from tunekit.config.errors import ConfigError, close_matches, did_you_mean, paragraph
 from tunekit.config.required import required_value_problems
 from tunekit.config.schemas import SCHEMAS, schema_problems
 from tunekit.config.secrets import secret_problems

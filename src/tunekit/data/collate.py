@@ -31,15 +31,15 @@ def padded_collate(
         raise ValueError("padded_collate() got an empty batch")
     toks = [_as_list(s["tokens"]) for s in batch]
     labs = [_as_list(s["labels"]) for s in batch]
-    for i, (t, l) in enumerate(zip(toks, labs)):
-        if len(t) != len(l):
-            raise ValueError(f"sample {i} of the batch has {len(t)} tokens but {len(l)} labels")
+    for i, (t, lab) in enumerate(zip(toks, labs)):
+        if len(t) != len(lab):
+            raise ValueError(f"sample {i} of the batch has {len(t)} tokens but {len(lab)} labels")
     s = max(len(t) for t in toks)
     tokens = torch.full((len(batch), s), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), s), ignore_index, dtype=torch.long)
-    for i, (t, l) in enumerate(zip(toks, labs)):
+    for i, (t, lab) in enumerate(zip(toks, labs)):
         tokens[i, : len(t)] = torch.tensor(t, dtype=torch.long)
-        labels[i, : len(l)] = torch.tensor(l, dtype=torch.long)
+        labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
     return {"tokens": tokens, "labels": labels}
 
 

@@ -254,7 +254,8 @@ class ModelType:
         if nameless:
             fmt = {"hf": "HF", "meta": "Meta", "tunekit": "tunekit"}[dst]
             raise ConversionError(
-                f"{self.display_name} has no {fmt} name for {len(nameless)} key(s): {', '.join(sorted(nameless)[:10])}; "
+                f"{self.display_name} has no {fmt} name for {len(nameless)} key(s): "
+                f"{', '.join(sorted(nameless)[:10])}; "
                 f"a {self.display_name} checkpoint cannot be written in {fmt} format"
                 + (" (keep it in HF format)." if dst == "meta" else ".")
             )

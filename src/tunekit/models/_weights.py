@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["LLAMA_PEFT_TARGETS", "LLAMA_WEIGHTS", "ConversionError", "ModelDims", "Weight", "permute_from_hf", "permute_to_hf"]
+__all__ = ["LLAMA_PEFT_TARGETS", "LLAMA_WEIGHTS", "ConversionError", "ModelDims", "Weight", "permute_from_hf",
+           "permute_to_hf"]
 
 class ConversionError(KeyError):
     """A state-dict key that the conversion table does not know, or a key that is missing."""

@@ -15,10 +15,21 @@ import torch
 from torch import nn
 
 from tunekit.checkpointing import save_sharded_checkpoint
-from tunekit.distributed import barrier, gather_full_model, gather_full_optimizer_state_dict, get_world_size
-from tunekit.distributed import is_rank_zero, is_sharded
-from tunekit.modules.peft import LoRALinear, get_adapter_state_dict, get_merged_state_dict, is_adapter_key
-from tunekit.modules.peft import merged_weight
+from tunekit.distributed import (
+    barrier,
+    gather_full_model,
+    gather_full_optimizer_state_dict,
+    get_world_size,
+    is_rank_zero,
+    is_sharded,
+)
+from tunekit.modules.peft import (
+    LoRALinear,
+    get_adapter_state_dict,
+    get_merged_state_dict,
+    is_adapter_key,
+    merged_weight,
+)
 from tunekit.training import ResumePoint, StatefulSampler, TrainSettings, steps_per_epoch
 
 __all__ = ["CheckpointSaver", "model_states"]

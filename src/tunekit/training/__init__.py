@@ -5,8 +5,8 @@ configs, data files or checkpoints (``tunekit.run`` composes those for the recip
 """
 
 from tunekit.training.data_loading import StatefulSampler, build_dataloader
-from tunekit.training.losses import ChunkedCrossEntropyLoss, CrossEntropyLoss
 from tunekit.training.loop import NonFiniteLossError, TrainResult, evaluate, train
+from tunekit.training.losses import ChunkedCrossEntropyLoss, CrossEntropyLoss
 from tunekit.training.prepare import prepare_loss, prepare_model, shard_model
 from tunekit.training.settings import TrainSettings, num_training_steps, steps_per_epoch
 from tunekit.training.state import ResumePoint, Saver

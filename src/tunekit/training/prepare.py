@@ -96,8 +96,8 @@ def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
     already placed and wrapped by :func:`shard_model`; it is only checked.
 
     Raises:
-        ValueError: invalid settings (every problem listed), several ranks but an unsharded model, or a sharded model without the
-            activation checkpointing / compile the settings ask for.
+        ValueError: invalid settings (every problem listed), several ranks but an unsharded model,
+            or a sharded model without the activation checkpointing / compile the settings ask for.
     """
     problems = settings.problems()
     if is_sharded(model):
