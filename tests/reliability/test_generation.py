@@ -180,5 +180,4 @@ def test_truncated_adapter_file(tmp_path, runs):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_a_gpu(tmp_path):
-    assert_user_error(_generate(tmp_path, "device=cuda"), "`device`='cuda'", "CUDA is not available",
-                      "use 'cpu' or 'auto'")
+    assert_user_error(_generate(tmp_path, "device=cuda"), "`device`='cuda'", "without CUDA", "device=cpu")

@@ -139,8 +139,20 @@ MULTIRUN_IN_TORCHRUN = (
 )
 
 
+def holds_a_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` already holds a run: a complete checkpoint, metrics or a result."""
+    d = Path(str(run_dir))
+    if not d.is_dir():
+        return False
+    if (d / "result.json").is_file() or (d / "logs" / "metrics.jsonl").is_file():
+        return True
+    return any((c / "COMPLETE").is_file() for c in d.glob("*") if re.fullmatch(r"(epoch|step)_\d+", c.name))
+
+
 def hydra_subdir(*, _root_: Any = None) -> str | None:
-    """``hydra.output_subdir``: ``.hydra``, or None when the config or an override holds a token."""
+    """``hydra.output_subdir``: ``.hydra``, or None when the config or an override holds a token,
+    or the run directory already holds a run (its own ``.hydra/`` record is never overwritten:
+    a refused second run writes nothing there, a resumed run keeps the first record)."""
     from hydra.core.hydra_config import HydraConfig
 
     from tunekit.config.secrets import redact_override, secret_problems
@@ -148,6 +160,9 @@ def hydra_subdir(*, _root_: Any = None) -> str | None:
     if HydraConfig.initialized():
         task = OmegaConf.select(HydraConfig.get(), "overrides.task", default=None) or []
         if any(redact_override(str(o)) != str(o) for o in task):
+            return None
+        output_dir = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+        if output_dir and holds_a_run(output_dir):
             return None
     if _root_ is not None:
         try:

@@ -105,12 +105,26 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _free_name(out: Path, name: str) -> Path:
+    """``name`` in ``out``, or ``<stem>.resume-N<suffix>`` when an earlier part of the run wrote it."""
+    path = out / name
+    n = 1
+    while path.exists():
+        path = out / f"{Path(name).stem}.resume-{n}{Path(name).suffix}"
+        n += 1
+    return path
+
+
 def write_run_info(output_dir: str | Path, *, recipe: str, resolved_config_yaml: str,
                    overrides: Sequence[str], resumed_from: str | None) -> None:
-    """Write ``config_resolved.yaml`` and ``run_info.json`` (overrides, versions, host, resume)."""
+    """Write ``config_resolved.yaml`` and ``run_info.json`` (overrides, versions, host, resume).
+
+    A run resumed in its own directory keeps the first records and writes its own beside them
+    (``run_info.resume-1.json``, ``config_resolved.resume-1.yaml``, ...): nothing is overwritten.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / RESOLVED_CONFIG_FILE, resolved_config_yaml)
+    _atomic_write(_free_name(out, RESOLVED_CONFIG_FILE), resolved_config_yaml)
     info = {
         "recipe": recipe,
         "overrides": list(overrides),
@@ -122,7 +136,7 @@ def write_run_info(output_dir: str | Path, *, recipe: str, resolved_config_yaml:
         "versions": package_versions(),
         "cuda": torch.version.cuda,
     }
-    _atomic_write(out / RUN_INFO_FILE, json.dumps(info, indent=2) + "\n")
+    _atomic_write(_free_name(out, RUN_INFO_FILE), json.dumps(info, indent=2) + "\n")
 
 
 def announce_run(*, recipe: str, output_dir: str, resolved_config_yaml: str, config: Mapping[str, Any],
