@@ -11,9 +11,12 @@ text is encoded with special-token strings parsed and nothing added around it.
 Which tokens are targets is derived by rendering prefixes, so no ``{% generation %}`` tags are
 needed: for assistant message ``i``, the conversation up to ``i`` rendered with
 ``add_generation_prompt=True`` ends where the reply starts, and the conversation up to and
-including ``i`` ends where the reply (with its end-of-turn tokens) ends. A template that renders
-earlier turns differently once later ones exist (one that drops past reasoning, say) is refused
-with one paragraph rather than masked wrongly.
+including ``i`` ends where the reply (with its end-of-turn tokens) ends. Where a template moves
+text between turns (Mistral v0.3 puts the system message in the last user turn), the reply's
+text is looked up after the previous reply; a template that rewrites the replies themselves
+(one that drops past reasoning, say) is refused with one paragraph rather than masked wrongly.
+Token boundaries come from encoding the rendered text up to each boundary and comparing with the
+whole conversation's ids, so the ids themselves are always those of the whole text.
 """
 
 from __future__ import annotations
@@ -167,6 +170,44 @@ def _template_of(tokenizer: Tokenizer, template: str | None) -> str:
     return chosen
 
 
+def _reply_span(text: str, messages: Sequence[Mapping[str, Any]], i: int, full: str, cursor: int,
+                special: Mapping[str, str], kwargs: Mapping[str, Any]) -> tuple[int, int]:
+    """Where assistant message ``i`` (with what closes its turn) lies in the rendered ``full``.
+
+    ``before`` = messages[:i] with the generation prompt, ``upto`` = messages[:i + 1]; the reply
+    is what ``upto`` adds to ``before``. Where ``upto`` is a prefix of ``full`` the span is
+    ``[len(before), len(upto))``; where the template renders earlier turns differently once later
+    ones exist (Mistral v0.3 moves the system message into the last user turn), the reply (from
+    where its content starts to the end of ``upto``) is found in ``full`` after the previous one.
+    """
+    try:
+        before = render_chat(text, messages[:i], add_generation_prompt=True, special_tokens=special, **kwargs)
+    except ChatTemplateError:
+        if i:
+            raise
+        before = ""  # a template that cannot render an empty conversation
+    upto = render_chat(text, messages[: i + 1], special_tokens=special, **kwargs)
+    if upto.startswith(before) and full.startswith(upto):
+        return len(before), len(upto)
+    # The reply starts where this turn's rendering stops agreeing with the same turn rendered
+    # around another content (two, so a reply that starts like the template's own text is not
+    # cut short); it ends with the rendering, end-of-turn tokens included.
+    start = len(upto)
+    for other in ("", "\x07"):
+        alt = render_chat(text, [*messages[:i], {**messages[i], "content": other}], special_tokens=special, **kwargs)
+        start = min(start, _common_prefix(upto, alt))
+    reply = upto[start:]
+    at = full.find(reply, cursor) if reply else -1
+    if at < 0:
+        raise ChatTemplateError(
+            f"The model's chat template renders messages[{i}] (an assistant reply) differently once later "
+            f"messages follow (it rewrites or drops earlier turns), so the reply's tokens cannot be "
+            f"located by rendering prefixes. Train on every token (train_on_input=true), split the "
+            f"conversation into one row per assistant reply, or use a chat template whose earlier turns "
+            f"do not depend on later ones.")
+    return at, at + len(reply)
+
+
 def chat_tokens(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]], *, train_on_input: bool = False,
                 template: str | None = None, **template_kwargs: Any) -> tuple[list[int], list[bool]]:
     """Tokenize a conversation with the model's chat template, and say which tokens are targets.
@@ -199,20 +240,16 @@ def chat_tokens(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]], *, 
     if train_on_input:
         return ids, [not (i == 0 and t == bos) for i, t in enumerate(ids)]
     targets = [False] * len(ids)
+    cursor = 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = render_chat(text, messages[:i], add_generation_prompt=True, special_tokens=special,
-                             **template_kwargs) if i else ""
-        upto = render_chat(text, messages[: i + 1], special_tokens=special, **template_kwargs)
-        if not (full.startswith(upto) and upto.startswith(before)):
-            raise ChatTemplateError(
-                f"The model's chat template renders the conversation before messages[{i}] (the assistant "
-                f"reply) differently once later messages follow, so the reply's tokens cannot be located "
-                f"by rendering prefixes. Train on every token (train_on_input=true), or give a chat "
-                f"template whose earlier turns do not depend on later ones.")
-        start = _common_prefix(tokenizer.encode(before, add_bos=False, add_eos=False), ids) if before else 0
-        end = _common_prefix(tokenizer.encode(upto, add_bos=False, add_eos=False), ids)
+        a, b = _reply_span(text, messages, i, full, cursor, special, template_kwargs)
+        if b <= a:
+            continue
+        cursor = b
+        start = _common_prefix(tokenizer.encode(full[:a], add_bos=False, add_eos=False), ids) if a else 0
+        end = _common_prefix(tokenizer.encode(full[:b], add_bos=False, add_eos=False), ids)
         for k in range(start, end):
             targets[k] = True
     return ids, targets

@@ -28,14 +28,16 @@ LLAMA3_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _NUM_SPECIAL = 256
-#: Llama 3.1 / 3.2 special tokens, in id order after the ranks (3.0 differs only in the names of
-#: reserved slots; the ids of BOS, EOS, the header tokens and ``<|eot_id|>`` are the same).
+#: Llama 3.1 special tokens, in id order after the ranks (128000 onwards), named as its published
+#: tokenizer.json names them. Llama 3.0 and 3.2 differ only in the names of a few slots; the ids
+#: of BOS, EOS, the header tokens and ``<|eot_id|>`` are the same in all three.
 LLAMA3_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-    "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+    "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
     "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
-    *(f"<|reserved_special_token_{i}|>" for i in range(2, _NUM_SPECIAL - 9)),
+    *(f"<|reserved_special_token_{i}|>" for i in range(3, _NUM_SPECIAL - 8)),
 )
+assert len(LLAMA3_SPECIAL_TOKENS) == _NUM_SPECIAL
 
 #: The Llama 3 chat layout (Meta's reference ``ChatFormat``), written as a Jinja chat template:
 #: ``<|begin_of_text|>`` then per message ``<|start_header_id|>{role}<|end_header_id|>\n\n``
