@@ -27,14 +27,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from tunekit.data._loading import describe_value
+from tunekit.data._loading import DataFormatError, describe_value
 from tunekit.tokenizers import Tokenizer
 
 #: Roles a message may have in a training conversation.
 ROLES = ("system", "user", "assistant", "tool")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(DataFormatError):
     """The chat template cannot render these messages, or its turns cannot be told apart.
 
     ``str(err)`` is one paragraph naming the message and the fix.

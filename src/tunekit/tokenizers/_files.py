@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tunekit.tokenizers._sentencepiece import TokenizerError
+from tunekit.tokenizers._sentencepiece import TokenizerError, describe_tokenizer_file
 
 #: The special-token roles a chat template sees by name (``{{ bos_token }}``), as in transformers.
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -84,3 +84,16 @@ def generation_stop_ids(directory: Path) -> list[int]:
     eos = gen.get("eos_token_id")
     values: Iterable[Any] = eos if isinstance(eos, list) else [eos]
     return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def describe_file(path: Path, data: bytes) -> str:
+    """What a file that is not the expected tokenizer format is, in words, with the right loader."""
+    import sentencepiece as spm
+
+    if data.strip():
+        try:
+            spm.SentencePieceProcessor(model_proto=data)
+            return "it is a SentencePiece model (the Llama 2 / Mistral v0.1 format): read it with `tokenizer=llama2`"
+        except (RuntimeError, OSError, TypeError):
+            pass
+    return describe_tokenizer_file(path, data[:512], len(data)).replace(" that SentencePiece cannot parse", "")

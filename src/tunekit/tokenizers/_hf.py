@@ -15,6 +15,7 @@ from typing import Any
 from tunekit.tokenizers._files import (
     SPECIAL_TOKEN_KEYS,
     chat_template_from,
+    describe_file,
     generation_stop_ids,
     read_json_beside,
     token_content,
@@ -45,15 +46,13 @@ def _open_tokenizer_json(p: Path) -> Any:
         return _RustTokenizer.from_file(str(p))
     except Exception as e:  # the Rust side raises a plain Exception for any parse error
         try:
-            head = p.open("rb").read(512)
+            data = p.read_bytes()
         except OSError as err:
             raise TokenizerError(
                 f"Tokenizer file {str(p)!r} cannot be read ({err.strerror or err}). Check its "
                 f"permissions, or point `tokenizer.path` at a readable `tokenizer.json`.") from None
-        from tunekit.tokenizers._sentencepiece import describe_tokenizer_file
-
-        what = describe_tokenizer_file(p, head, p.stat().st_size)
-        if head.lstrip().startswith(b"{") and "tokenizer.json" in what:
+        what = describe_file(p, data)
+        if data.lstrip().startswith(b"{") and "tokenizer.json" in what:
             what = "it is JSON in the tokenizer.json layout but the `tokenizers` library rejects it"
         raise TokenizerError(
             f"Tokenizer file {str(p)!r} is not a Hugging Face tokenizer.json the `tokenizers` library "

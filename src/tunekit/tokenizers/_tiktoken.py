@@ -15,7 +15,7 @@ import binascii
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tunekit.tokenizers._files import chat_template_from, generation_stop_ids, read_json_beside
+from tunekit.tokenizers._files import chat_template_from, describe_file, generation_stop_ids, read_json_beside
 from tunekit.tokenizers._sentencepiece import (
     TokenizerError,
     TokenizerFileNotFoundError,
@@ -80,12 +80,13 @@ def load_ranks(p: Path) -> dict[bytes, int]:
             if len(parts) != 2 or not token:
                 raise ValueError
         except (binascii.Error, ValueError, IndexError):
-            what = describe_tokenizer_file(p, data[:512], len(data)) if n == 1 else (
+            what = describe_file(p, data) if not ranks else (
                 f"line {n} is {line[:60].decode('utf-8', 'replace')!r}, not '<base64 token> <rank>'")
             raise TokenizerError(f"Tokenizer file {str(p)!r} is not a tiktoken BPE file: {what}. {_HINT}") from None
         ranks[token] = rank
     if not ranks:
-        raise TokenizerError(f"Tokenizer file {str(p)!r} is not a tiktoken BPE file: it holds no ranks. {_HINT}")
+        what = describe_tokenizer_file(p, data[:512], len(data)) if not data.strip() else "it holds no ranks"
+        raise TokenizerError(f"Tokenizer file {str(p)!r} is not a tiktoken BPE file: {what}. {_HINT}")
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise TokenizerError(
             f"Tokenizer file {str(p)!r} has ranks that are not 0..{len(ranks) - 1}, each once (a truncated "
