@@ -151,6 +151,15 @@ def check_model_chat_record(rec: Any) -> str | None:
 CHAT_TEMPLATES = ("llama2_chat", "model")
 
 
+def _check_has_chat_template(tokenizer: Tokenizer) -> None:
+    if not tokenizer_chat_template(tokenizer):
+        raise DataSettingError(
+            f"dataset.template=model uses the chat template the model ships, but the tokenizer "
+            f"{str(getattr(tokenizer, 'path', type(tokenizer).__name__))!r} carries none (a "
+            f"SentencePiece tokenizer.model never does). Use a tokenizer.json with its "
+            f"tokenizer_config.json (tokenizer=hf), or set dataset.template=llama2_chat.")
+
+
 def _model_chat_samples(tokenizer: Tokenizer, records: Sequence[Any], rows: Sequence[int], path: Path,
                         row_word: str, train_on_input: bool) -> Iterable[tuple[list[int], list[bool]]]:
     """``chat_tokens`` per record; a record the template refuses is named by file and row."""
@@ -287,16 +296,13 @@ class ChatDataset(Dataset):
         self.train_on_input = bool(train_on_input)
         self.split = split
         model = template == "model"
+        if model and isinstance(tokenizer, Tokenizer):  # a setting problem: named before the data
+            _check_has_chat_template(tokenizer)
         self.source, self.row_word, rows, records = load_split(
             source, check_model_chat_record if model else check_chat_record, self.hint,
             split=split, val_fraction=val_fraction, split_seed=split_seed)
         if model:
-            if not tokenizer_chat_template(tokenizer):
-                raise DataSettingError(
-                    f"dataset.template=model uses the chat template the model ships, but the tokenizer "
-                    f"{str(getattr(tokenizer, 'path', type(tokenizer).__name__))!r} carries none (a "
-                    f"SentencePiece tokenizer.model never does). Use a tokenizer.json with its "
-                    f"tokenizer_config.json (tokenizer=hf), or set dataset.template=llama2_chat.")
+            _check_has_chat_template(tokenizer)
             encoded = _model_chat_samples(tokenizer, records, rows, self.source, self.row_word,
                                           self.train_on_input)
         else:

@@ -98,9 +98,17 @@ TINY_TOKENIZER_PATH: Path = Path(__file__).resolve().parents[1] / "assets" / "to
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What the data pipeline and the recipes need from a tokenizer."""
+    """What the data pipeline and the recipes need from a tokenizer.
 
-    bos_id: int
+    Implemented by :class:`SentencePieceTokenizer`, ``HFTokenizer`` and ``TiktokenTokenizer``.
+    ``bos_id`` is None for a model without a BOS token (Qwen's ``tokenizer.json``): ``add_bos``
+    then adds nothing. The HF and tiktoken tokenizers also carry ``chat_template`` (the Jinja
+    text or None), ``special_tokens`` (``{"bos_token": ..., "eos_token": ...}`` as a template
+    sees them), ``stop_ids`` (EOS plus ``generation_config.json``'s ``eos_token_id``) and
+    ``adds_bos`` / ``adds_eos`` (the checkpoint's own convention for plain text).
+    """
+
+    bos_id: int | None
     eos_id: int
     pad_id: int
     vocab_size: int
