@@ -145,6 +145,10 @@ def mistral_dir(d: Path) -> Path:
     return d
 
 
-def copy_dir(src: Path, dst: Path) -> Path:
+def with_tokenizer_class(src: Path, dst: Path, tokenizer_class: str) -> Path:
+    """A copy of ``src`` whose tokenizer_config.json names ``tokenizer_class`` (as Qwen's and
+    Mistral's do), which transformers uses to pick the class it loads the same files with."""
     shutil.copytree(src, dst)
+    config = json.loads((dst / "tokenizer_config.json").read_text())
+    (dst / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": tokenizer_class}))
     return dst

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.tokenizers._tokenizer_files import TEXTS, chatml_dir, llama3_hf_dir, llama3_meta_dir, mistral_dir
+from tests.tokenizers._tokenizer_files import (
+    TEXTS,
+    chatml_dir,
+    llama3_hf_dir,
+    llama3_meta_dir,
+    mistral_dir,
+    with_tokenizer_class,
+)
 from tunekit.tokenizers import (
     LLAMA3_PATTERN,
     LLAMA3_SPECIAL_TOKENS,
@@ -33,11 +40,15 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("tok")
-    return {"chatml": chatml_dir(), "llama3": llama3_hf_dir(base / "llama3"), "mistral": mistral_dir(base / "mistral"),
-            "meta": llama3_meta_dir(base / "meta")}
+    out = {"chatml": chatml_dir(), "llama3": llama3_hf_dir(base / "llama3"), "mistral": mistral_dir(base / "mistral"),
+           "meta": llama3_meta_dir(base / "meta")}
+    # The class names the real checkpoints give; transformers builds those classes from the same files.
+    out["chatml_qwen2_class"] = with_tokenizer_class(out["chatml"], base / "qwen2_class", "Qwen2Tokenizer")
+    out["mistral_llama_class"] = with_tokenizer_class(out["mistral"], base / "llama_class", "LlamaTokenizer")
+    return out
 
 
-@pytest.mark.parametrize("layout", ["chatml", "llama3", "mistral"])
+@pytest.mark.parametrize("layout", ["chatml", "llama3", "mistral", "chatml_qwen2_class", "mistral_llama_class"])
 def test_hf_encoding_equals_autotokenizer(dirs: dict[str, Path], layout: str) -> None:
     ours = tokenizer_from_dir(dirs[layout])
     ref = transformers.AutoTokenizer.from_pretrained(dirs[layout])
