@@ -222,3 +222,20 @@ def test_bundled_tokenizer_json_is_regenerated_byte_identically(tmp_path: Path) 
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (TINY_HF_TOKENIZER_DIR / name).read_bytes(), name
     assert tiny_hf_tokenizer().vocab_size == 512
+
+
+@pytest.mark.parametrize(("option", "layout", "cls"), [("hf", "llama3", HFTokenizer), ("llama3", "meta", TiktokenTokenizer)])
+def test_config_components_find_the_tokenizer_in_a_model_dir_or_a_run(dirs: dict[str, Path], tmp_path: Path,
+                                                                      option: str, layout: str, cls: type) -> None:
+    from tunekit.config import compose, instantiate
+
+    tok = instantiate(compose("lora_finetune", [f"tokenizer={option}", f"checkpointer.checkpoint_dir={dirs[layout]}"]).tokenizer)
+    assert isinstance(tok, cls) and tok.path.parent == dirs[layout]
+    # A run tunekit saved keeps the model's files in epoch_N/model/.
+    model = tmp_path / "run" / "epoch_0" / "model"
+    model.mkdir(parents=True)
+    for f in dirs[layout].iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    (model.parent / "COMPLETE").touch()
+    cfg = compose("lora_finetune", [f"tokenizer={option}", f"checkpointer.checkpoint_dir={tmp_path / 'run'}"])
+    assert instantiate(cfg.tokenizer).path == model / tok.path.name
