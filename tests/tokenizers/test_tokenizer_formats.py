@@ -45,10 +45,15 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # The class names the real checkpoints give; transformers builds those classes from the same files.
     out["chatml_qwen2_class"] = with_tokenizer_class(out["chatml"], base / "qwen2_class", "Qwen2Tokenizer")
     out["mistral_llama_class"] = with_tokenizer_class(out["mistral"], base / "llama_class", "LlamaTokenizer")
+    # add_bos_token / add_eos_token that contradict the post-processor: the post-processor decides.
+    flags = out["llama3_flags"] = with_tokenizer_class(out["llama3"], base / "flags", "PreTrainedTokenizerFast")
+    config = json.loads((flags / "tokenizer_config.json").read_text())
+    (flags / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": False, "add_eos_token": True}))
     return out
 
 
-@pytest.mark.parametrize("layout", ["chatml", "llama3", "mistral", "chatml_qwen2_class", "mistral_llama_class"])
+@pytest.mark.parametrize("layout", ["chatml", "llama3", "mistral", "chatml_qwen2_class", "mistral_llama_class",
+                                    "llama3_flags"])
 def test_hf_encoding_equals_autotokenizer(dirs: dict[str, Path], layout: str) -> None:
     ours = tokenizer_from_dir(dirs[layout])
     ref = transformers.AutoTokenizer.from_pretrained(dirs[layout])

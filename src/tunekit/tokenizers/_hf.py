@@ -76,7 +76,8 @@ class HFTokenizer:
         eos_id: the ``eos_token`` of ``tokenizer_config.json``.
         pad_id: the ``pad_token``, else ``eos_id`` (padded positions never carry a label).
         stop_ids: ``eos_id`` plus every ``eos_token_id`` of ``generation_config.json``.
-        adds_bos / adds_eos: whether the checkpoint's own convention adds BOS/EOS to a text.
+        adds_bos / adds_eos: whether the checkpoint's own convention (the post-processor of
+            ``tokenizer.json``) adds BOS/EOS to a text.
         chat_template: the checkpoint's Jinja chat template, or None.
         special_tokens: ``{"bos_token": "<s>", ...}`` as a chat template sees them.
     """
@@ -117,10 +118,11 @@ class HFTokenizer:
         self.pad_id: int = ids["pad_token"] if ids["pad_token"] is not None else self.eos_id
         stops = [self.eos_id, *generation_stop_ids(directory)]
         self.stop_ids: list[int] = [i for n, i in enumerate(stops) if i not in stops[:n]]
+        # What the tokenizer.json's post-processor adds is what transformers 5 adds (it no longer
+        # rewrites the post-processor from tokenizer_config.json's add_bos_token / add_eos_token).
         probe = self._tok.encode("", add_special_tokens=True).ids
-        self.adds_bos: bool = bool((config or {}).get("add_bos_token", bool(probe) and probe[0] == self.bos_id))
-        self.adds_bos = self.adds_bos and self.bos_id is not None
-        self.adds_eos: bool = bool((config or {}).get("add_eos_token", bool(probe) and probe[-1] == self.eos_id))
+        self.adds_bos: bool = bool(probe) and self.bos_id is not None and probe[0] == self.bos_id
+        self.adds_eos: bool = bool(probe) and probe[-1] == self.eos_id
         self._special_ids = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
 
     def __repr__(self) -> str:
