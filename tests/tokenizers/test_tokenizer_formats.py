@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,21 @@ def test_config_components_find_the_tokenizer_in_a_model_dir_or_a_run(dirs: dict
     (model.parent / "COMPLETE").touch()
     cfg = compose("lora_finetune", [f"tokenizer={option}", f"checkpointer.checkpoint_dir={tmp_path / 'run'}"])
     assert instantiate(cfg.tokenizer).path == model / tok.path.name
+
+
+def test_auto_component_picks_the_checkpoints_own_tokenizer(dirs: dict[str, Path], tmp_path: Path) -> None:
+    from tunekit.config import compose, instantiate
+
+    for layout, cls in (("llama3", HFTokenizer), ("meta", TiktokenTokenizer)):
+        cfg = compose("lora_finetune", ["tokenizer=auto", f"checkpointer.checkpoint_dir={dirs[layout]}"])
+        assert isinstance(instantiate(cfg.tokenizer), cls)
+    assert isinstance(instantiate(compose("lora_finetune", ["tokenizer=auto"]).tokenizer), SentencePieceTokenizer)
+    run = tmp_path / "run"
+    for n, layout in enumerate(("meta", "chatml")):  # epoch_1 is the newest complete one
+        model = run / f"epoch_{n}" / "model"
+        model.mkdir(parents=True)
+        for f in dirs[layout].iterdir():
+            (model / f.name).write_bytes(f.read_bytes())
+        (model.parent / "COMPLETE").touch()
+        os.utime(model.parent / "COMPLETE", ns=(10**18 + n, 10**18 + n))
+    assert isinstance(tokenizer_from_dir(run), HFTokenizer)

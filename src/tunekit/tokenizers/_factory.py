@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from pathlib import Path
 
 from tunekit.tokenizers._hf import HFTokenizer
@@ -36,12 +37,23 @@ def tokenizer_from_file(path: str | Path) -> Tokenizer:
     return SentencePieceTokenizer(p)
 
 
+def _saved_model_dirs(run: Path) -> list[Path]:
+    """``model/`` of each complete ``epoch_N`` / ``step_N`` checkpoint under ``run``, newest first."""
+    if not run.is_dir():
+        return []
+    saved = [d for d in run.iterdir() if re.fullmatch(r"(epoch|step)_\d+", d.name) and (d / "COMPLETE").is_file()]
+    saved.sort(key=lambda d: (d / "COMPLETE").stat().st_mtime_ns, reverse=True)
+    return [d / "model" for d in saved]
+
+
 def tokenizer_from_dir(path: str | Path) -> Tokenizer:
     """The tokenizer a model directory ships, chosen from the files present.
 
     ``tokenizer.json`` wins (it is what transformers loads, with ``tokenizer_config.json`` beside
     it); otherwise ``tokenizer.model`` is read as tiktoken ranks or SentencePiece, by its content.
-    A tunekit checkpoint (``RUN/epoch_N``) is looked into (``model/``); a file path is used as is.
+    A tunekit checkpoint (``RUN/epoch_N``) is looked into (``model/``), a run directory stands for
+    its newest complete checkpoint, an HF download's ``original/`` is looked into last; a file
+    path is used as is. (The ``tokenizer=auto`` config component.)
 
     Raises:
         TokenizerFileNotFoundError: the directory holds neither file (names what it holds).
@@ -49,7 +61,7 @@ def tokenizer_from_dir(path: str | Path) -> Tokenizer:
     p = Path(path).expanduser()
     if p.is_file():
         return tokenizer_from_file(p)
-    for d in (p, p / "model", p / "original"):
+    for d in (p, p / "model", p / "original", *_saved_model_dirs(p)):
         if (d / "tokenizer.json").is_file():
             return HFTokenizer(d / "tokenizer.json")
         if (d / "tokenizer.model").is_file():
