@@ -112,6 +112,11 @@ def test_template_globals_match_transformers(dirs: dict[str, Path]) -> None:
         render_chat(template, [{"role": "tool", "content": "t"}])
     with pytest.raises(ChatTemplateError, match=r"not valid Jinja \(line 1"):
         render_chat("{% for m in messages %}", messages)
+    # Reasoning given under another name reaches the template as reasoning_content, as in transformers.
+    think = "{% for m in messages %}{{ m.reasoning_content }}|{{ m.thinking }}|{{ m.content }};{% endfor %}"
+    with_reasoning = [{"role": "assistant", "content": "a", "reasoning": "r"}]
+    assert render_chat(think, with_reasoning) == ref.apply_chat_template(with_reasoning, chat_template=think,
+                                                                          tokenize=False) == "r|r|a;"
     # {% generation %} tags are accepted and render their body.
     tagged = "{% for m in messages %}{% generation %}[{{ m['content'] }}]{% endgeneration %}{% endfor %}"
     assert render_chat(tagged, messages) == "[é<&>][x]"

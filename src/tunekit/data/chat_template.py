@@ -91,6 +91,18 @@ def compile_template(template: str) -> Any:
             f"restore it from the model's repository.") from None
 
 
+#: Names a message's reasoning comes under; transformers fills the first two from any of them.
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _with_reasoning_aliases(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``message`` with its reasoning under every name templates read (as transformers)."""
+    reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
+    if reasoning is None:
+        return dict(message)
+    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
+
+
 def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False,
                 special_tokens: Mapping[str, str] | None = None, **kwargs: Any) -> str:
     """Render ``messages`` with a chat template exactly as ``apply_chat_template(tokenize=False)``.
@@ -110,7 +122,7 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_gen
     compiled = compile_template(template)
     variables = {**(special_tokens or {}), "tools": None, "documents": None, **kwargs}
     try:
-        return compiled.render(messages=[dict(m) for m in messages],
+        return compiled.render(messages=[_with_reasoning_aliases(m) for m in messages],
                                add_generation_prompt=add_generation_prompt, **variables)
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f"the model's chat template refuses these messages: {e}") from None
