@@ -121,3 +121,8 @@ def test_chat_template_that_is_not_jinja(tmp_path: Path) -> None:
     proc, user = _run(tmp_path, files, *HF, "dataset=chat", "dataset.source=USER/chat.jsonl",
                       "dataset.template=model", "dataset.val_fraction=0")
     assert_user_error(proc, str(user / "chat.jsonl"), "line 1", "not valid Jinja", "chat_template.jinja")
+
+
+def test_tokenizer_json_missing_beside_a_tokenizer_model(tmp_path: Path) -> None:
+    proc, user = _run(tmp_path, {"tokenizer.model": TINY_TOKENIZER_PATH.read_bytes()}, *HF)
+    assert_user_error(proc, str(user / "tokenizer.json"), "does not exist", "holds tokenizer.model", "tokenizer=auto")

@@ -263,3 +263,12 @@ def test_auto_component_picks_the_checkpoints_own_tokenizer(dirs: dict[str, Path
         (model.parent / "COMPLETE").touch()
         os.utime(model.parent / "COMPLETE", ns=(10**18 + n, 10**18 + n))
     assert isinstance(tokenizer_from_dir(run), HFTokenizer)
+
+
+def test_missing_file_names_the_tokenizer_beside_it(dirs: dict[str, Path]) -> None:
+    with pytest.raises(TokenizerFileNotFoundError) as e:
+        llama3_tokenizer(dirs["llama3"] / "tokenizer.model")
+    assert "holds tokenizer.json" in str(e.value) and "tokenizer=auto" in str(e.value)
+    with pytest.raises(TokenizerFileNotFoundError) as e:
+        hf_tokenizer(dirs["meta"] / "tokenizer.json")
+    assert "holds tokenizer.model" in str(e.value) and "tokenizer=auto" in str(e.value)

@@ -97,3 +97,14 @@ def describe_file(path: Path, data: bytes) -> str:
         except (RuntimeError, OSError, TypeError):
             pass
     return describe_tokenizer_file(path, data[:512], len(data)).replace(" that SentencePiece cannot parse", "")
+
+
+def other_tokenizer_hint(path: Path) -> str:
+    """`` Beside it: ... use tokenizer=auto`` when the directory holds another tokenizer file."""
+    d = path.parent
+    found = [f for f in ("tokenizer.json", "tokenizer.model", "original/tokenizer.model")
+             if f != path.name and (d / f).is_file()]
+    if not found:
+        return ""
+    return (f" The directory holds {' and '.join(found)}: `tokenizer=auto` picks the tokenizer a checkpoint "
+            f"ships from its files.")

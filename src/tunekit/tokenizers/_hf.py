@@ -17,6 +17,7 @@ from tunekit.tokenizers._files import (
     chat_template_from,
     describe_file,
     generation_stop_ids,
+    other_tokenizer_hint,
     read_json_beside,
     token_content,
 )
@@ -41,7 +42,8 @@ def _open_tokenizer_json(p: Path) -> Any:
             fix = f" It holds a `tokenizer.json`: set `tokenizer.path={inside}`." if inside.is_file() else ""
             raise TokenizerFileNotFoundError(
                 f"Tokenizer path {str(p)!r} is a directory, not a tokenizer file.{fix} {_HF_HINT}")
-        raise TokenizerFileNotFoundError(f"Tokenizer file {str(p)!r} does not exist. {_HF_HINT}")
+        raise TokenizerFileNotFoundError(
+            f"Tokenizer file {str(p)!r} does not exist.{other_tokenizer_hint(p)} {_HF_HINT}")
     try:
         return _RustTokenizer.from_file(str(p))
     except Exception as e:  # the Rust side raises a plain Exception for any parse error

@@ -15,7 +15,13 @@ import binascii
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tunekit.tokenizers._files import chat_template_from, describe_file, generation_stop_ids, read_json_beside
+from tunekit.tokenizers._files import (
+    chat_template_from,
+    describe_file,
+    generation_stop_ids,
+    other_tokenizer_hint,
+    read_json_beside,
+)
 from tunekit.tokenizers._sentencepiece import (
     TokenizerError,
     TokenizerFileNotFoundError,
@@ -64,7 +70,8 @@ def load_ranks(p: Path) -> dict[bytes, int]:
             fix = f" It holds a `tokenizer.model`: set `tokenizer.path={inside}`." if inside.is_file() else ""
             raise TokenizerFileNotFoundError(
                 f"Tokenizer path {str(p)!r} is a directory, not a tokenizer file.{fix} {_HINT}")
-        raise TokenizerFileNotFoundError(f"Tokenizer file {str(p)!r} does not exist. {_HINT}")
+        raise TokenizerFileNotFoundError(
+            f"Tokenizer file {str(p)!r} does not exist.{other_tokenizer_hint(p)} {_HINT}")
     try:
         data = p.read_bytes()
     except OSError as e:
