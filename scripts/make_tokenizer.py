@@ -7,10 +7,17 @@ word lists below, combined by a seeded random generator, so the output is determ
     python scripts/make_tokenizer.py text       # src/tunekit/assets/text/*.txt
     python scripts/make_tokenizer.py data       # src/tunekit/assets/data/{alpaca_tiny.json,chat_tiny.jsonl}
     python scripts/make_tokenizer.py tokenizer  # src/tunekit/assets/tokenizer/tokenizer.model
+    python scripts/make_tokenizer.py hf         # src/tunekit/assets/tokenizer/hf/{tokenizer.json,tokenizer_config.json}
 
 The tokenizer is a SentencePiece BPE model with Llama 2's settings (byte fallback, unk=0,
 bos=1 ``<s>``, eos=2 ``</s>``, no pad id, split digits, dummy prefix, identity normalisation)
 and a vocabulary of 512 pieces, trained on the bundled text only.
+
+The HF tokenizer is a byte-level BPE ``tokenizer.json`` (512 entries: 256 bytes, 253 merges and
+the three ChatML special tokens ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``) trained with
+the ``tokenizers`` library on the same text, with Qwen2's published pre-tokenizer pattern and NFC
+normalisation, no BOS, and a ``tokenizer_config.json`` holding a ChatML chat template written
+here. Both files are byte-identical on every run.
 """
 
 from __future__ import annotations
@@ -674,9 +681,65 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE, out: Path = TOKENIZER_DIR / "t
     return out
 
 
+#: Qwen2's published pre-tokenizer pattern (single digits, unlike Llama 3's runs of three).
+CHATML_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+#: The ChatML layout (a published fact), written here: per message
+#: ``<|im_start|>{role}\n{content}<|im_end|>\n``, and ``<|im_start|>assistant\n`` to generate from.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('Unknown role ' + message['role'] + ': roles are system, user, assistant') }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def train_hf_tokenizer(out_dir: Path = TOKENIZER_DIR / "hf", vocab_size: int = VOCAB_SIZE) -> Path:
+    """Train the tiny byte-level BPE ``tokenizer.json`` + ChatML ``tokenizer_config.json``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    files = sorted(TEXT_DIR.glob("*.txt"))
+    if not files:
+        sys.exit(f"no bundled text in {TEXT_DIR}; run `python scripts/make_tokenizer.py text` first")
+    lines = [ln for f in files for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CHATML_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  special_tokens=CHATML_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(lines, trainer=trainer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.json").write_text(tok.to_str(pretty=True) + "\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "model_max_length": 512,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHATML_TEMPLATE,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out_dir}/tokenizer.json (vocab {tok.get_vocab_size()}) and tokenizer_config.json")
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "text", "data", "tokenizer"])
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "text", "data", "tokenizer", "hf"])
     args = parser.parse_args(argv)
     if args.what in ("all", "text"):
         write_text()
@@ -684,6 +747,8 @@ def main(argv: list[str] | None = None) -> None:
         write_data()
     if args.what in ("all", "tokenizer"):
         train_tokenizer()
+    if args.what in ("all", "hf"):
+        train_hf_tokenizer()
 
 
 if __name__ == "__main__":

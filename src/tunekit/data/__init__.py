@@ -14,8 +14,15 @@ from tunekit.data._loading import (
     DataSettingError,
     bundled_text_files,
 )
+from tunekit.data.chat_template import (
+    ChatTemplateError,
+    chat_generation_tokens,
+    chat_tokens,
+    check_chat_messages,
+    render_chat,
+)
 from tunekit.data.collate import block_causal_mask, packed_collate, padded_collate
-from tunekit.data.datasets import CROSS_ENTROPY_IGNORE_IDX, ChatDataset, InstructDataset
+from tunekit.data.datasets import CHAT_TEMPLATES, CROSS_ENTROPY_IGNORE_IDX, ChatDataset, InstructDataset
 from tunekit.data.packing import PackedDataset
 from tunekit.data.report import DataReport, data_report
 from tunekit.data.templates import (
@@ -36,8 +43,10 @@ __all__ = [
     "ASSETS_DATA_DIR",
     "ASSETS_TEXT_DIR",
     "BUNDLED_DATA",
+    "CHAT_TEMPLATES",
     "CROSS_ENTROPY_IGNORE_IDX",
     "ChatDataset",
+    "ChatTemplateError",
     "DataFormatError",
     "DataReport",
     "DataSettingError",
@@ -48,10 +57,14 @@ __all__ = [
     "alpaca_prompt",
     "block_causal_mask",
     "bundled_text_files",
+    "chat_generation_tokens",
+    "chat_tokens",
+    "check_chat_messages",
     "data_report",
     "llama2_chat_generation_tokens",
     "packed_collate",
     "padded_collate",
+    "render_chat",
     "tokenize_alpaca",
     "tokenize_llama2_chat",
     "validate_messages",

@@ -18,6 +18,7 @@ from tunekit.data._loading import (
     resolve_source,
     split_indices,
 )
+from tunekit.data.chat_template import ChatTemplateError, chat_tokens, check_chat_messages, tokenizer_chat_template
 from tunekit.data.templates import INSTRUCT_TEMPLATES, tokenize_llama2_chat, validate_messages
 from tunekit.tokenizers import Tokenizer
 
@@ -137,6 +138,38 @@ def check_chat_record(rec: Any) -> str | None:
     return validate_messages(rec["messages"])
 
 
+def check_model_chat_record(rec: Any) -> str | None:
+    """What is wrong with a chat record for the model's own template, or None."""
+    if not isinstance(rec, Mapping):
+        return f"expected an object with 'messages', got {describe_value(rec)}"
+    if "messages" not in rec:
+        return f"missing the field 'messages' (it has {sorted(rec)})"
+    return check_chat_messages(rec["messages"])
+
+
+#: Layouts ``ChatDataset(template=...)`` accepts.
+CHAT_TEMPLATES = ("llama2_chat", "model")
+
+
+def _check_has_chat_template(tokenizer: Tokenizer) -> None:
+    if not tokenizer_chat_template(tokenizer):
+        raise DataSettingError(
+            f"dataset.template=model uses the chat template the model ships, but the tokenizer "
+            f"{str(getattr(tokenizer, 'path', type(tokenizer).__name__))!r} carries none (a "
+            f"SentencePiece tokenizer.model never does). Use a tokenizer.json with its "
+            f"tokenizer_config.json (tokenizer=hf), or set dataset.template=llama2_chat.")
+
+
+def _model_chat_samples(tokenizer: Tokenizer, records: Sequence[Any], rows: Sequence[int], path: Path,
+                        row_word: str, train_on_input: bool) -> Iterable[tuple[list[int], list[bool]]]:
+    """``chat_tokens`` per record; a record the template refuses is named by file and row."""
+    for row, rec in zip(rows, records):
+        try:
+            yield chat_tokens(tokenizer, rec["messages"], train_on_input=train_on_input)
+        except ChatTemplateError as e:
+            raise DataFormatError(f"Data file {str(path)!r}, {row_word} {row}: {e}") from None
+
+
 class InstructDataset(Dataset):
     """Alpaca-style instruction data (``instruction``, optional ``input``, ``output``).
 
@@ -219,7 +252,8 @@ class InstructDataset(Dataset):
 
 
 class ChatDataset(Dataset):
-    """Chat data (``{"messages": [{"role", "content"}, ...]}``) in the Llama 2 chat format.
+    """Chat data (``{"messages": [{"role", "content"}, ...]}``) in the Llama 2 chat format, or in
+    the model's own chat template (``template="model"``).
 
     Tokenized once, here; conversations whose every assistant token is cut away by
     ``max_seq_len`` are dropped (``dropped_rows``), as in :class:`InstructDataset`.
@@ -227,9 +261,14 @@ class ChatDataset(Dataset):
     Args:
         tokenizer: the tokenizer.
         source: path of a local ``.jsonl`` (or ``.json`` list) file, or ``"chat_tiny"``.
+        template: ``"llama2_chat"`` (``[INST]`` turns, the default) or ``"model"``: the Jinja
+            chat template the tokenizer carries (``tokenizer_config.json`` /
+            ``chat_template.jinja``), tokens equal to transformers' ``apply_chat_template``;
+            the assistant turns are found by rendering prefixes
+            (:func:`tunekit.data.chat_tokens`).
         max_seq_len: samples are cut to this many tokens.
         train_on_input: also take the loss on the system/user turns; by default only on the
-            assistant replies and their EOS.
+            assistant replies and their EOS (or the template's end-of-turn tokens).
         split: ``"train"``, ``"validation"`` (alias ``"val"``) or ``"all"``.
         val_fraction: share of rows held out for validation (0: no validation set).
         split_seed: seed of the deterministic split.
@@ -242,21 +281,34 @@ class ChatDataset(Dataset):
     hint = ("Each row needs 'messages': an optional 'system' message, then 'user' and "
             "'assistant' messages alternating, each {'role': ..., 'content': ...}, ending with 'assistant'.")
 
-    def __init__(self, tokenizer: Tokenizer, source: str | Path, *, max_seq_len: int = 512,
-                 train_on_input: bool = False, split: str = "train", val_fraction: float = 0.1,
-                 split_seed: int = 0) -> None:
+    def __init__(self, tokenizer: Tokenizer, source: str | Path, *, template: str = "llama2_chat",
+                 max_seq_len: int = 512, train_on_input: bool = False, split: str = "train",
+                 val_fraction: float = 0.1, split_seed: int = 0) -> None:
+        if template not in CHAT_TEMPLATES:
+            raise DataSettingError(
+                f"dataset.template={template!r} is not a layout of ChatDataset; the valid ones are "
+                f"{', '.join(repr(t) for t in CHAT_TEMPLATES)}. Set dataset.template=model to use the "
+                f"model's own chat template, or dataset.template=llama2_chat for Llama 2's [INST] turns.")
         _check_max_seq_len(max_seq_len)
         self.tokenizer = tokenizer
+        self.template = template
         self.max_seq_len = max_seq_len
         self.train_on_input = bool(train_on_input)
         self.split = split
+        model = template == "model"
+        if model and isinstance(tokenizer, Tokenizer):  # a setting problem: named before the data
+            _check_has_chat_template(tokenizer)
         self.source, self.row_word, rows, records = load_split(
-            source, check_chat_record, self.hint,
+            source, check_model_chat_record if model else check_chat_record, self.hint,
             split=split, val_fraction=val_fraction, split_seed=split_seed)
-        self._samples = TokenizedSamples(
-            (tokenize_llama2_chat(tokenizer, r["messages"], train_on_input=self.train_on_input)
-             for r in records),
-            rows, max_seq_len)
+        if model:
+            _check_has_chat_template(tokenizer)
+            encoded = _model_chat_samples(tokenizer, records, rows, self.source, self.row_word,
+                                          self.train_on_input)
+        else:
+            encoded = (tokenize_llama2_chat(tokenizer, r["messages"], train_on_input=self.train_on_input)
+                       for r in records)
+        self._samples = TokenizedSamples(encoded, rows, max_seq_len)
 
     @property
     def rows(self) -> list[int]:

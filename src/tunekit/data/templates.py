@@ -54,6 +54,12 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
     return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
 
 
+def _bos(tokenizer: Tokenizer) -> list[int]:
+    """``[bos_id]``, or nothing for a tokenizer without a BOS token (Qwen's ``tokenizer.json``)."""
+    bos = getattr(tokenizer, "bos_id", None)
+    return [] if bos is None else [bos]
+
+
 def _encode_pair(tokenizer: Tokenizer, prompt: str, full: str) -> tuple[list[int], int]:
     """Encode ``full`` (which starts with ``prompt``) and return (ids, ids that belong to prompt).
 
@@ -90,8 +96,9 @@ def tokenize_alpaca(
     """
     prompt = alpaca_prompt(instruction, input)
     ids, n_prompt = _encode_pair(tokenizer, prompt, prompt + output)
-    tokens = [tokenizer.bos_id] + ids + [tokenizer.eos_id]
-    targets = [False] + [train_on_input or i >= n_prompt for i in range(len(ids))] + [True]
+    head = _bos(tokenizer)
+    tokens = head + ids + [tokenizer.eos_id]
+    targets = [False] * len(head) + [train_on_input or i >= n_prompt for i in range(len(ids))] + [True]
     return tokens, targets
 
 
@@ -179,8 +186,9 @@ def tokenize_llama2_chat(
     for user, answer in zip(dialog[::2], dialog[1::2]):
         prompt = f"{B_INST} {user['content'].strip()} {E_INST}"
         ids, n_prompt = _encode_pair(tokenizer, prompt, f"{prompt} {answer['content'].strip()} ")
-        tokens += [tokenizer.bos_id] + ids + [tokenizer.eos_id]
-        targets += [False] + [train_on_input or i >= n_prompt for i in range(len(ids))] + [True]
+        head = _bos(tokenizer)
+        tokens += head + ids + [tokenizer.eos_id]
+        targets += [False] * len(head) + [train_on_input or i >= n_prompt for i in range(len(ids))] + [True]
     return tokens, targets
 
 

@@ -49,14 +49,14 @@ def describe_tokenizer_file(path: Path, head: bytes, size: int) -> str:
                                    or b'"version"' in head):
             return ("it is a Hugging Face `tokenizer.json` (the `tokenizers` library's format), not "
                     "a SentencePiece model; the Llama 2 loader reads the `tokenizer.model` that "
-                    "ships beside it")
+                    "ships beside it, and `tokenizer=hf` reads this file")
         return "it is a JSON file, not a SentencePiece model"
     first = text.split(b"\n", 1)[0]
     parts = first.split(b" ")
     if len(parts) == 2 and parts[1].isdigit() and _is_base64(parts[0]):
         return ("it is a tiktoken BPE file (Llama 3's `tokenizer.model` format: base64 token and "
-                "rank per line), not a SentencePiece model; Llama 3 needs its own tokenizer, not "
-                "the Llama 2 SentencePiece loader")
+                "rank per line), not a SentencePiece model; Llama 3 needs its own tokenizer "
+                "(`tokenizer=llama3`), not the Llama 2 SentencePiece loader")
     if _is_text(head):
         return (f"it is a {size}-byte text file starting {first[:60].decode('utf-8', 'replace')!r}, "
                 f"not a SentencePiece model")
@@ -98,9 +98,17 @@ TINY_TOKENIZER_PATH: Path = Path(__file__).resolve().parents[1] / "assets" / "to
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What the data pipeline and the recipes need from a tokenizer."""
+    """What the data pipeline and the recipes need from a tokenizer.
 
-    bos_id: int
+    Implemented by :class:`SentencePieceTokenizer`, ``HFTokenizer`` and ``TiktokenTokenizer``.
+    ``bos_id`` is None for a model without a BOS token (Qwen's ``tokenizer.json``): ``add_bos``
+    then adds nothing. The HF and tiktoken tokenizers also carry ``chat_template`` (the Jinja
+    text or None), ``special_tokens`` (``{"bos_token": ..., "eos_token": ...}`` as a template
+    sees them), ``stop_ids`` (EOS plus ``generation_config.json``'s ``eos_token_id``) and
+    ``adds_bos`` / ``adds_eos`` (the checkpoint's own convention for plain text).
+    """
+
+    bos_id: int | None
     eos_id: int
     pad_id: int
     vocab_size: int
