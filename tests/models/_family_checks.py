@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from _family_ref import FAMILIES, Family, builder, hf_config, make_pair, save_hf_dir, tk_model
 from safetensors.torch import load_file
 
 from tunekit.checkpointing import FullModelHFCheckpointer, check_model_matches
 from tunekit.models import get_model_type
-
-from _family_ref import FAMILIES, Family, builder, hf_config, make_pair, save_hf_dir, tk_model
 
 
 def _tokens(fam: Family, n: int = 40, batch: int = 2, seed: int = 1) -> torch.Tensor:
