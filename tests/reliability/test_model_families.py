@@ -104,7 +104,8 @@ def test_config_json_declaring_what_the_family_does_not_implement(tmp_path, fami
 @pytest.mark.parametrize("family, model_changes, needles", [
     ("llama3", {"rope_scaling_factor": 32.0},
      ["rope_scaling='llama3(factor=8, low_freq_factor=1, high_freq_factor=4, original_max_position_embeddings=32)'",
-      "builds rope scaling='llama3(factor=32"]),
+      "builds rope scaling='llama3(factor=32", "override model.rope_scaling_factor=8 model.rope_low_freq_factor=1",
+      "model._component_=tunekit.models.llama3.llama3 with every size"]),
     ("qwen2", {"tie_word_embeddings": False},
      ["tie_word_embeddings=true where the chosen model builds tied input/output embeddings=false"]),
     ("qwen3", {"head_dim": 16}, ["head_dim=32 where the chosen model builds head width=16", "model.head_dim=32"]),

@@ -82,6 +82,7 @@ def hf_model_settings(config: Mapping[str, Any], mt: ModelType, path: str | Path
         "tie_word_embeddings": ("tie_word_embeddings", bool(config.get("tie_word_embeddings", False))),
     })
     return {"path": None if path is None else str(path), "format": "hf", "declared": declared,
+            "builder": mt.builder,
             "norm_eps": None if eps is None else float(eps), "rope_base": rope, "rope_scaling": kind}
 
 
@@ -113,6 +114,7 @@ def meta_model_settings(params: Mapping[str, Any], mt: ModelType | None = None,
         "rope_scaling": ("use_scaled_rope", "llama3" if params.get("use_scaled_rope") else None),
     })
     return {"path": None if path is None else str(path), "format": "meta", "declared": declared,
+            "builder": None if mt is None else mt.builder,
             "norm_eps": None if eps is None else float(eps), "rope_base": rope,
             "rope_scaling": "llama3" if params.get("use_scaled_rope") else None}
 

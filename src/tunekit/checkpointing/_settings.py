@@ -17,6 +17,7 @@ what :func:`check_model_matches` needs: the JSON path and, per quantity, the fie
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,12 @@ def check_model_matches(model: Any, settings: Mapping[str, Any] | None, source: 
             continue
         arg, what = _MODEL_ARGS.get(quantity, (quantity, quantity))
         problems.append(f"{field}={_show(value)} where the chosen model builds {what}={_show(have)}")
+        if quantity == "rope_scaling" and have and isinstance(value, str) and value.startswith("llama3("):
+            # the llama3 builders' arguments: rope_scaling_factor, rope_low_freq_factor, ...
+            for name, num in re.findall(r"(\w+)=([\d.e+-]+)", value):
+                arg_name = "rope_scaling_factor" if name == "factor" else f"rope_{name}"
+                overrides.append(f"model.{arg_name}={num}")
+            continue
         if quantity in ("rope_scaling", "tie_word_embeddings"):
             continue  # not a builder argument of every family: only the right model= fixes it
         overrides.append(f"model.{arg}={value!r}")
@@ -294,8 +301,9 @@ def check_model_matches(model: Any, settings: Mapping[str, Any] | None, source: 
         return
     fix = "Pick the model= option built for this checkpoint"
     if overrides:
-        fix += (f", or override {' '.join(overrides)} (the fixed-size builders such as llama2_7b take "
-                f"no size arguments: use model._component_=tunekit.models.llama2.llama2 with every size)")
+        builder = settings.get("builder") or "tunekit.models.llama2.llama2"
+        fix += (f", or override {' '.join(overrides)} (the fixed-size builders such as llama2_7b or qwen2_5_7b take "
+                f"no size arguments: use model._component_={builder} with every size)")
     raise CheckpointError(
         f"{path} declares {'; '.join(problems)}. The weights cannot be loaded into this model, or would "
         f"run with settings they were not trained with. {fix}; or point the checkpointer at the "

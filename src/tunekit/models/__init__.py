@@ -87,6 +87,7 @@ _LLAMA_HF = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "
 
 #: Llama 3.1 / 3.2 (builders: ``tunekit.models.llama3``): RoPE scaling ``llama3``, tied 3.2 1B/3B.
 LLAMA3 = register_model_type(LLAMA2.derive(
+    builder="tunekit.models.llama3.llama3",
     name="LLAMA3", display_name="Llama 3", rope_theta=500_000.0, max_position_embeddings=131_072,
     rope_scaling_types=("llama3",),
     hf_config_defaults={**_LLAMA_HF, "rope_scaling": None, "tie_word_embeddings": False, "pretraining_tp": 1,
@@ -97,6 +98,7 @@ LLAMA3 = register_model_type(LLAMA2.derive(
 
 #: Mistral 7B v0.3 (builders: ``tunekit.models.mistral``): full attention only (no sliding window).
 MISTRAL = register_model_type(LLAMA2.derive(
+    builder="tunekit.models.mistral.mistral",
     name="MISTRAL", display_name="Mistral", hf_model_type="mistral", hf_architectures=("MistralForCausalLM",),
     rope_theta=1_000_000.0, max_position_embeddings=32_768,
     hf_config_defaults={"hidden_act": "silu", "sliding_window": None, "tie_word_embeddings": False,
@@ -117,6 +119,7 @@ _QWEN_HF = {"hidden_act": "silu", "use_sliding_window": False, "sliding_window":
 
 #: Qwen2.5 (builders: ``tunekit.models.qwen2``): q/k/v biases. No Meta format.
 QWEN2 = register_model_type(LLAMA2.derive(
+    builder="tunekit.models.qwen2.qwen2",
     name="QWEN2", display_name="Qwen2.5", hf_model_type="qwen2", hf_architectures=("Qwen2ForCausalLM",),
     extra_weights=_QKV_BIAS, qkv_bias=True, rope_theta=1_000_000.0, max_position_embeddings=32_768,
     hf_config_defaults=_QWEN_HF,
@@ -124,6 +127,7 @@ QWEN2 = register_model_type(LLAMA2.derive(
 
 #: Qwen3 dense (builders: ``tunekit.models.qwen3``): per-head q/k RMSNorm, explicit head_dim. No Meta format.
 QWEN3 = register_model_type(LLAMA2.derive(
+    builder="tunekit.models.qwen3.qwen3",
     name="QWEN3", display_name="Qwen3", hf_model_type="qwen3", hf_architectures=("Qwen3ForCausalLM",),
     extra_weights=_QK_NORM, explicit_head_dim=True, rope_theta=1_000_000.0, max_position_embeddings=40_960,
     hf_config_defaults={**_QWEN_HF, "attention_bias": False},

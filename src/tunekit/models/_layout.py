@@ -94,6 +94,7 @@ class ModelType:
         rope_scaling_types: the ``rope_scaling`` types the builders implement (``"llama3"``).
         qkv_bias: the q/k/v projections have biases (``attention_bias`` is implied).
         explicit_head_dim: ``head_dim`` may differ from ``hidden_size / num_attention_heads``.
+        builder: the family's builder with every size as an argument (named in error messages).
     """
 
     name: str
@@ -110,6 +111,7 @@ class ModelType:
     hf_skip: tuple[str, ...] = (r"(^|\.)rotary_emb\.inv_freq$",)
     meta_skip: tuple[str, ...] = (r"^rope\.freqs$",)
     hf_model_types: tuple[str, ...] = ()
+    builder: str = "tunekit.models.llama2.llama2"
     rope_scaling_types: tuple[str, ...] = ()
     qkv_bias: bool = False
     explicit_head_dim: bool = False
