@@ -42,6 +42,16 @@ def test_published_size_has_transformers_parameter_count(size):
     check_published_parameter_counts(FAMILY, size)
 
 
+@pytest.mark.parametrize("dim, ffn, rule", [(4096, 14_336, (1.3, 1024)), (8192, 28_672, (1.3, 4096)),
+                                            (2048, 8192, (1.5, 256)), (3072, 8192, (1.0, 256))])
+def test_meta_params_reproduce_the_published_ffn_rules(dim, ffn, rule):
+    mt = get_model_type("LLAMA3")
+    params = mt.meta_params(ModelDims(num_layers=1, num_heads=8, num_kv_heads=8, embed_dim=dim, vocab_size=128_256,
+                                      intermediate_dim=ffn), norm_eps=1e-5, rope_theta=500_000.0)
+    assert (params["ffn_dim_multiplier"], params["multiple_of"]) == rule
+    assert mt.meta_params_dims(params).intermediate_dim == ffn and params["vocab_size"] == 128_256
+
+
 @pytest.mark.parametrize("factor, head_dim", [(8.0, 128), (32.0, 64), (32.0, 128)])
 def test_published_llama3_inverse_frequencies_equal_transformers(factor, head_dim):
     """The published scalings (3.1: factor 8; 3.2: factor 32) at the published head widths."""
@@ -83,8 +93,8 @@ def _meta_dir(tmp_path, tied: bool):
     assert "output.weight" in meta  # Meta's files store the output even for tied models (3.2 1B/3B)
     torch.save({k: v.detach().clone() for k, v in meta.items()}, d / "consolidated.00.pth")
     dims = ModelDims(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64, vocab_size=512, intermediate_dim=160)
-    params = {**mt.meta_params(dims, norm_eps=1e-5, rope_theta=500_000.0), "vocab_size": 512,
-              "use_scaled_rope": True}
+    params = {**mt.meta_params(dims, norm_eps=1e-5, rope_theta=500_000.0), "use_scaled_rope": True}
+    assert params["vocab_size"] == 512 and params["rope_theta"] == 500_000.0  # as Meta writes Llama 3's
     (d / "params.json").write_text(json.dumps(params))
     shutil.copy(TINY_TOKENIZER_PATH, d / "tokenizer.model")
     return d

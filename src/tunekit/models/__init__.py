@@ -89,7 +89,7 @@ _LLAMA_HF = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "
 LLAMA3 = register_model_type(LLAMA2.derive(
     builder="tunekit.models.llama3.llama3",
     name="LLAMA3", display_name="Llama 3", rope_theta=500_000.0, max_position_embeddings=131_072,
-    rope_scaling_types=("llama3",),
+    rope_scaling_types=("llama3",), meta_writes_vocab_size=True,
     hf_config_defaults={**_LLAMA_HF, "rope_scaling": None, "tie_word_embeddings": False, "pretraining_tp": 1,
                         "bos_token_id": 128_000, "eos_token_id": 128_001},
     # Meta's params.json rules: 3.2 1B (1.5, 256), 3.2 3B (1.0, 256), 3.1 70B (1.3, 4096), 3.1 8B (1.3, 1024)

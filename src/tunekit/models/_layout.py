@@ -95,6 +95,8 @@ class ModelType:
         qkv_bias: the q/k/v projections have biases (``attention_bias`` is implied).
         explicit_head_dim: ``head_dim`` may differ from ``hidden_size / num_attention_heads``.
         builder: the family's builder with every size as an argument (named in error messages).
+        meta_writes_vocab_size: a fresh ``params.json`` states ``vocab_size`` (Llama 3) instead of
+            Llama 2's -1 (read from the tokenizer).
     """
 
     name: str
@@ -112,6 +114,7 @@ class ModelType:
     meta_skip: tuple[str, ...] = (r"^rope\.freqs$",)
     hf_model_types: tuple[str, ...] = ()
     builder: str = "tunekit.models.llama2.llama2"
+    meta_writes_vocab_size: bool = False
     rope_scaling_types: tuple[str, ...] = ()
     qkv_bias: bool = False
     explicit_head_dim: bool = False
@@ -479,7 +482,7 @@ class ModelType:
         params["norm_eps"] = norm_eps
         if rope_theta != 10000.0:
             params["rope_theta"] = rope_theta
-        params["vocab_size"] = -1
+        params["vocab_size"] = d.vocab_size if self.meta_writes_vocab_size and d.vocab_size else -1
         return params
 
     # ---- LoRA adapters <-> PEFT ------------------------------------------------------------
