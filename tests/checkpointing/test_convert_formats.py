@@ -182,7 +182,7 @@ def test_failed_convert_leaves_the_earlier_output_intact(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(to="gguf"), "to must be one of hf, meta, got 'gguf'"),
     (dict(to="hf", dtype="int8"), "dtype must be one of fp32, bf16, fp16"),
-    (dict(to="hf", model_type="MISTRAL"), "MISTRAL"),
+    (dict(to="hf", model_type="GEMMA2"), "GEMMA2"),
     (dict(to="hf", model_parallel_size=2), "model_parallel_size applies to Meta output only"),
     (dict(to="meta", max_position_embeddings=2048), "max_position_embeddings applies to HF output only"),
     (dict(to="meta", model_parallel_size=3), "model_parallel_size (3) must divide n_heads=4, n_kv_heads=2, dim=128"),

@@ -120,8 +120,8 @@ def test_meta_params_dims_and_merge_dims():
 def test_model_types_table():
     mt = get_model_type("LLAMA2")
     assert mt is MODEL_TYPES["LLAMA2"] and mt.peft_target_names["w2"] == "down_proj"
-    with pytest.raises(ValueError, match=r"Unknown model_type 'MISTRAL'.*valid model types: LLAMA2"):
-        get_model_type("MISTRAL")
+    with pytest.raises(ValueError, match=r"Unknown model_type 'GEMMA2'.*valid model types: LLAMA2, LLAMA3, MISTRAL"):
+        get_model_type("GEMMA2")
     with pytest.raises(ValueError, match="did you mean 'LLAMA2'"):
         get_model_type("llama2")
 

@@ -310,6 +310,14 @@ def convert_checkpoint(
     else:
         files = _discover_meta(src)
         params = read_meta_params(src, mt)
+        if to == "hf" and params.get("use_scaled_rope"):
+            # params.json does not record the llama3 scaling's factor (8 for Llama 3.1, 32 for 3.2);
+            # a guessed one would write a config.json that runs a different model.
+            raise CheckpointError(
+                f"{src / 'params.json'} declares use_scaled_rope=true but not the scaling's factor (8 for "
+                f"Llama 3.1, 32 for 3.2), so no exact config.json can be written for it. Use the HF-format "
+                f"files of the same download (the repo's top level, beside original/): their config.json "
+                f"records rope_scaling.")
         dims = _dims(mt.meta_params_dims, params, src / "params.json")
         norm_eps, rope_theta = float(params.get("norm_eps", 1e-5)), float(params.get("rope_theta", 10000.0))
         sd = read_meta_model(src, files, mt)

@@ -23,7 +23,12 @@ from tunekit.checkpointing._io import (
     save_shards,
     validate_state_dict,
 )
-from tunekit.checkpointing._settings import check_supported_hf_config, check_supported_meta_params, rope_scaling_type
+from tunekit.checkpointing._settings import (
+    check_supported_hf_config,
+    check_supported_meta_params,
+    describe_rope_scaling,
+    rope_scaling_type,
+)
 from tunekit.models import ConversionError, ModelType
 
 
@@ -68,14 +73,16 @@ def hf_model_settings(config: Mapping[str, Any], mt: ModelType, path: str | Path
             "embed_dim": ("hidden_size", d.embed_dim),
             "intermediate_dim": ("intermediate_size", d.intermediate_dim),
             "vocab_size": ("vocab_size", d.vocab_size),
+            "head_dim": ("head_dim" if d.declared_head_dim else "hidden_size / num_attention_heads", d.head_dim),
         })
     declared.update({
         "rope_base": ("rope_theta", rope),
         "norm_eps": ("rms_norm_eps", None if eps is None else float(eps)),
-        "rope_scaling": ("rope_scaling", kind),
+        "rope_scaling": ("rope_scaling", describe_rope_scaling(config)),
         "tie_word_embeddings": ("tie_word_embeddings", bool(config.get("tie_word_embeddings", False))),
     })
     return {"path": None if path is None else str(path), "format": "hf", "declared": declared,
+            "builder": mt.builder,
             "norm_eps": None if eps is None else float(eps), "rope_base": rope, "rope_scaling": kind}
 
 
@@ -107,6 +114,7 @@ def meta_model_settings(params: Mapping[str, Any], mt: ModelType | None = None,
         "rope_scaling": ("use_scaled_rope", "llama3" if params.get("use_scaled_rope") else None),
     })
     return {"path": None if path is None else str(path), "format": "meta", "declared": declared,
+            "builder": None if mt is None else mt.builder,
             "norm_eps": None if eps is None else float(eps), "rope_base": rope,
             "rope_scaling": "llama3" if params.get("use_scaled_rope") else None}
 
@@ -167,8 +175,9 @@ def _config_vs_weights(sd: Mapping[str, torch.Tensor], dims: Any, fields: Mappin
     if w1 is not None:
         found["intermediate_dim"] = int(w1.shape[0])
     k = sd.get("layers.0.attn.k_proj.weight")
-    if k is not None and getattr(dims, "num_heads", 0) and dims.embed_dim % dims.num_heads == 0:
-        head_dim = dims.embed_dim // dims.num_heads
+    explicit = getattr(dims, "declared_head_dim", None)
+    if k is not None and getattr(dims, "num_heads", 0) and (explicit or dims.embed_dim % dims.num_heads == 0):
+        head_dim = explicit or dims.embed_dim // dims.num_heads
         if "embed_dim" not in found or found["embed_dim"] == dims.embed_dim:
             found["num_kv_heads"] = int(k.shape[0]) // head_dim
     out = []
@@ -277,11 +286,12 @@ def read_hf_model(
             key_files[k] = str(f)
         sd.update(converted)
         del converted
-    if config.get("tie_word_embeddings") and "tok_embeddings.weight" in sd:
-        if "output.weight" not in sd:
-            sd["output.weight"] = sd["tok_embeddings.weight"]
-        elif not (sd["output.weight"].shape == sd["tok_embeddings.weight"].shape
-                  and torch.equal(sd["output.weight"], sd["tok_embeddings.weight"])):
+    if config.get("tie_word_embeddings") and "tok_embeddings.weight" in sd and "output.weight" in sd:
+        # A tied model has no output weight of its own (TiedLinear); a stored copy must be the embedding.
+        if (sd["output.weight"].shape == sd["tok_embeddings.weight"].shape
+                and torch.equal(sd["output.weight"], sd["tok_embeddings.weight"])):
+            del sd["output.weight"]
+        else:
             raise CheckpointError(
                 f"{checkpoint_dir / 'config.json'} declares tie_word_embeddings=true, but "
                 f"{key_files.get('output.weight', checkpoint_dir)} holds an lm_head.weight that differs from "

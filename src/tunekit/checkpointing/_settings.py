@@ -17,6 +17,7 @@ what :func:`check_model_matches` needs: the JSON path and, per quantity, the fie
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,31 @@ def _supported_scaling(mt: Any) -> tuple[str, ...]:
     return tuple(getattr(mt, "rope_scaling_types", None) or ())
 
 
+def _rope_scaling_dict(config: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for key in ("rope_scaling", "rope_parameters"):  # older and transformers-5 spellings
+        rope = config.get(key)
+        if isinstance(rope, Mapping) and rope.get("rope_type", rope.get("type")) not in ("default", None):
+            return rope
+    return None
+
+
+_LLAMA3_SCALING_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def describe_rope_scaling(config: Mapping[str, Any]) -> str | None:
+    """The declared RoPE scaling as the model code names it (``llama3(factor=8, ...)``), None for plain
+    RoPE; types without parameters that tunekit reads are named by their type alone."""
+    rope = _rope_scaling_dict(config)
+    if rope is None:
+        return None
+    kind = str(rope.get("rope_type", rope.get("type")))
+    if kind == "llama3" and all(isinstance(rope.get(k), (int, float)) for k in _LLAMA3_SCALING_FIELDS):
+        from tunekit.modules import describe_llama3_scaling
+
+        return describe_llama3_scaling(*(rope[k] for k in _LLAMA3_SCALING_FIELDS))
+    return kind
+
+
 def rope_scaling_type(config: Mapping[str, Any]) -> str | None:
     """The RoPE scaling type an HF config declares (None for plain RoPE)."""
     kind = None
@@ -81,14 +107,27 @@ def check_supported_hf_config(config: Mapping[str, Any], path: str | Path, mt: A
         act = config.get(key)
         if act is not None and act != "silu":
             problems.append(f"{key}={act!r} (supported: 'silu')")
-    for key in ("attention_bias", "mlp_bias"):
-        if config.get(key):
-            problems.append(f"{key}=true (supported: false, the projections have no bias)")
+    if config.get("attention_bias") and not getattr(mt, "qkv_bias", False):
+        problems.append("attention_bias=true (supported: false, the projections have no bias)")
+    if config.get("mlp_bias"):
+        problems.append("mlp_bias=true (supported: false, the MLP projections have no bias)")
     kind = rope_scaling_type(config)
     if kind is not None and kind not in _supported_scaling(mt):
         supported = _supported_scaling(mt)
         problems.append(f"rope_scaling type {kind!r} (supported: "
                         f"{', '.join(repr(k) for k in supported) if supported else 'none, plain RoPE only'})")
+    elif kind == "llama3":
+        rope = _rope_scaling_dict(config) or {}
+        bad = [k for k in _LLAMA3_SCALING_FIELDS if not isinstance(rope.get(k), (int, float))
+               or isinstance(rope.get(k), bool)]
+        if bad:
+            problems.append(f"rope_scaling of type 'llama3' without numeric {', '.join(bad)} (the llama3 "
+                            f"scaling needs {', '.join(_LLAMA3_SCALING_FIELDS)})")
+    layer_types = config.get("layer_types")
+    if isinstance(layer_types, list) and any(t != "full_attention" for t in layer_types):
+        other = sorted({str(t) for t in layer_types if t != "full_attention"})
+        problems.append(f"layer_types with {', '.join(repr(t) for t in other)} layers (supported: "
+                        f"'full_attention' only)")
     window = config.get("sliding_window")
     if window is not None and config.get("use_sliding_window", True) is not False:
         n_pos = config.get("max_position_embeddings")
@@ -97,7 +136,7 @@ def check_supported_hf_config(config: Mapping[str, Any], path: str | Path, mt: A
                             f"whole context)")
     heads, hidden, head_dim = config.get("num_attention_heads"), config.get("hidden_size"), config.get("head_dim")
     if head_dim is not None and isinstance(heads, int) and isinstance(hidden, int) and heads > 0:
-        if head_dim * heads != hidden:
+        if head_dim * heads != hidden and not getattr(mt, "explicit_head_dim", False):
             problems.append(f"head_dim={head_dim!r} (supported: hidden_size / num_attention_heads = "
                             f"{hidden}/{heads} = {hidden / heads:g})")
     for key in _MOE_FIELDS:
@@ -150,6 +189,7 @@ _MODEL_ARGS = {
     "rope_base": ("rope_base", "RoPE base"),
     "norm_eps": ("norm_eps", "RMSNorm epsilon"),
     "rope_scaling": ("rope_scaling", "RoPE scaling"),
+    "head_dim": ("head_dim", "head width"),
     "tie_word_embeddings": ("tie_word_embeddings", "tied input/output embeddings"),
 }
 
@@ -164,7 +204,7 @@ def _built(model: Any) -> dict[str, Any]:
         out["num_layers"] = len(layers)
         first = layers[0] if len(layers) else None
         attn = getattr(first, "attn", None)
-        for k in ("num_heads", "num_kv_heads", "embed_dim"):
+        for k in ("num_heads", "num_kv_heads", "embed_dim", "head_dim"):
             if attn is not None and getattr(attn, k, None) is not None:
                 out[k] = int(getattr(attn, k))
         w1 = getattr(getattr(first, "mlp", None), "w1", None)
@@ -198,6 +238,10 @@ def _same(quantity: str, declared: Any, built: Any) -> bool:
         return all(math.isclose(float(v), float(declared), rel_tol=tol) for v in vals)
     if quantity == "tie_word_embeddings":
         return bool(declared) == bool(built)
+    if quantity == "rope_scaling" and isinstance(declared, str) and "(" not in declared and built:
+        return str(built).partition("(")[0] == declared  # Meta's use_scaled_rope names the type only
+    if quantity == "rope_scaling" and declared is None and not built:
+        return True
     return declared == built
 
 
@@ -244,6 +288,12 @@ def check_model_matches(model: Any, settings: Mapping[str, Any] | None, source: 
             continue
         arg, what = _MODEL_ARGS.get(quantity, (quantity, quantity))
         problems.append(f"{field}={_show(value)} where the chosen model builds {what}={_show(have)}")
+        if quantity == "rope_scaling" and have and isinstance(value, str) and value.startswith("llama3("):
+            # the llama3 builders' arguments: rope_scaling_factor, rope_low_freq_factor, ...
+            for name, num in re.findall(r"(\w+)=([\d.e+-]+)", value):
+                arg_name = "rope_scaling_factor" if name == "factor" else f"rope_{name}"
+                overrides.append(f"model.{arg_name}={num}")
+            continue
         if quantity in ("rope_scaling", "tie_word_embeddings"):
             continue  # not a builder argument of every family: only the right model= fixes it
         overrides.append(f"model.{arg}={value!r}")
@@ -251,8 +301,9 @@ def check_model_matches(model: Any, settings: Mapping[str, Any] | None, source: 
         return
     fix = "Pick the model= option built for this checkpoint"
     if overrides:
-        fix += (f", or override {' '.join(overrides)} (the fixed-size builders such as llama2_7b take "
-                f"no size arguments: use model._component_=tunekit.models.llama2.llama2 with every size)")
+        builder = settings.get("builder") or "tunekit.models.llama2.llama2"
+        fix += (f", or override {' '.join(overrides)} (the fixed-size builders such as llama2_7b or qwen2_5_7b take "
+                f"no size arguments: use model._component_={builder} with every size)")
     raise CheckpointError(
         f"{path} declares {'; '.join(problems)}. The weights cannot be loaded into this model, or would "
         f"run with settings they were not trained with. {fix}; or point the checkpointer at the "

@@ -45,6 +45,10 @@ from tunekit.models._layout import (
 
 __all__ = [
     "LLAMA2",
+    "LLAMA3",
+    "MISTRAL",
+    "QWEN2",
+    "QWEN3",
     "LLAMA_PEFT_TARGETS",
     "LLAMA_WEIGHTS",
     "MODEL_TYPES",
@@ -78,6 +82,56 @@ def register_model_type(model_type: ModelType, *, replace: bool = False) -> Mode
 # ---- the rows -------------------------------------------------------------------------------
 #: Llama 2 (builders: ``tunekit.models.llama2``). The layout's defaults are Llama 2's.
 LLAMA2 = register_model_type(ModelType(name="LLAMA2", display_name="Llama 2"))
+
+_LLAMA_HF = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02}
+
+#: Llama 3.1 / 3.2 (builders: ``tunekit.models.llama3``): RoPE scaling ``llama3``, tied 3.2 1B/3B.
+LLAMA3 = register_model_type(LLAMA2.derive(
+    builder="tunekit.models.llama3.llama3",
+    name="LLAMA3", display_name="Llama 3", rope_theta=500_000.0, max_position_embeddings=131_072,
+    rope_scaling_types=("llama3",), meta_writes_vocab_size=True,
+    hf_config_defaults={**_LLAMA_HF, "rope_scaling": None, "tie_word_embeddings": False, "pretraining_tp": 1,
+                        "bos_token_id": 128_000, "eos_token_id": 128_001},
+    # Meta's params.json rules: 3.2 1B (1.5, 256), 3.2 3B (1.0, 256), 3.1 70B (1.3, 4096), 3.1 8B (1.3, 1024)
+    meta_ffn_rules=((1.5, 256), (1.0, 256), (1.3, 4096), (1.3, 1024), *((None, 2**k) for k in range(8, 2, -1))),
+))
+
+#: Mistral 7B v0.3 (builders: ``tunekit.models.mistral``): full attention only (no sliding window).
+MISTRAL = register_model_type(LLAMA2.derive(
+    builder="tunekit.models.mistral.mistral",
+    name="MISTRAL", display_name="Mistral", hf_model_type="mistral", hf_architectures=("MistralForCausalLM",),
+    rope_theta=1_000_000.0, max_position_embeddings=32_768,
+    hf_config_defaults={"hidden_act": "silu", "sliding_window": None, "tie_word_embeddings": False,
+                        "initializer_range": 0.02, "bos_token_id": 1, "eos_token_id": 2},
+))
+
+_QKV_BIAS = (
+    Weight("attn.q_proj.bias", "self_attn.q_proj.bias", None, ("q",), 0, "heads"),
+    Weight("attn.k_proj.bias", "self_attn.k_proj.bias", None, ("kv",), 0, "kv_heads"),
+    Weight("attn.v_proj.bias", "self_attn.v_proj.bias", None, ("kv",), 0),
+)
+_QK_NORM = (
+    Weight("attn.q_norm.scale", "self_attn.q_norm.weight", None, ("hd",), None, "head"),
+    Weight("attn.k_norm.scale", "self_attn.k_norm.weight", None, ("hd",), None, "head"),
+)
+_QWEN_HF = {"hidden_act": "silu", "use_sliding_window": False, "sliding_window": None, "initializer_range": 0.02,
+            "tie_word_embeddings": False, "bos_token_id": 151_643, "eos_token_id": 151_643}
+
+#: Qwen2.5 (builders: ``tunekit.models.qwen2``): q/k/v biases. No Meta format.
+QWEN2 = register_model_type(LLAMA2.derive(
+    builder="tunekit.models.qwen2.qwen2",
+    name="QWEN2", display_name="Qwen2.5", hf_model_type="qwen2", hf_architectures=("Qwen2ForCausalLM",),
+    extra_weights=_QKV_BIAS, qkv_bias=True, rope_theta=1_000_000.0, max_position_embeddings=32_768,
+    hf_config_defaults=_QWEN_HF,
+))
+
+#: Qwen3 dense (builders: ``tunekit.models.qwen3``): per-head q/k RMSNorm, explicit head_dim. No Meta format.
+QWEN3 = register_model_type(LLAMA2.derive(
+    builder="tunekit.models.qwen3.qwen3",
+    name="QWEN3", display_name="Qwen3", hf_model_type="qwen3", hf_architectures=("Qwen3ForCausalLM",),
+    extra_weights=_QK_NORM, explicit_head_dim=True, rope_theta=1_000_000.0, max_position_embeddings=40_960,
+    hf_config_defaults={**_QWEN_HF, "attention_bias": False},
+))
 
 
 def get_model_type(model_type: str) -> ModelType:

@@ -89,6 +89,14 @@ class ModelType:
         meta_ffn_rules: ``(ffn_dim_multiplier, multiple_of)`` pairs tried, in order, when
             writing a ``params.json`` for an FFN width.
         hf_skip / meta_skip: regexes of buffers stored in checkpoints but not weights.
+        hf_model_types: the ``config.json`` ``model_type`` values this family's code runs
+            (default: ``hf_model_type`` alone).
+        rope_scaling_types: the ``rope_scaling`` types the builders implement (``"llama3"``).
+        qkv_bias: the q/k/v projections have biases (``attention_bias`` is implied).
+        explicit_head_dim: ``head_dim`` may differ from ``hidden_size / num_attention_heads``.
+        builder: the family's builder with every size as an argument (named in error messages).
+        meta_writes_vocab_size: a fresh ``params.json`` states ``vocab_size`` (Llama 3) instead of
+            Llama 2's -1 (read from the tokenizer).
     """
 
     name: str
@@ -104,6 +112,12 @@ class ModelType:
     meta_ffn_rules: tuple[tuple[float | None, int], ...] = _LLAMA2_FFN_RULES
     hf_skip: tuple[str, ...] = (r"(^|\.)rotary_emb\.inv_freq$",)
     meta_skip: tuple[str, ...] = (r"^rope\.freqs$",)
+    hf_model_types: tuple[str, ...] = ()
+    builder: str = "tunekit.models.llama2.llama2"
+    meta_writes_vocab_size: bool = False
+    rope_scaling_types: tuple[str, ...] = ()
+    qkv_bias: bool = False
+    explicit_head_dim: bool = False
 
     def __hash__(self) -> int:  # the mapping fields are not hashable; a family is its name
         return hash(self.name)
@@ -294,9 +308,14 @@ class ModelType:
     def tunekit_to_meta(self, sd: Mapping[str, torch.Tensor]) -> StateDict:
         """Rename tunekit keys to Meta keys.
 
+        A whole model with tied embeddings (no ``output.weight``; Llama 3.2 1B/3B) gets
+        ``output.weight`` = the embedding: Meta's files store both and its code ties nothing.
+
         Raises:
             ConversionError: a key that is unknown or has no Meta name in this family.
         """
+        if "tok_embeddings.weight" in sd and "norm.scale" in sd and "output.weight" not in sd:
+            sd = {**sd, "output.weight": sd["tok_embeddings.weight"]}
         return self._convert(sd, "tunekit", "meta", None, None, "'layers.0.attn.q_proj.weight'", "tunekit")
 
     def tunekit_to_hf_key(self, key: str) -> str | None:
@@ -344,6 +363,8 @@ class ModelType:
             embed_dim=int(config["hidden_size"]),
             vocab_size=config.get("vocab_size"),
             intermediate_dim=config.get("intermediate_size"),
+            declared_head_dim=int(config["head_dim"]) if config.get("head_dim") else None,
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         )
 
     def meta_params_dims(self, params: Mapping[str, Any]) -> ModelDims:
@@ -380,7 +401,7 @@ class ModelType:
                  "kv": d.num_kv_heads * hd, "hd": hd}
         shapes: dict[str, tuple[int | None, ...]] = {}
         for w in self.weights:
-            if not w.per_layer:
+            if not w.per_layer and not (d.tie_word_embeddings and w.tunekit == "output.weight"):
                 shapes[w.tunekit] = tuple(sizes[s] for s in w.shape)
         for i in range(d.num_layers):
             for w in self.weights:
@@ -404,7 +425,7 @@ class ModelType:
         """
         if d.vocab_size is None or d.intermediate_dim is None:
             raise ConversionError("hf_config needs vocab_size and intermediate_dim")
-        return {
+        config = {
             "architectures": list(self.hf_architectures),
             "model_type": self.hf_model_type,
             "vocab_size": d.vocab_size,
@@ -419,6 +440,11 @@ class ModelType:
             **self.hf_config_defaults,
             "torch_dtype": str(dtype).removeprefix("torch."),
         }
+        if d.declared_head_dim is not None or self.explicit_head_dim:
+            config["head_dim"] = d.head_dim
+        if d.tie_word_embeddings:
+            config["tie_word_embeddings"] = True
+        return config
 
     def hf_tokenizer_config(self, model_max_length: int) -> dict[str, Any]:
         """``tokenizer_config.json`` for this family's tokenizer."""
@@ -456,7 +482,7 @@ class ModelType:
         params["norm_eps"] = norm_eps
         if rope_theta != 10000.0:
             params["rope_theta"] = rope_theta
-        params["vocab_size"] = -1
+        params["vocab_size"] = d.vocab_size if self.meta_writes_vocab_size and d.vocab_size else -1
         return params
 
     # ---- LoRA adapters <-> PEFT ------------------------------------------------------------

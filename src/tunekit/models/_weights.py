@@ -33,10 +33,14 @@ class ModelDims:
     embed_dim: int
     vocab_size: int | None = None
     intermediate_dim: int | None = None
+    #: an explicit per-head width (Qwen3's ``head_dim``); None: ``embed_dim // num_heads``
+    declared_head_dim: int | None = None
+    #: the output projection is the embedding (no ``output.weight`` / ``lm_head.weight``)
+    tie_word_embeddings: bool = False
 
     @property
     def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
+        return self.declared_head_dim or self.embed_dim // self.num_heads
 
 
 @dataclass(frozen=True)

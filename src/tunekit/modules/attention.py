@@ -68,6 +68,8 @@ class MultiHeadAttention(nn.Module):
         head_dim: per-head dimension.
         q_proj, k_proj, v_proj, output_proj: the four projections (``nn.Linear`` or LoRA).
         pos_embeddings: RoPE module applied to q and k (may be shared between layers).
+        q_norm, k_norm: optional per-head norms (``RMSNorm(head_dim)``, Qwen3) applied to each
+            query / key head before RoPE; None: none.
         kv_cache: optional cache; normally installed by ``TransformerDecoder.setup_caches``.
     """
 
@@ -83,6 +85,8 @@ class MultiHeadAttention(nn.Module):
         v_proj: nn.Module,
         output_proj: nn.Module,
         pos_embeddings: RotaryPositionalEmbeddings,
+        q_norm: nn.Module | None = None,
+        k_norm: nn.Module | None = None,
         kv_cache: KVCache | None = None,
     ) -> None:
         super().__init__()
@@ -97,6 +101,8 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = v_proj
         self.output_proj = output_proj
         self.pos_embeddings = pos_embeddings
+        self.q_norm = q_norm
+        self.k_norm = k_norm
         self.kv_cache = kv_cache
 
     def forward(
@@ -121,6 +127,10 @@ class MultiHeadAttention(nn.Module):
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # per head, over head_dim: [b, s, n, hd]
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         q = self.pos_embeddings(q, input_pos=input_pos)
         k = self.pos_embeddings(k, input_pos=input_pos)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, s, hd]

@@ -2,8 +2,67 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Llama3RopeScaling:
+    """RoPE scaling of type ``llama3`` (Llama 3.1 / 3.2), as HF's ``rope_scaling`` declares it.
+
+    Wavelengths shorter than ``original_max_position_embeddings / high_freq_factor`` keep their
+    frequency, longer than ``original_max_position_embeddings / low_freq_factor`` are divided by
+    ``factor``, and those between are interpolated smoothly (transformers'
+    ``_compute_llama3_parameters``, the same fp32 arithmetic).
+    """
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    rope_type = "llama3"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.factor > 0:
+            problems.append(f"factor must be > 0, got {self.factor!r}")
+        if not 0 < self.low_freq_factor < self.high_freq_factor:
+            problems.append(f"need 0 < low_freq_factor < high_freq_factor, got {self.low_freq_factor!r} "
+                            f"and {self.high_freq_factor!r}")
+        if not self.original_max_position_embeddings > 0:
+            problems.append(f"original_max_position_embeddings must be > 0, got "
+                            f"{self.original_max_position_embeddings!r}")
+        if problems:
+            raise ValueError("invalid llama3 RoPE scaling: " + "; ".join(problems))
+
+    def describe(self) -> str:
+        """One canonical string (what ``check_model_matches`` compares with a config.json)."""
+        return describe_llama3_scaling(self.factor, self.low_freq_factor, self.high_freq_factor,
+                                       self.original_max_position_embeddings)
+
+    def apply(self, inv_freq: torch.Tensor) -> torch.Tensor:
+        """Scaled inverse frequencies (fp32 ``[dim/2]`` in, same out)."""
+        old_len = self.original_max_position_embeddings
+        low_freq_wavelen = old_len / self.low_freq_factor
+        high_freq_wavelen = old_len / self.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / self.factor, inv_freq)
+        smooth = (old_len / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+        is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+        return torch.where(is_medium, smoothed, scaled)
+
+
+def describe_llama3_scaling(factor: float, low_freq_factor: float, high_freq_factor: float,
+                            original_max_position_embeddings: int) -> str:
+    """``llama3(factor=8, low_freq_factor=1, high_freq_factor=4, original_max_position_embeddings=8192)``."""
+    return (f"llama3(factor={float(factor):g}, low_freq_factor={float(low_freq_factor):g}, "
+            f"high_freq_factor={float(high_freq_factor):g}, "
+            f"original_max_position_embeddings={int(original_max_position_embeddings)})")
 
 
 class RotaryPositionalEmbeddings(nn.Module):
@@ -27,15 +86,20 @@ class RotaryPositionalEmbeddings(nn.Module):
         dim: head dimension (even).
         max_seq_len: number of positions in the table.
         base: RoPE base (``theta``).
+        scaling: frequency scaling (``Llama3RopeScaling``), or None for plain RoPE.
     """
 
-    def __init__(self, dim: int, max_seq_len: int = 4096, base: float = 10_000.0) -> None:
+    def __init__(self, dim: int, max_seq_len: int = 4096, base: float = 10_000.0,
+                 scaling: Llama3RopeScaling | None = None) -> None:
         super().__init__()
         if dim % 2:
             raise ValueError(f"RoPE head dim must be even, got {dim}")
         self.dim = dim
         self.max_seq_len = max_seq_len
         self.base = base
+        self.scaling = scaling
+        #: what ``check_model_matches`` compares with the checkpoint's declared RoPE scaling
+        self.scaling_type = None if scaling is None else scaling.describe()
         self.register_buffer("cache", self._build_cache(device=None), persistent=False)
 
     def _build_cache(self, device: torch.device | str | None) -> torch.Tensor:
@@ -44,6 +108,8 @@ class RotaryPositionalEmbeddings(nn.Module):
             self.base
             ** (torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim)
         )
+        if self.scaling is not None:
+            inv_freq = self.scaling.apply(inv_freq)
         pos = torch.arange(self.max_seq_len, dtype=torch.int64, device=device).float()
         angles = torch.outer(pos, inv_freq)  # [max_seq_len, dim/2]
         cos = angles.cos().repeat_interleave(2, dim=-1)  # [max_seq_len, dim]

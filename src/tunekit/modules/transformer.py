@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tunekit.modules.attention import MultiHeadAttention
@@ -40,6 +43,54 @@ class TransformerDecoderLayer(nn.Module):
         return h + self.mlp(self.mlp_norm(h))
 
 
+class TiedLinear(nn.Module):
+    """The output projection of a model with tied embeddings: ``x @ embedding.weight.T``.
+
+    It owns no parameter (the state dict has no ``output.weight``, as HF writes no
+    ``lm_head.weight`` for such models); the weight is the embedding's, read at every call,
+    so materialising, loading with ``assign=True``, casting and sharding the embedding keep
+    the two tied. The embedding is held outside the module tree (not a submodule).
+
+    Args:
+        embedding: the model's ``tok_embeddings``.
+    """
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self._tied = (embedding,)  # a tuple: not registered, so no second copy of its keys
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The embedding's weight ``[vocab, dim]``."""
+        return self._tied[0].weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+def _drop_tied_output(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any,
+                      strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                      error_msgs: list[str]) -> None:
+    """Load-state-dict pre-hook of a tied model: accept a stored copy of the tied output weight.
+
+    Meta checkpoints (and some HF exports) store ``output.weight`` even for tied models; it is
+    dropped when it equals the embedding, and refused when it differs (loading it would not
+    run the weights as saved).
+    """
+    del module, local_metadata, strict, missing_keys, unexpected_keys
+    out, emb = state_dict.get(f"{prefix}output.weight"), state_dict.get(f"{prefix}tok_embeddings.weight")
+    if out is None:
+        return
+    if emb is not None and out.shape == emb.shape and (out.is_meta or torch.equal(out, emb)):
+        del state_dict[f"{prefix}output.weight"]
+    else:
+        error_msgs.append(
+            "the checkpoint holds an output.weight (lm_head.weight) that differs from tok_embeddings.weight, "
+            "but this model ties its output projection to the embedding (tie_word_embeddings); pick the "
+            "model= option built for this checkpoint (one without tied embeddings)"
+        )
+
+
 class TransformerDecoder(nn.Module):
     """The full decoder.
 
@@ -52,7 +103,8 @@ class TransformerDecoder(nn.Module):
         tok_embeddings: ``nn.Embedding(vocab, dim)``.
         layers: decoder layers.
         norm: final norm.
-        output: ``dim -> vocab`` projection (``nn.Linear`` or LoRA).
+        output: ``dim -> vocab`` projection (``nn.Linear``, LoRA, or ``TiedLinear(tok_embeddings)``
+            for tied input/output embeddings).
         max_seq_len: longest sequence the RoPE tables (and default KV cache) cover.
     """
 
@@ -72,6 +124,15 @@ class TransformerDecoder(nn.Module):
         self.output = output
         self.max_seq_len = max_seq_len
         self._cache_len: int | None = None
+        if isinstance(output, TiedLinear):
+            if output.weight is not tok_embeddings.weight:
+                raise ValueError("TiedLinear output must be tied to this decoder's tok_embeddings")
+            self.register_load_state_dict_pre_hook(_drop_tied_output)
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        """True when the output projection is the embedding's weight (``TiedLinear``)."""
+        return isinstance(self.output, TiedLinear)
 
     # ---- buffers and caches -------------------------------------------------------------
 

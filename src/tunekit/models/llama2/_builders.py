@@ -14,26 +14,10 @@ Meta-device pattern (a 7B model without touching host memory, materialised in bf
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from tunekit.modules import (
-    FeedForward,
-    MultiHeadAttention,
-    RMSNorm,
-    RotaryPositionalEmbeddings,
-    TransformerDecoder,
-    TransformerDecoderLayer,
-)
-from tunekit.modules.peft import LoRALinear, LoRASpec, reset_all_parameters
-
-
-def _linear(name: str, in_dim: int, out_dim: int, lora: LoRASpec | None) -> nn.Module:
-    """``nn.Linear`` or, when ``name``'s last part is a LoRA target, ``LoRALinear``."""
-    if lora is not None and name.rpartition(".")[2] in lora.targets:
-        return LoRALinear(
-            in_dim, out_dim, lora.rank_for(name), lora.alpha_for(name), lora.dropout, use_dora=lora.use_dora
-        )
-    return nn.Linear(in_dim, out_dim, bias=False)
+from tunekit.models._decoder import llama_layout_decoder
+from tunekit.modules import TransformerDecoder
+from tunekit.modules.peft import LoRASpec, reset_all_parameters
 
 
 def llama2(
@@ -66,52 +50,10 @@ def llama2(
     Returns:
         The model, with state-dict keys as in docs/architecture.md.
     """
-    problems = []
-    if embed_dim % num_heads:
-        problems.append(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-    if num_heads % num_kv_heads:
-        problems.append(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-    elif embed_dim % num_heads == 0 and (embed_dim // num_heads) % 2:
-        problems.append(f"head_dim ({embed_dim // num_heads}) must be even for RoPE")
-    if problems:
-        raise ValueError("invalid llama2 shape:\n  " + "\n  ".join(problems))
-
-    head_dim = embed_dim // num_heads
-    # One RoPE table shared by all layers (a non-persistent buffer; no state-dict keys).
-    rope = RotaryPositionalEmbeddings(head_dim, max_seq_len=max_seq_len, base=rope_base)
-    layers = []
-    for i in range(num_layers):
-        p = f"layers.{i}"
-        attn = MultiHeadAttention(
-            embed_dim=embed_dim,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            q_proj=_linear(f"{p}.attn.q_proj", embed_dim, num_heads * head_dim, lora),
-            k_proj=_linear(f"{p}.attn.k_proj", embed_dim, num_kv_heads * head_dim, lora),
-            v_proj=_linear(f"{p}.attn.v_proj", embed_dim, num_kv_heads * head_dim, lora),
-            output_proj=_linear(f"{p}.attn.output_proj", num_heads * head_dim, embed_dim, lora),
-            pos_embeddings=rope,
-        )
-        mlp = FeedForward(
-            w1=_linear(f"{p}.mlp.w1", embed_dim, intermediate_dim, lora),
-            w2=_linear(f"{p}.mlp.w2", intermediate_dim, embed_dim, lora),
-            w3=_linear(f"{p}.mlp.w3", embed_dim, intermediate_dim, lora),
-        )
-        layers.append(
-            TransformerDecoderLayer(
-                attn=attn,
-                mlp=mlp,
-                sa_norm=RMSNorm(embed_dim, eps=norm_eps),
-                mlp_norm=RMSNorm(embed_dim, eps=norm_eps),
-            )
-        )
-    return TransformerDecoder(
-        tok_embeddings=nn.Embedding(vocab_size, embed_dim),
-        layers=layers,
-        norm=RMSNorm(embed_dim, eps=norm_eps),
-        output=_linear("output", embed_dim, vocab_size, lora),
-        max_seq_len=max_seq_len,
+    return llama_layout_decoder(
+        family="llama2", vocab_size=vocab_size, num_layers=num_layers, num_heads=num_heads,
+        num_kv_heads=num_kv_heads, embed_dim=embed_dim, intermediate_dim=intermediate_dim,
+        max_seq_len=max_seq_len, norm_eps=norm_eps, rope_base=rope_base, lora=lora,
     )
 
 
