@@ -74,7 +74,7 @@ def test_model_and_checkpointer_derive_paths(recipe, checkpointer, cls, repo, mo
     assert cfg.checkpointer.checkpoint_dir == f"{tmp_path}/meta-llama/{repo}"
     assert cfg.checkpointer.model_type == "LLAMA2"
     assert cfg.model._component_ == "tunekit.models.llama2.llama2_7b"
-    assert cfg.tokenizer.path == f"{tmp_path}/meta-llama/{repo}/tokenizer.model"
+    assert cfg.tokenizer.path == f"{tmp_path}/meta-llama/{repo}"  # tokenizer=auto reads the model dir
     # the config key beats the environment variable
     cfg = compose(recipe, [f"checkpointer={checkpointer}", "model=llama2_7b", "paths.models_root=/data/m"])
     assert cfg.checkpointer.checkpoint_dir == f"/data/m/meta-llama/{repo}"

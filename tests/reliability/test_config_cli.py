@@ -157,7 +157,7 @@ def test_all_unknown_keys_of_a_user_yaml_at_once(user_cfg, tmp_path):
 def test_unknown_group_option(tmp_path):
     proc = run_recipe("lora_finetune", tmp_path / "run", "model=llama9")
     assert_user_error(proc, "config group `model` has no option `llama9`", "Did you mean: llama2_7b",
-                      "Valid options for `model`: llama2_13b, llama2_70b, llama2_7b, tiny")
+                      "Valid options for `model`: llama2_13b, llama2_70b, llama2_7b, llama3_1_70b")
 
 
 def test_misspelt_override_without_plus(tmp_path):

@@ -164,7 +164,7 @@ def _tokenizer_case(tmp_path: Path, name: str, content: bytes) -> tuple[object, 
     path = tok_dir / name
     path.write_bytes(content)
     before = snapshot(tok_dir)
-    proc = run_recipe("lora_finetune", tmp_path / "run", f"tokenizer.path={path}", *FAST)
+    proc = run_recipe("lora_finetune", tmp_path / "run", "tokenizer=llama2", f"tokenizer.path={path}", *FAST)
     assert_unchanged(before, tok_dir)
     _no_checkpoint(tmp_path / "run")
     return proc, path
