@@ -309,6 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `tunekit ls | head`: the reader went away; not an error worth a traceback.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        # A destination that is a file, read-only, full: one paragraph, not a traceback.
+        from tunekit.config.errors import disk_error_message
+
+        text = disk_error_message(exc)
+        if text is None:
+            raise
+        print(f"tunekit {argv[0] if argv else ''}: {text}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

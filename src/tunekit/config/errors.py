@@ -37,6 +37,7 @@ __all__ = [
     "explain",
     "explain_with_override",
     "paragraph",
+    "path_error_message",
     "yaml_error_text",
 ]
 
@@ -229,12 +230,40 @@ _DISK_ERRORS = {
 }
 
 
+#: A path that cannot be used as given: its shape is wrong, not the disk.
+_PATH_ERRORS = {
+    errno.EEXIST: "a file of that name is in the way of a directory",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "it is a directory where a file is needed",
+    errno.ELOOP: "it is a symbolic link loop",
+    errno.ENAMETOOLONG: "the name is too long for the file system",
+}
+
+
+def path_error_message(exc: BaseException) -> str | None:
+    """One paragraph for a path that is the wrong kind of thing (a file where a directory goes, ...)."""
+    e = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in _PATH_ERRORS), None)
+    if e is None:
+        return None
+    where = f"`{e.filename}`" if e.filename else "a path given in the config"
+    return (
+        f"Cannot use {where}: {_PATH_ERRORS[e.errno]} ({e.strerror}). Nothing was written there. Give a "
+        "path whose directories are directories (for a run: hydra.run.dir=<a new directory> or "
+        "output_dir=<a new directory>; for a copy or a conversion: a new destination), or move the file "
+        "that is in the way."
+    )
+
+
 def disk_error_message(exc: BaseException) -> str | None:
     """One paragraph for a write that failed for want of space or permission; None for other errors.
 
     Looks through the exception's chain (Hydra wraps the log file's ``OSError`` in a
-    ``ValueError``); writers in Rust (safetensors) report ``(os error N)`` in their text.
+    ``ValueError``); writers in Rust (safetensors) report ``(os error N)`` in their text. A path
+    of the wrong kind (a file in the way of a directory) gets :func:`path_error_message`.
     """
+    shape = path_error_message(exc)
+    if shape is not None:
+        return shape
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
             code, where, detail = e.errno, e.filename, e.strerror
