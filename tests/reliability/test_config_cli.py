@@ -377,3 +377,26 @@ def test_keep_last_n_without_step_saves_is_refused(extra):
     assert_user_error(run_tunekit("validate", "lora_finetune", "keep_last_n=1", *extra, "--no-build"),
                       "`keep_last_n`=1 has no effect without `save_every_n_steps`", "every epoch_N checkpoint is kept",
                       "save_every_n_steps=<n>", "unset keep_last_n")
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("hydra.run.dir=/tmp/ünïcødé/run", ("`hydra.run.dir=/tmp/ünïcødé/run`", "'ü'", "\"hydra.run.dir='/tmp/ünïcødé/run'\"")),
+    ("optimizer.lr=[1e-4", ("'[1e-4'", "needs quotes", "a list is written key=[a,b]")),
+], ids=["non-ascii-path", "unclosed-bracket"])
+def test_override_the_grammar_cannot_read_says_how_to_quote(tmp_path, override, needles):
+    proc = run_recipe("lora_finetune", None, override, *FAST)
+    assert_user_error(proc, "Cannot parse", *needles)
+
+
+def test_quoted_non_ascii_paths_work(tmp_path):
+    import json
+
+    d = tmp_path / "ünï cødé"
+    d.mkdir()
+    data = d / "données.json"
+    rows = [{"instruction": f"Nommez la couleur n°{i}.", "output": "Bleu ciel."} for i in range(8)]
+    data.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, ensure_ascii=False).encode())  # with a UTF-8 BOM
+    proc = run_recipe("lora_finetune", None, f"hydra.run.dir='{d / 'run'}'", "dataset=alpaca",
+                      f"dataset.source='{data}'", "dataset.val_fraction=0", *FAST, "batch_size=2")
+    assert_ok(proc, "8 train / 0 validation samples", "done in")
+    assert (d / "run" / "epoch_0" / "COMPLETE").is_file()

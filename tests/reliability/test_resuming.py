@@ -162,3 +162,21 @@ def test_two_ways_of_resuming_at_once_are_refused(saved, tmp_path):
                       f"checkpointer.recipe_checkpoint={state / 'recipe_state.pt'}")
     assert_user_error(proc, "both ask to resume", "use one")
     assert_unchanged(before, run)
+
+
+def test_resume_of_a_finished_run_with_nothing_left_is_refused(saved, tmp_path):
+    # it used to "resume", run no step, write a result.json and say "checkpoints in <dir>" with none there
+    run, before = saved
+    proc = run_recipe("lora_finetune", tmp_path / "b", *FAST, f"resume={run}")
+    assert_user_error(proc, f"{run / 'epoch_0'} already finished 1 epoch(s)", "epochs=1", "nothing is left to train",
+                      "epochs=2", f"recipes.generate checkpoint={run / 'epoch_0'}")
+    assert not (tmp_path / "b" / "result.json").exists()
+    assert_unchanged(before, run)
+
+
+def test_resume_of_a_finished_run_with_more_epochs_continues(saved, tmp_path):
+    run, before = saved
+    proc = run_recipe("lora_finetune", tmp_path / "b", *FAST, "epochs=2", f"resume={run}")
+    assert_ok(proc, f"resuming from {run / 'epoch_0'}")
+    assert (tmp_path / "b" / "epoch_1" / "COMPLETE").is_file()
+    assert_unchanged(before, run)

@@ -185,6 +185,26 @@ def _yaml_error(exc: BaseException) -> BaseException | None:
     return _first(exc, yaml.YAMLError)
 
 
+def _explain_parse_error(exc: OverrideParseException) -> str:
+    """A command-line override Hydra's grammar cannot read: name it and show how to quote it."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    item = first.split(": ", 1)[1].strip() if ": " in first else ""
+    key, eq, value = item.partition("=")
+    if not eq or " " in key:
+        return (
+            f"Cannot parse a command-line override: {first.strip()}. A value holding brackets, commas,"
+            " quotes, spaces or non-ASCII letters needs quotes inside the shell quotes (\"key='value'\"),"
+            " a list is written key=[a,b] (see https://hydra.cc/docs/advanced/override_grammar/basic/)."
+        )
+    odd = sorted({c for c in value if not c.isascii() or c in " \t,=[]{}()'\"\\:$*?<>|"})
+    shown = ", ".join(repr(c) for c in odd) if odd else "its characters"
+    return (
+        f"Cannot parse the command-line override `{item}`: Hydra's override grammar does not allow {shown} in"
+        f" an unquoted value. Quote the value inside the shell quotes: \"{key}='{value}'\" (see"
+        " https://hydra.cc/docs/advanced/override_grammar/basic/)."
+    )
+
+
 def explain_with_override(exc: BaseException) -> tuple[str | None, str | None]:
     """Like :func:`explain`, also returning the command-line override that caused ``exc``.
 
@@ -215,7 +235,7 @@ def explain_with_override(exc: BaseException) -> tuple[str | None, str | None]:
     if oc is not None and isinstance(exc, (ConfigCompositionException, OmegaConfBaseException)):
         return _explain_omegaconf(oc, override), override
     if isinstance(exc, OverrideParseException):
-        return paragraph(f"Cannot parse the command-line override: {exc}"), None
+        return _explain_parse_error(exc), None
     if isinstance(exc, ConfigCompositionException):
         return paragraph(str(exc).replace("\n", " ")), override
     return None, None

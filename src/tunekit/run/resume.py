@@ -439,6 +439,10 @@ def _position_problems(res: Resume, settings: TrainSettings, batch_size: int | N
         return [f"the checkpoint {res.source} lacks {missing}: it was not saved by a tunekit training "
                 "run; start a new run from its weights instead (checkpointer.checkpoint_dir=...)"]
     rs = state["recipe_state"]
+    if rs.get("epoch", 0) >= settings.epochs:  # else the run would do nothing and say it finished
+        return [f"{res.source} already finished {rs['epoch']} epoch(s) and this run asks for epochs="
+                f"{settings.epochs}, so nothing is left to train; raise epochs (e.g. epochs={rs['epoch'] + 1}) to "
+                f"train on from it, or use it as it is (python -m recipes.generate checkpoint={res.source})"]
     if rs.get("step_in_epoch", 0) == 0:
         return []
     # A mid-epoch position is counted in samples: exact when every step sees the same global
