@@ -400,3 +400,19 @@ def test_quoted_non_ascii_paths_work(tmp_path):
                       f"dataset.source='{data}'", "dataset.val_fraction=0", *FAST, "batch_size=2")
     assert_ok(proc, "8 train / 0 validation samples", "done in")
     assert (d / "run" / "epoch_0" / "COMPLETE").is_file()
+
+
+def test_eval_every_n_steps_without_a_validation_split_is_refused():
+    # it used to train without ever evaluating, and say nothing
+    assert_user_error(run_tunekit("validate", "lora_finetune", "eval_every_n_steps=1", "dataset.val_fraction=0",
+                                  "--no-build"),
+                      "`eval_every_n_steps`=1 would never evaluate", "`dataset.val_fraction`=0",
+                      "dataset.val_fraction=0.1", "unset eval_every_n_steps")
+
+
+def test_mapping_override_with_a_space_is_quoted_whole(tmp_path):
+    # the override used to be cut at the space: "`lora.rank_pattern={q_proj:`"
+    proc = run_recipe("lora_finetune", tmp_path / "run", "lora.rank_pattern={q_proj: 4}", "--cfg", "job")
+    assert_user_error(proc, "`lora.rank_pattern={q_proj: 4}`", "`+lora.rank_pattern={q_proj: 4}`")
+    assert_ok(run_recipe("lora_finetune", tmp_path / "run", "+lora.rank_pattern={q_proj: 4}", "--cfg", "job"),
+              "rank_pattern:\n    q_proj: 4")

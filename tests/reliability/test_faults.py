@@ -183,3 +183,26 @@ def test_ctrl_c_of_a_tunekit_command_is_one_line(tmp_path):
         pytest.skip("validate finished before the signal arrived (machine too fast)")
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in out + err and "tunekit validate: interrupted (Ctrl-C)" in err
+
+
+def test_two_runs_started_at_once_into_one_new_directory(tmp_path):
+    """Both used to train: one replaced the other's epoch_0 and the metrics file held both runs."""
+    run = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-m", "recipes.lora_finetune", f"hydra.run.dir={run}", *FAST,
+                               f"lora.rank={rank}"], cwd=REPO, env=_env(None), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (8, 4)]
+    results = [(p, *p.communicate(timeout=240)) for p in procs]
+    ok = [r for r in results if r[0].returncode == 0]
+    refused = [r for r in results if r[0].returncode != 0]
+    assert len(ok) == 1 and len(refused) == 1, [(r[0].returncode, r[2][-500:]) for r in results]
+    p, out, err = refused[0]
+    assert p.returncode == 1 and "Traceback" not in out + err and "Nothing was written" in err
+    assert (f"writing into the run directory {run} right now" in err  # both started: the lock
+            or f"{run} already holds another" in err), err[-2000:]  # the winner had already logged
+    assert f"resume={run}" in err and "hydra.run.dir" in err
+    steps = [json.loads(line)["step"] for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == sorted(set(steps)), f"two runs in one metrics file: {steps}"
+    winner_rank = 8 if procs[0].returncode == 0 else 4
+    saved = json.loads((run / "epoch_0" / "checkpoint.json").read_text())
+    assert saved["trained_with"]["lora"]["rank"] == winner_rank  # the run that trained wrote the checkpoint

@@ -132,9 +132,9 @@ def _explain_omegaconf(err: OmegaConfBaseException, override: str | None) -> str
 
 _OVERRIDE_RE = re.compile(
     r"(?:Could not (?:override|append to config|delete from config)[^']*'([^']*)'"
-    r"|Error merging override (\S+))"
+    r"|Error merging override ([^\n]+?)\s*$)", re.M
 )
-_APPEND_RE = re.compile(r"use (\+\S+)")
+_APPEND_RE = re.compile(r"use (\+[^\n]+?)\s*$", re.M)
 
 
 def _explain_missing_config(err: MissingConfigException, override: str | None) -> str:

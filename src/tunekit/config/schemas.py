@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 __all__ = [
     "AC_POLICIES",
@@ -243,6 +243,12 @@ class _TrainSettings(_RunSettings):
                     f"`{key}`={every} exceeds {limit} optimizer steps, so it would never"
                     " trigger; lower it or unset it"
                 )
+        val_fraction = OmegaConf.select(cfg, "dataset.val_fraction", default=None, throw_on_missing=False)
+        if cfg.eval_every_n_steps is not None and isinstance(val_fraction, (int, float)) and val_fraction == 0:
+            problems.append(
+                f"`eval_every_n_steps`={cfg.eval_every_n_steps} would never evaluate: `dataset.val_fraction`=0 holds"
+                " out no validation rows; set dataset.val_fraction=0.1 (for example) or unset eval_every_n_steps"
+            )
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
             # Only step_N checkpoints are pruned; epoch_N ones are always kept.
             problems.append(
