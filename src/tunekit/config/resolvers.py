@@ -149,6 +149,11 @@ def hydra_subdir(*, _root_: Any = None) -> str | None:
         task = OmegaConf.select(HydraConfig.get(), "overrides.task", default=None) or []
         if any(redact_override(str(o)) != str(o) for o in task):
             return None
+        # A directory that already holds a run keeps that run's record: a resumed or a refused
+        # second run must not overwrite its .hydra/overrides.yaml (tunekit records its own files).
+        out = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+        if out and (Path(out) / ".hydra").is_dir() and (Path(out) / "run_info.json").is_file():
+            return None
     if _root_ is not None:
         try:
             keys = [k for k in _root_.keys() if k != "hydra"]
