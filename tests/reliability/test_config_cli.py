@@ -416,3 +416,25 @@ def test_mapping_override_with_a_space_is_quoted_whole(tmp_path):
     assert_user_error(proc, "`lora.rank_pattern={q_proj: 4}`", "`+lora.rank_pattern={q_proj: 4}`")
     assert_ok(run_recipe("lora_finetune", tmp_path / "run", "+lora.rank_pattern={q_proj: 4}", "--cfg", "job"),
               "rank_pattern:\n    q_proj: 4")
+
+
+# ------------------------------------------------------------------ odd values that already get a clear paragraph
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    ("epochs=0", ("`epochs`=0", "must be >= 1")),
+    ("batch_size=-1", ("`batch_size`=-1", "must be >= 1")),
+    ("max_seq_len=1", ("`max_seq_len`=1", "must be >= 2", "max_seq_len=512")),
+    ("lora.alpha=0", ("`lora.alpha`=0.0", "must be > 0")),
+    ("lora.targets=[]", ("`lora.targets`=[]", "must not be empty")),
+    ("dtype=fp16", ("`dtype`='fp16'", "one of: fp32, bf16")),
+    ("optimizer.lr=abc", ("`optimizer.lr`='abc'", "refused by torch.optim.AdamW", "`optimizer.lr=0.001`")),
+    ("gradient_accumulation_steps=1000", ("no optimizer step", "`gradient_accumulation_steps`=1000",
+                                          "lower `batch_size` or `gradient_accumulation_steps`")),
+    ("optimizer=sgd optimizer.momentum=-1", ("`optimizer.momentum`=-1", "torch.optim.SGD", "`optimizer.momentum=0`")),
+    ("loss=chunked_cross_entropy loss.num_chunks=0", ("`loss.num_chunks`=0", "`loss.num_chunks=8`")),
+    ("dataset.val_fraction=1.5", ("`dataset.val_fraction`=1.5", "in [0, 1)")),
+    ("clip_grad_norm=0", ("`clip_grad_norm`=0.0", "must be > 0")),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_odd_values_get_one_paragraph(overrides, needles):
+    assert_user_error(run_tunekit("validate", "lora_finetune", *overrides.split()), *needles)
