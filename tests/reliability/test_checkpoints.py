@@ -143,3 +143,55 @@ def test_corrupt_only_checkpoint_of_a_run_says_there_is_none(tmp_path):
                              "base model")
     assert "download it again" not in text
     assert_unchanged(before, run)
+
+
+def test_weights_holding_nan_are_refused_before_training(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = _copy(tmp_path)
+    f = ckpt / "model.safetensors"
+    sd = load_file(f)
+    sd["model.layers.1.self_attn.q_proj.weight"][0, :3] = float("nan")
+    sd["model.norm.weight"][0] = float("inf")
+    save_file(sd, f, metadata={"format": "pt"})
+    before = snapshot(ckpt)
+    text = assert_user_error(_lora(tmp_path, ckpt), str(f), "NaN or inf", "layers.1.attn.q_proj.weight (3 values)",
+                             "norm.scale (1 values)", "earlier checkpoint", "download the model again")
+    assert "loss is nan" not in text  # the weights are named, not the learning rate
+    assert not list((tmp_path / "out").glob("epoch_*"))
+    assert_unchanged(before, ckpt)
+
+
+def test_weights_holding_nan_are_refused_by_generate(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = _copy(tmp_path)
+    f = ckpt / "model.safetensors"
+    sd = load_file(f)
+    sd["model.embed_tokens.weight"][5] = float("nan")
+    save_file(sd, f, metadata={"format": "pt"})
+    proc = run_recipe("generate", tmp_path / "gen", f"checkpointer.checkpoint_dir={ckpt}", "max_new_tokens=4")
+    assert_user_error(proc, str(f), "NaN or inf", "tok_embeddings.weight", "garbage text")
+
+
+@pytest.mark.parametrize("content, needles", [
+    ("zip", ("a zip archive of other files (readme.txt)", "not a PyTorch checkpoint")),
+    ("lfs", ("a Git LFS pointer", "git lfs pull")),
+    ("html", ("a web page", "error or login page")),
+], ids=["zip-of-other-files", "git-lfs-pointer", "html-page"])
+def test_weight_file_that_is_something_else(tmp_path, content, needles):
+    import zipfile
+
+    ckpt = _copy(tmp_path, "meta")
+    f = ckpt / "consolidated.00.pth"
+    if content == "zip":
+        with zipfile.ZipFile(f, "w") as zf:
+            zf.writestr("readme.txt", "hello")
+    elif content == "lfs":
+        f.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1234\n")
+    else:
+        f.write_text("<!DOCTYPE html><html><body>Access to this model is restricted</body></html>\n")
+    before = snapshot(ckpt)
+    text = assert_user_error(_lora(tmp_path, ckpt, "checkpointer=meta"), str(f), *needles, "real weight file")
+    assert "truncated" not in text and "weights_only" not in text
+    assert_unchanged(before, ckpt)

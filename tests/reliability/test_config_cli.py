@@ -22,6 +22,7 @@ from tests.reliability._harness import (
     snapshot,
 )
 
+REPO_ASSETS = Path(__file__).resolve().parents[2] / "src" / "tunekit" / "assets" / "tiny_llama2" / "hf"
 TOKEN = "hf_" + "Zq8" * 12  # the shape of a Hugging Face token, never a real one
 
 
@@ -303,3 +304,137 @@ def test_token_in_the_environment_never_reaches_run_records(tmp_path):
     assert any(f.parent.name == "logs" for f in files)
     for f in files:
         assert TOKEN.encode() not in f.read_bytes(), f
+
+
+# ------------------------------------------------------------------ paths of the wrong kind
+
+
+def test_run_dir_that_is_a_file_is_one_paragraph(tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("the user's notes\n")
+    before = snapshot(tmp_path)
+    proc = run_recipe("lora_finetune", taken, *FAST)
+    assert_user_error(proc, str(taken), "a file of that name is in the way", "hydra.run.dir=<a new directory>")
+    assert_unchanged(before, tmp_path)
+
+
+def test_run_dir_below_a_file_is_one_paragraph(tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("the user's notes\n")
+    before = snapshot(tmp_path)
+    proc = run_recipe("lora_finetune", tmp_path / "run", *FAST, f"output_dir={taken / 'out'}")
+    assert_user_error(proc, str(taken), "is a file, not a directory", "output_dir=<a new directory>")
+    assert taken.read_text() == "the user's notes\n"
+    assert before["notes.txt"] == snapshot(tmp_path)["notes.txt"]
+
+
+def test_cp_below_a_file_is_one_paragraph(tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("the user's notes\n")
+    before = snapshot(tmp_path)
+    assert_user_error(run_tunekit("cp", "lora_finetune", str(taken / "my.yaml")), "tunekit cp", str(taken),
+                      "a file of that name is in the way", "a new destination")
+    assert_unchanged(before, tmp_path)
+
+
+def test_cp_into_a_missing_directory_creates_it(tmp_path):
+    dest = tmp_path / "new" / "deeper" / "my.yaml"
+    assert_ok(run_tunekit("cp", "lora_finetune", str(dest)), "Copied", f"--config-dir {dest.parent}")
+    assert dest.read_text() == (Path(__file__).resolve().parents[2] / "conf" / "lora_finetune.yaml").read_text()
+
+
+def test_resume_given_a_file_names_its_directory(tmp_path):
+    f = tmp_path / "recipe_state.pt"
+    f.write_bytes(b"x")
+    assert_user_error(run_tunekit("validate", "lora_finetune", f"resume={f}", "--no-build"),
+                      f"`resume`='{f}'", "is a file, not a directory", f"({tmp_path})")
+
+
+def test_resume_given_a_symlink_loop(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert_user_error(run_tunekit("validate", "lora_finetune", f"resume={tmp_path / 'a'}", "--no-build"),
+                      "`resume`=", "symbolic link to nothing (or a link loop)", "a run or checkpoint directory")
+
+
+def test_checkpoint_dir_given_a_weight_file_validate(tmp_path):
+    f = REPO_ASSETS / "model.safetensors"
+    assert_user_error(run_tunekit("validate", "lora_finetune", f"checkpointer.checkpoint_dir={f}"),
+                      "`checkpointer.checkpoint_dir`=", "is a file, not a directory",
+                      f"checkpointer.checkpoint_dir={REPO_ASSETS}")
+
+
+def test_checkpoint_dir_given_a_weight_file_recipe(tmp_path):
+    f = REPO_ASSETS / "model.safetensors"
+    proc = run_recipe("lora_finetune", tmp_path / "run", *FAST, f"checkpointer.checkpoint_dir={f}")
+    text = assert_user_error(proc, str(f), "is a file, not a directory", f"checkpointer.checkpoint_dir={REPO_ASSETS}")
+    assert "tunekit download" not in text  # nothing to download: the path is wrong
+
+
+@pytest.mark.parametrize("extra", [["epochs=3"], ["epochs=1"]], ids=["three-epochs", "one-epoch"])
+def test_keep_last_n_without_step_saves_is_refused(extra):
+    # keep_last_n prunes only step_N checkpoints: without save_every_n_steps it silently did nothing
+    assert_user_error(run_tunekit("validate", "lora_finetune", "keep_last_n=1", *extra, "--no-build"),
+                      "`keep_last_n`=1 has no effect without `save_every_n_steps`", "every epoch_N checkpoint is kept",
+                      "save_every_n_steps=<n>", "unset keep_last_n")
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("hydra.run.dir=/tmp/ünïcødé/run", ("`hydra.run.dir=/tmp/ünïcødé/run`", "'ü'", "\"hydra.run.dir='/tmp/ünïcødé/run'\"")),
+    ("optimizer.lr=[1e-4", ("'[1e-4'", "needs quotes", "a list is written key=[a,b]")),
+], ids=["non-ascii-path", "unclosed-bracket"])
+def test_override_the_grammar_cannot_read_says_how_to_quote(tmp_path, override, needles):
+    proc = run_recipe("lora_finetune", None, override, *FAST)
+    assert_user_error(proc, "Cannot parse", *needles)
+
+
+def test_quoted_non_ascii_paths_work(tmp_path):
+    import json
+
+    d = tmp_path / "ünï cødé"
+    d.mkdir()
+    data = d / "données.json"
+    rows = [{"instruction": f"Nommez la couleur n°{i}.", "output": "Bleu ciel."} for i in range(8)]
+    data.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, ensure_ascii=False).encode())  # with a UTF-8 BOM
+    proc = run_recipe("lora_finetune", None, f"hydra.run.dir='{d / 'run'}'", "dataset=alpaca",
+                      f"dataset.source='{data}'", "dataset.val_fraction=0", *FAST, "batch_size=2")
+    assert_ok(proc, "8 train / 0 validation samples", "done in")
+    assert (d / "run" / "epoch_0" / "COMPLETE").is_file()
+
+
+def test_eval_every_n_steps_without_a_validation_split_is_refused():
+    # it used to train without ever evaluating, and say nothing
+    assert_user_error(run_tunekit("validate", "lora_finetune", "eval_every_n_steps=1", "dataset.val_fraction=0",
+                                  "--no-build"),
+                      "`eval_every_n_steps`=1 would never evaluate", "`dataset.val_fraction`=0",
+                      "dataset.val_fraction=0.1", "unset eval_every_n_steps")
+
+
+def test_mapping_override_with_a_space_is_quoted_whole(tmp_path):
+    # the override used to be cut at the space: "`lora.rank_pattern={q_proj:`"
+    proc = run_recipe("lora_finetune", tmp_path / "run", "lora.rank_pattern={q_proj: 4}", "--cfg", "job")
+    assert_user_error(proc, "`lora.rank_pattern={q_proj: 4}`", "`+lora.rank_pattern={q_proj: 4}`")
+    assert_ok(run_recipe("lora_finetune", tmp_path / "run", "+lora.rank_pattern={q_proj: 4}", "--cfg", "job"),
+              "rank_pattern:\n    q_proj: 4")
+
+
+# ------------------------------------------------------------------ odd values that already get a clear paragraph
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    ("epochs=0", ("`epochs`=0", "must be >= 1")),
+    ("batch_size=-1", ("`batch_size`=-1", "must be >= 1")),
+    ("max_seq_len=1", ("`max_seq_len`=1", "must be >= 2", "max_seq_len=512")),
+    ("lora.alpha=0", ("`lora.alpha`=0.0", "must be > 0")),
+    ("lora.targets=[]", ("`lora.targets`=[]", "must not be empty")),
+    ("dtype=fp16", ("`dtype`='fp16'", "one of: fp32, bf16")),
+    ("optimizer.lr=abc", ("`optimizer.lr`='abc'", "refused by torch.optim.AdamW", "`optimizer.lr=0.001`")),
+    ("gradient_accumulation_steps=1000", ("no optimizer step", "`gradient_accumulation_steps`=1000",
+                                          "lower `batch_size` or `gradient_accumulation_steps`")),
+    ("optimizer=sgd optimizer.momentum=-1", ("`optimizer.momentum`=-1", "torch.optim.SGD", "`optimizer.momentum=0`")),
+    ("loss=chunked_cross_entropy loss.num_chunks=0", ("`loss.num_chunks`=0", "`loss.num_chunks=8`")),
+    ("dataset.val_fraction=1.5", ("`dataset.val_fraction`=1.5", "in [0, 1)")),
+    ("clip_grad_norm=0", ("`clip_grad_norm`=0.0", "must be > 0")),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_odd_values_get_one_paragraph(overrides, needles):
+    assert_user_error(run_tunekit("validate", "lora_finetune", *overrides.split()), *needles)

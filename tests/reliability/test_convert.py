@@ -134,3 +134,14 @@ def test_missing_source(tmp_path):
     assert_user_error(_convert(str(tmp_path / "nope"), str(tmp_path / "out"), "--to", "hf"),
                       f"source={str(tmp_path / 'nope')!r} does not exist", "run directory")
     assert not (tmp_path / "out").exists()
+
+
+def test_dest_below_a_file(world, tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    run, before = world["run"], snapshot(world["run"])
+    text = assert_user_error(_convert(str(run / "epoch_0"), str(taken / "out"), "--to", "meta"), str(taken),
+                             "a file of that name is in the way", "a new destination")
+    assert "free disk space" not in text
+    assert taken.read_text() == "mine\n"
+    assert_unchanged(before, run)

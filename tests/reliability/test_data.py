@@ -22,6 +22,7 @@ from tests.reliability._harness import (
     assert_unchanged,
     assert_user_error,
     run_recipe,
+    run_tunekit,
     snapshot,
 )
 
@@ -118,6 +119,14 @@ CASES = {
     "parquet_file": (
         "data.parquet", b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x00\x00PAR1",
         (), "alpaca", ["is a Parquet file", "reads .json", ".jsonl", "pandas.read_parquet"]),
+    # a weight file given as the data: it used to be "not valid UTF-8 ... re-encode it with iconv"
+    "safetensors_given_as_data": (
+        "model.json", (40).to_bytes(8, "little") + b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+        + b"\x00" * 4,
+        (), "alpaca", ["is a safetensors weight file, not text", "UTF-8 .json", "Point dataset.source at the data file"]),
+    "binary_given_as_data": (
+        "data.jsonl", bytes(range(256)) * 4,
+        (), "alpaca", ["is a binary file, not text", "Point dataset.source at the data file"]),
 }
 
 
@@ -191,3 +200,10 @@ def test_bad_tokenizer_file(tmp_path: Path, case: str) -> None:
     proc, path = _tokenizer_case(tmp_path, name, content)
     assert_user_error(proc, str(path), "is not a SentencePiece model", *needles,
                       "tunekit download", "tokenizer.path")
+
+
+def test_data_file_that_is_a_directory(tmp_path: Path) -> None:
+    d = tmp_path / "data.json"
+    d.mkdir()
+    proc = run_tunekit("validate", "lora_finetune", "dataset=alpaca", f"dataset.source={d}")
+    assert_user_error(proc, f"'{d}' is a directory, not a file", "Set dataset.source to the path of a local .json")

@@ -106,3 +106,13 @@ def test_output_dir_holding_the_users_files(tmp_path):
                       "choose a new or empty directory")
     _no_token(proc)
     assert_unchanged(before, mine)
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    taken = tmp_path / "model"
+    taken.write_text("mine\n")
+    before = snapshot(tmp_path)
+    proc = run_tunekit("download", "meta-llama/Llama-2-7b-hf", "--output-dir", str(taken),
+                       env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert_user_error(proc, f"--output-dir {taken} exists and is not a directory", "Choose a new directory")
+    assert_unchanged(before, tmp_path)

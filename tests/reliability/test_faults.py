@@ -140,3 +140,69 @@ def test_sigterm_saves_and_exits_0(tmp_path):
     assert "Traceback" not in err and "received SIGTERM" in err and "resume=" in out
     step = json.loads((run / "result.json").read_text())["global_step"]
     assert (run / f"step_{step}" / "COMPLETE").is_file()
+
+
+def test_ctrl_c_while_the_data_is_tokenized_is_one_paragraph(tmp_path):
+    """Ctrl-C before the loop's own handler is installed (here: tokenizing a large file)."""
+    data = tmp_path / "big.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say something about llama number {i}.",
+                                        "output": f"Llama number {i} likes grass and hay."}) + "\n"
+                            for i in range(150_000)))
+    data_before = snapshot(tmp_path)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "recipes.lora_finetune", f"hydra.run.dir={run}", *FAST,
+                             "dataset=alpaca", f"dataset.source={data}"],
+                            cwd=REPO, env=_env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (run / "lora_finetune.log").exists():
+        time.sleep(0.01)
+    time.sleep(1.0)  # into the imports / tokenizing; training cannot have started on 150k rows yet
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if "received SIGINT" in err:
+        pytest.skip("the data was tokenized before the signal arrived (machine too fast)")
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
+    assert "interrupted (Ctrl-C)" in err and "resume=auto" in err
+    assert not list(run.glob("epoch_*")) and not list(run.glob(".tmp-*"))
+    assert_unchanged({k: v for k, v in data_before.items() if k == "big.jsonl"}, tmp_path, allow_new=True)
+
+
+def test_ctrl_c_of_a_tunekit_command_is_one_line(tmp_path):
+    data = tmp_path / "big.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say something about llama number {i}.",
+                                        "output": f"Llama number {i} likes grass and hay."}) + "\n"
+                            for i in range(150_000)))
+    proc = subprocess.Popen([sys.executable, "-m", "tunekit.cli.main", "validate", "lora_finetune", "dataset=alpaca",
+                             f"dataset.source={data}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(None))
+    time.sleep(3.0)  # composing, importing torch or tokenizing the 150k rows
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("validate finished before the signal arrived (machine too fast)")
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in out + err and "tunekit validate: interrupted (Ctrl-C)" in err
+
+
+def test_two_runs_started_at_once_into_one_new_directory(tmp_path):
+    """Both used to train: one replaced the other's epoch_0 and the metrics file held both runs."""
+    run = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-m", "recipes.lora_finetune", f"hydra.run.dir={run}", *FAST,
+                               f"lora.rank={rank}"], cwd=REPO, env=_env(None), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (8, 4)]
+    results = [(p, *p.communicate(timeout=240)) for p in procs]
+    ok = [r for r in results if r[0].returncode == 0]
+    refused = [r for r in results if r[0].returncode != 0]
+    assert len(ok) == 1 and len(refused) == 1, [(r[0].returncode, r[2][-500:]) for r in results]
+    p, out, err = refused[0]
+    assert p.returncode == 1 and "Traceback" not in out + err and "Nothing was written" in err
+    assert (f"writing into the run directory {run} right now" in err  # both started: the lock
+            or f"{run} already holds another" in err), err[-2000:]  # the winner had already logged
+    assert f"resume={run}" in err and "hydra.run.dir" in err
+    steps = [json.loads(line)["step"] for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == sorted(set(steps)), f"two runs in one metrics file: {steps}"
+    winner_rank = 8 if procs[0].returncode == 0 else 4
+    saved = json.loads((run / "epoch_0" / "checkpoint.json").read_text())
+    assert saved["trained_with"]["lora"]["rank"] == winner_rank  # the run that trained wrote the checkpoint

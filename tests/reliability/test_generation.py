@@ -181,3 +181,13 @@ def test_truncated_adapter_file(tmp_path, runs):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_a_gpu(tmp_path):
     assert_user_error(_generate(tmp_path, "device=cuda"), "`device`='cuda'", "without CUDA", "device=cpu")
+
+
+@pytest.mark.parametrize("key, what", [("checkpoint", "a run or checkpoint directory"),
+                                       ("adapter", "an adapter directory")])
+def test_a_file_given_where_a_directory_goes(tmp_path, runs, key, what):
+    # it used to say only "not an existing directory" of a file that exists
+    f = runs["current"] / "epoch_0" / ("model" if key == "checkpoint" else "adapter")
+    f = next(p for p in f.iterdir() if p.suffix == ".safetensors")
+    proc = run_recipe("generate", tmp_path / "gen", f"{key}={f}", "max_new_tokens=2")
+    assert_user_error(proc, f"`{key}`='{f}'", "is a file, not a directory", f"give {what}", f"({f.parent})")

@@ -166,3 +166,39 @@ def test_two_ways_of_resuming_at_once_are_refused(saved, tmp_path):
                       f"checkpointer.recipe_checkpoint={state / 'recipe_state.pt'}")
     assert_user_error(proc, "both ask to resume", "use one")
     assert_unchanged(before, run)
+
+
+def test_resume_of_a_finished_run_with_nothing_left_is_refused(saved, tmp_path):
+    # it used to "resume", run no step, write a result.json and say "checkpoints in <dir>" with none there
+    run, before = saved
+    proc = run_recipe("lora_finetune", tmp_path / "b", *FAST, f"resume={run}")
+    assert_user_error(proc, f"{run / 'epoch_0'} already finished 1 epoch(s)", "epochs=1", "nothing is left to train",
+                      "epochs=2", f"recipes.generate checkpoint={run / 'epoch_0'}")
+    assert not (tmp_path / "b" / "result.json").exists()
+    assert_unchanged(before, run)
+
+
+def test_resume_of_a_finished_run_with_more_epochs_continues(saved, tmp_path):
+    run, before = saved
+    proc = run_recipe("lora_finetune", tmp_path / "b", *FAST, "epochs=2", f"resume={run}")
+    assert_ok(proc, f"resuming from {run / 'epoch_0'}")
+    assert (tmp_path / "b" / "epoch_1" / "COMPLETE").is_file()
+    assert_unchanged(before, run)
+
+
+def test_resume_of_an_older_checkpoint_inside_its_own_run_is_refused(saved, tmp_path):
+    # it used to continue there, save over the newer step_N / epoch_N and log the steps twice
+    run, before = saved
+    proc = run_recipe("lora_finetune", run, *FAST, "save_every_n_steps=1", "optimizer.lr=1e-3",
+                      f"resume={run / 'step_1'}")
+    assert_user_error(proc, f"resume={run / 'step_1'} is not the newest checkpoint of its run", "epoch_0 came after it",
+                      "hydra.run.dir=<a new directory>", f"resume={run}", "Nothing was written")
+    assert_unchanged(before, run, allow_new=True)  # Hydra's log may appear; its .hydra/ record is kept
+
+
+def test_branching_off_an_older_checkpoint_into_a_new_directory_works(saved, tmp_path):
+    run, before = saved
+    proc = run_recipe("lora_finetune", tmp_path / "branch", *FAST, "save_every_n_steps=1", f"resume={run / 'step_1'}")
+    assert_ok(proc, f"resuming from {run / 'step_1'}")
+    assert (tmp_path / "branch" / "epoch_0" / "COMPLETE").is_file()
+    assert_unchanged(before, run)

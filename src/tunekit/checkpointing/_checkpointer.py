@@ -170,6 +170,11 @@ def _setup(
         raise CheckpointError(f"checkpointer.model_type: {err}") from None
     given = Path(checkpoint_dir).expanduser()
     out = Path(output_dir).expanduser()
+    if given.is_file():
+        raise CheckpointFileNotFoundError(
+            f"checkpointer.checkpoint_dir {given} is a file, not a directory: give the directory that holds the "
+            f"model's weights and config, e.g. checkpointer.checkpoint_dir={given.parent}."
+        )
     if not given.is_dir():
         raise CheckpointFileNotFoundError(
             f"checkpointer.checkpoint_dir {given} does not exist or is not a directory. {download_hint(given)}"

@@ -206,6 +206,22 @@ def _validate_against_json(sd: dict[str, torch.Tensor], dims: Any, mt: ModelType
         if not clash:
             raise
         raise _json_mismatch(clash, json_path, source) from None
+    _check_finite(sd, source=source, key_files=key_files)
+
+
+def _check_finite(sd: Mapping[str, torch.Tensor], *, source: Path, key_files: Mapping[str, str]) -> None:
+    """Refuse weights holding NaN or inf: they train to a NaN loss and generate garbage, silently."""
+    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not bad:
+        return
+    counts = ", ".join(f"{k} ({int((~torch.isfinite(sd[k])).sum())} values)" for k in bad[:5])
+    more = f" and {len(bad) - 5} more tensors" if len(bad) > 5 else ""
+    raise CheckpointError(
+        f"{key_files.get(bad[0], source)}: the weights hold NaN or inf values in {counts}{more}. Such weights "
+        f"give a NaN loss and garbage text; they come from a training run that diverged or a damaged file. "
+        f"Use an earlier checkpoint of that run (checkpointer.checkpoint_dir=, checkpoint= or convert's "
+        f"source), or download the model again (`tunekit download <repo>`)."
+    )
 
 
 class _Shape:

@@ -122,8 +122,33 @@ def _detail(err: BaseException) -> str:
     return lines[0].strip() if lines else "no detail"
 
 
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What a file that is no checkpoint at all holds (another zip, an LFS pointer, a web page)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(200)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+            if not any(n.endswith("data.pkl") for n in names):
+                return f"a zip archive of other files ({', '.join(names[:4]) or 'empty'}), not a PyTorch checkpoint"
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the weights (the repository was cloned without `git lfs pull`)"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "a web page, not the weights (a download that saved an error or login page)"
+    return None
+
+
 def _corrupt(path: Path, err: BaseException) -> CheckpointError:
     what = f"({type(err).__name__}: {_detail(err)})"
+    other = _not_a_checkpoint(path)
+    if other is not None:
+        return CheckpointError(
+            f"Could not read checkpoint file {path}: it is {other}. Replace it with the model's real weight "
+            f"file (e.g. `tunekit download <repo>`), or point the checkpoint directory at the one that holds it."
+        )
     own = run_checkpoint_of(path)
     if own is None:
         return CheckpointError(

@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tunekit convert: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # disk full, permission denied: nothing was replaced
+        from tunekit.config.errors import path_error_message
+
+        shape = path_error_message(err)  # a file in the way of DEST's directories
+        if shape is not None:
+            print(f"tunekit convert: error: {shape}", file=sys.stderr)
+            return 1
         where = f" ({err.filename})" if err.filename else ""
         print(f"tunekit convert: error: could not write {args.dest}: {err.strerror or err}{where}. Nothing "
               f"was replaced; free disk space or choose a DEST you can write to.", file=sys.stderr)

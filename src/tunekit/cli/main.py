@@ -292,6 +292,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tunekit`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while composing, tokenizing for validate, converting or downloading: no traceback.
+        print(f"\ntunekit {argv[0] if argv else ''}: interrupted (Ctrl-C) and stopped; run the same command again"
+              " to redo it.", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in EXTERNAL_COMMANDS:
         module_name = EXTERNAL_COMMANDS[argv[0]][0]
         try:
@@ -309,6 +319,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `tunekit ls | head`: the reader went away; not an error worth a traceback.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        # A destination that is a file, read-only, full: one paragraph, not a traceback.
+        from tunekit.config.errors import disk_error_message
+
+        text = disk_error_message(exc)
+        if text is None:
+            raise
+        print(f"tunekit {argv[0] if argv else ''}: {text}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -129,7 +129,11 @@ def build_problems(
 
     tokenizer: Any = _NoTokenizer()
     ckpt_dir = OmegaConf.select(cfg, "checkpointer.checkpoint_dir", default=None)
-    if ckpt_dir is not None and not Path(str(ckpt_dir)).is_dir():
+    if ckpt_dir is not None and Path(str(ckpt_dir)).is_file():
+        problems.append(f"`checkpointer.checkpoint_dir`={str(ckpt_dir)!r} is a file, not a directory: give the"
+                        f" directory that holds the model's weights and config, e.g."
+                        f" checkpointer.checkpoint_dir={Path(str(ckpt_dir)).parent}")
+    elif ckpt_dir is not None and not Path(str(ckpt_dir)).is_dir():
         repo = OmegaConf.select(cfg, "model_info.hf_repo", default=None)
         hint = f" (download it with `tunekit download {repo}`)" if repo else ""
         notes.append(f"`checkpointer.checkpoint_dir`={str(ckpt_dir)!r} does not exist yet{hint};"

@@ -291,6 +291,19 @@ def _fail(recipe: str, messages: list[str]) -> None:
     sys.exit(1)
 
 
+def _interrupted(recipe: str) -> None:
+    """Ctrl-C outside the training loop's own handler (loading, tokenizing, a second Ctrl-C): one paragraph, 130."""
+    print(
+        f"\ntunekit {recipe}: interrupted (Ctrl-C) and stopped at once. Every checkpoint saved before is intact"
+        " (checkpoints are written under a temporary name and renamed into place; a save cut short is never"
+        " resumed). To continue, run the same command with resume=auto and the same hydra.run.dir; during"
+        " training a single Ctrl-C finishes the step and saves first.",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.exit(130)
+
+
 def _hydra_node() -> DictConfig | None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -376,6 +389,10 @@ def recipe_main(recipe: str) -> Callable[[Callable[[DictConfig], Any]], Callable
             with _hydra_raises() as user_wants_traceback:
                 try:
                     result = hydra_main()
+                except KeyboardInterrupt:
+                    if user_wants_traceback:
+                        raise
+                    _interrupted(recipe)
                 except Exception as exc:
                     text = None if user_wants_traceback else explain(exc)
                     if text is None:

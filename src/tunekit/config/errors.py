@@ -37,6 +37,7 @@ __all__ = [
     "explain",
     "explain_with_override",
     "paragraph",
+    "path_error_message",
     "yaml_error_text",
 ]
 
@@ -131,9 +132,9 @@ def _explain_omegaconf(err: OmegaConfBaseException, override: str | None) -> str
 
 _OVERRIDE_RE = re.compile(
     r"(?:Could not (?:override|append to config|delete from config)[^']*'([^']*)'"
-    r"|Error merging override (\S+))"
+    r"|Error merging override ([^\n]+?)\s*$)", re.M
 )
-_APPEND_RE = re.compile(r"use (\+\S+)")
+_APPEND_RE = re.compile(r"use (\+[^\n]+?)\s*$", re.M)
 
 
 def _explain_missing_config(err: MissingConfigException, override: str | None) -> str:
@@ -184,6 +185,26 @@ def _yaml_error(exc: BaseException) -> BaseException | None:
     return _first(exc, yaml.YAMLError)
 
 
+def _explain_parse_error(exc: OverrideParseException) -> str:
+    """A command-line override Hydra's grammar cannot read: name it and show how to quote it."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    item = first.split(": ", 1)[1].strip() if ": " in first else ""
+    key, eq, value = item.partition("=")
+    if not eq or " " in key:
+        return (
+            f"Cannot parse a command-line override: {first.strip()}. A value holding brackets, commas,"
+            " quotes, spaces or non-ASCII letters needs quotes inside the shell quotes (\"key='value'\"),"
+            " a list is written key=[a,b] (see https://hydra.cc/docs/advanced/override_grammar/basic/)."
+        )
+    odd = sorted({c for c in value if not c.isascii() or c in " \t,=[]{}()'\"\\:$*?<>|"})
+    shown = ", ".join(repr(c) for c in odd) if odd else "its characters"
+    return (
+        f"Cannot parse the command-line override `{item}`: Hydra's override grammar does not allow {shown} in"
+        f" an unquoted value. Quote the value inside the shell quotes: \"{key}='{value}'\" (see"
+        " https://hydra.cc/docs/advanced/override_grammar/basic/)."
+    )
+
+
 def explain_with_override(exc: BaseException) -> tuple[str | None, str | None]:
     """Like :func:`explain`, also returning the command-line override that caused ``exc``.
 
@@ -214,7 +235,7 @@ def explain_with_override(exc: BaseException) -> tuple[str | None, str | None]:
     if oc is not None and isinstance(exc, (ConfigCompositionException, OmegaConfBaseException)):
         return _explain_omegaconf(oc, override), override
     if isinstance(exc, OverrideParseException):
-        return paragraph(f"Cannot parse the command-line override: {exc}"), None
+        return _explain_parse_error(exc), None
     if isinstance(exc, ConfigCompositionException):
         return paragraph(str(exc).replace("\n", " ")), override
     return None, None
@@ -229,12 +250,40 @@ _DISK_ERRORS = {
 }
 
 
+#: A path that cannot be used as given: its shape is wrong, not the disk.
+_PATH_ERRORS = {
+    errno.EEXIST: "a file of that name is in the way of a directory",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "it is a directory where a file is needed",
+    errno.ELOOP: "it is a symbolic link loop",
+    errno.ENAMETOOLONG: "the name is too long for the file system",
+}
+
+
+def path_error_message(exc: BaseException) -> str | None:
+    """One paragraph for a path that is the wrong kind of thing (a file where a directory goes, ...)."""
+    e = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in _PATH_ERRORS), None)
+    if e is None:
+        return None
+    where = f"`{e.filename}`" if e.filename else "a path given in the config"
+    return (
+        f"Cannot use {where}: {_PATH_ERRORS[e.errno]} ({e.strerror}). Nothing was written there. Give a "
+        "path whose directories are directories (for a run: hydra.run.dir=<a new directory> or "
+        "output_dir=<a new directory>; for a copy or a conversion: a new destination), or move the file "
+        "that is in the way."
+    )
+
+
 def disk_error_message(exc: BaseException) -> str | None:
     """One paragraph for a write that failed for want of space or permission; None for other errors.
 
     Looks through the exception's chain (Hydra wraps the log file's ``OSError`` in a
-    ``ValueError``); writers in Rust (safetensors) report ``(os error N)`` in their text.
+    ``ValueError``); writers in Rust (safetensors) report ``(os error N)`` in their text. A path
+    of the wrong kind (a file in the way of a directory) gets :func:`path_error_message`.
     """
+    shape = path_error_message(exc)
+    if shape is not None:
+        return shape
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
             code, where, detail = e.errno, e.filename, e.strerror

@@ -161,8 +161,10 @@ def hydra_subdir(*, _root_: Any = None) -> str | None:
         task = OmegaConf.select(HydraConfig.get(), "overrides.task", default=None) or []
         if any(redact_override(str(o)) != str(o) for o in task):
             return None
-        output_dir = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
-        if output_dir and holds_a_run(output_dir):
+        # A directory that already holds a run keeps that run's record: a resumed or a refused
+        # second run must not overwrite its .hydra/ files (tunekit records its own beside them).
+        out = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+        if out and (holds_a_run(out) or ((Path(out) / ".hydra").is_dir() and (Path(out) / "run_info.json").is_file())):
             return None
     if _root_ is not None:
         try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 __all__ = [
     "AC_POLICIES",
@@ -94,10 +94,24 @@ def _non_empty(v: Any) -> Optional[str]:
     return None if len(v) > 0 else "must not be empty"
 
 
-def _dir_or_auto(v: Any) -> Optional[str]:
-    if v == "auto" or os.path.isdir(v):
+def not_a_dir(v: Any, what: str) -> Optional[str]:
+    """None for an existing directory, else what the path is and what to give instead."""
+    path = str(v)
+    if os.path.isdir(path):
         return None
-    return 'must be "auto" or an existing run/checkpoint directory'
+    if os.path.isfile(path):
+        return (f"is a file, not a directory: give {what}, e.g. the directory that holds it"
+                f" ({os.path.dirname(os.path.abspath(path))})")
+    if os.path.islink(path):
+        return f"is a symbolic link to nothing (or a link loop): give {what}"
+    return f"does not exist: give {what}"
+
+
+def _dir_or_auto(v: Any) -> Optional[str]:
+    if v == "auto":
+        return None
+    problem = not_a_dir(v, 'a run or checkpoint directory (or "auto")')
+    return None if problem is None else f'must be "auto" or an existing run/checkpoint directory; it {problem}'
 
 
 def setting(default: Any = MISSING, *checks: Check, doc: str = "") -> Any:
@@ -201,7 +215,7 @@ class _TrainSettings(_RunSettings):
         [], _each_one_of(RESUME_FINGERPRINT_FIELDS),
         doc="Fingerprint fields a resumed checkpoint may differ in (e.g. [data, batch_size]).",
     )
-    keep_last_n: Optional[int] = setting(None, _at_least(1), doc="Checkpoints kept on disk.")
+    keep_last_n: Optional[int] = setting(None, _at_least(1), doc="step_N checkpoints kept (epoch_N: all).")
     paths: PathsConfig = field(default_factory=PathsConfig)
     model_info: ModelInfo = field(default_factory=ModelInfo)
     model: Any = None
@@ -229,10 +243,18 @@ class _TrainSettings(_RunSettings):
                     f"`{key}`={every} exceeds {limit} optimizer steps, so it would never"
                     " trigger; lower it or unset it"
                 )
-        if cfg.keep_last_n is not None and cfg.save_every_n_steps is None and cfg.epochs == 1:
+        val_fraction = OmegaConf.select(cfg, "dataset.val_fraction", default=None, throw_on_missing=False)
+        if cfg.eval_every_n_steps is not None and isinstance(val_fraction, (int, float)) and val_fraction == 0:
             problems.append(
-                f"`keep_last_n`={cfg.keep_last_n} has no effect with one epoch and no"
-                " `save_every_n_steps`"
+                f"`eval_every_n_steps`={cfg.eval_every_n_steps} would never evaluate: `dataset.val_fraction`=0 holds"
+                " out no validation rows; set dataset.val_fraction=0.1 (for example) or unset eval_every_n_steps"
+            )
+        if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
+            # Only step_N checkpoints are pruned; epoch_N ones are always kept.
+            problems.append(
+                f"`keep_last_n`={cfg.keep_last_n} has no effect without `save_every_n_steps`: it prunes"
+                " only step_N checkpoints (every epoch_N checkpoint is kept); set save_every_n_steps=<n>"
+                " or unset keep_last_n"
             )
         return problems
 
@@ -281,9 +303,10 @@ class GenerateSchema(_RunSettings):
             problems.append(f"`chat`=true and `template`={cfg.template!r} both format the prompt; keep one")
         if cfg.system_prompt is not None and not cfg.chat:
             problems.append("`system_prompt` is set but `chat`=false; set chat=true or drop it")
-        for key in ("checkpoint", "adapter"):
-            if cfg[key] is not None and not os.path.isdir(cfg[key]):
-                problems.append(f"`{key}`={cfg[key]!r}: not an existing directory")
+        for key, what in (("checkpoint", "a run or checkpoint directory"), ("adapter", "an adapter directory")):
+            problem = None if cfg[key] is None else not_a_dir(cfg[key], what)
+            if problem is not None:
+                problems.append(f"`{key}`={cfg[key]!r}: not an existing directory; it {problem}")
         if cfg.top_p is not None and cfg.top_p == 0.0:
             problems.append("`top_p`=0 keeps no tokens; use a value in (0, 1] or null")
         return problems

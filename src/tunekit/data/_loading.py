@@ -115,6 +115,13 @@ def _decode_utf8(path: Path, raw: bytes) -> str:
             f"tunekit reads UTF-8. Re-encode it as UTF-8, e.g. `iconv -f UTF-16 -t UTF-8 "
             f"{path.name} > {path.stem}.utf8{path.suffix}`, and point dataset.source at the new file."
         )
+    if b"\x00" in raw[:8192]:  # text never holds NUL bytes: weights, an archive, a database
+        kind = "a safetensors weight file" if raw[8:9] == b"{" and b'"dtype"' in raw[:8192] else "a binary file"
+        raise DataFormatError(
+            f"Data file {str(path)!r} is {kind}, not text: a data set is a UTF-8 .json (a list of records) "
+            f"or .jsonl (one record per line) file. Point dataset.source at the data file (was the path of "
+            f"another file given by mistake?)."
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -40,8 +41,55 @@ _PACKAGES = ("tunekit", "torch", "hydra-core", "omegaconf", "sentencepiece", "sa
              "transformers", "peft", "numpy")
 
 
+LOCK_FILE = ".tunekit.lock"
+_HELD_LOCKS: list[Any] = []  # open lock files: held (flock) until this process ends, even by kill -9
+
+
+def _lock_run_dir(out: Path, recipe: str) -> None:
+    """Hold an exclusive lock on ``out`` for the life of this process: one run per directory at a time."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the checks above still hold for runs one after another
+        return
+    from tunekit.distributed import get_rank
+
+    if get_rank() != 0 or any(getattr(f, "name", None) == str(out / LOCK_FILE) for f in _HELD_LOCKS):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - kept open on purpose: the lock lives with the process
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunError(
+            f"Another tunekit run ({holder}) is writing into the run directory {out} right now; two runs in one "
+            f"directory would replace each other's checkpoints and mix their metrics. Wait for it to finish "
+            f"(then resume={out} continues it), or start this {recipe} run in another directory "
+            "(hydra.run.dir=<a new directory>, or drop the fixed hydra.run.dir). Nothing was written."
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, {recipe}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    _HELD_LOCKS.append(f)
+
+
 def check_run_dir(output_dir: str | Path, *, resuming_here: bool, resume_setting: str | None,
                   recipe: str) -> str | None:
+    """Refuse a run directory that holds another run, or that another run is writing right now.
+
+    Passing the checks, this process takes the directory's lock (``.tunekit.lock``, rank 0), so
+    a second run started into it while this one works is refused too.
+    """
+    note = _check_used(output_dir, resuming_here=resuming_here, resume_setting=resume_setting, recipe=recipe)
+    _lock_run_dir(Path(output_dir), recipe)
+    return note
+
+
+def _check_used(output_dir: str | Path, *, resuming_here: bool, resume_setting: str | None,
+                recipe: str) -> str | None:
     """Refuse to start a fresh run in a directory that holds another run's checkpoints or metrics.
 
     ``resume=auto`` that found no checkpoint (a run stopped before its first save, relaunched)

@@ -219,6 +219,21 @@ def _auto_dir(output_dir: Path, recipe: str, now: Mapping[str, Any], accept: Seq
     return max(candidates, key=saved_at), notes
 
 
+def _refuse_rewind(ckpt: Path, output_dir: Path) -> None:
+    """Continuing an older checkpoint inside its own run would save over the newer ones: refuse."""
+    own = [c.resolve() for c in list_checkpoints(output_dir)] if output_dir.is_dir() else []
+    here = Path(ckpt).resolve()
+    if here not in own or here == own[-1]:
+        return
+    later = [c.name for c in own[own.index(here) + 1:]]
+    raise RunError(
+        f"resume={ckpt} is not the newest checkpoint of its run {output_dir}: {', '.join(later)} came after it, "
+        f"and continuing from it in that directory would save over them. To branch off from {ckpt.name}, run in a "
+        f"new directory (hydra.run.dir=<a new directory> resume={ckpt}: it is only read); to continue the run, "
+        f"use resume={output_dir}. Nothing was written."
+    )
+
+
 def _has_adapter(ckpt: Path) -> tuple[bool, str]:
     if is_sharded_checkpoint(ckpt):
         return any(is_adapter_key(k) for k in sharded_model_shapes(ckpt)), "LoRA adapter weights"
@@ -313,6 +328,7 @@ def open_resume(resume: str | None, *, checkpointer: Any, output_dir: str | Path
     else:
         ckpt = find_resume_dir(resume)
         how = f"resume={resume}"
+        _refuse_rewind(ckpt, Path(output_dir))
     _check_recipe(ckpt, lora=lora)  # the other recipe's checkpoint: say which recipe resumes it
     saved = read_checkpoint_info(ckpt).get("trained_with")
     if saved:  # checked before reading any tensor
@@ -439,6 +455,10 @@ def _position_problems(res: Resume, settings: TrainSettings, batch_size: int | N
         return [f"the checkpoint {res.source} lacks {missing}: it was not saved by a tunekit training "
                 "run; start a new run from its weights instead (checkpointer.checkpoint_dir=...)"]
     rs = state["recipe_state"]
+    if rs.get("epoch", 0) >= settings.epochs:  # else the run would do nothing and say it finished
+        return [f"{res.source} already finished {rs['epoch']} epoch(s) and this run asks for epochs="
+                f"{settings.epochs}, so nothing is left to train; raise epochs (e.g. epochs={rs['epoch'] + 1}) to "
+                f"train on from it, or use it as it is (python -m recipes.generate checkpoint={res.source})"]
     if rs.get("step_in_epoch", 0) == 0:
         return []
     # A mid-epoch position is counted in samples: exact when every step sees the same global
