@@ -97,7 +97,7 @@ def _total_steps(cfg: DictConfig, num_samples: int | None) -> tuple[int | None, 
     """Optimizer steps of the run as the training loop counts them (one rank, not packed)."""
     epochs, accum = int(cfg.epochs), int(cfg.gradient_accumulation_steps)
     max_steps = cfg.max_steps_per_epoch
-    if num_samples is None or cfg.get("packed", False):
+    if num_samples is None or cfg.packed:
         if max_steps is None:
             return None, ""
         return epochs * int(max_steps), f"`max_steps_per_epoch`={max_steps} x `epochs`={epochs}"
