@@ -106,9 +106,11 @@ def test_precedence_schema_then_yaml_then_cli():
 
 
 def test_output_dir_is_the_run_dir():
-    cfg = compose("lora_finetune")
-    assert Path(cfg.output_dir).is_absolute() and "outputs/lora_finetune/" in cfg.output_dir
-    assert cfg.metric_logger.log_dir == cfg.output_dir + "/logs"
+    # One resolution of the whole config: the run id is time-based, so two separate reads could
+    # straddle a second boundary.
+    cfg = OmegaConf.to_container(compose("lora_finetune"), resolve=True)
+    assert Path(cfg["output_dir"]).is_absolute() and "outputs/lora_finetune/" in cfg["output_dir"]
+    assert cfg["metric_logger"]["log_dir"] == cfg["output_dir"] + "/logs"
 
 
 def test_misspelt_key_suggests_nearest_and_plus():
