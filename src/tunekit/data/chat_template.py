@@ -27,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from tunekit.data._loading import DataFormatError, describe_value
+from tunekit.data._loading import DataFormatError
+from tunekit.data.templates import message_list_problem
 from tunekit.tokenizers import Tokenizer
 
 #: Roles a message may have in a training conversation.
@@ -142,20 +143,9 @@ def check_chat_messages(messages: Any, *, need_assistant: bool = True) -> str | 
     a training conversation needs at least one ``assistant`` message. The order of turns is the
     template's business (it says so through ``raise_exception``).
     """
-    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
-        return f"'messages' must be a list of {{'role', 'content'}} objects, got {describe_value(messages)}"
-    if not messages:
-        return "'messages' is empty (a conversation needs a 'user' and an 'assistant' message)"
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping):
-            return f"messages[{i}] must be an object with 'role' and 'content', got {describe_value(m)}"
-        for key in ("role", "content"):
-            if key not in m:
-                return f"messages[{i}] is missing the field '{key}' (it has {sorted(map(str, m))})"
-            if not isinstance(m[key], str):
-                return f"messages[{i}].{key} must be a string, got {describe_value(m[key])}"
-        if m["role"] not in ROLES:
-            return f"messages[{i}].role {m['role']!r} is not a known role; roles are {', '.join(map(repr, ROLES))}"
+    problem = message_list_problem(messages, ROLES)
+    if problem is not None:
+        return problem
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
         return ("'messages' has no 'assistant' turn, so there is no reply to train on: add the "
                 "assistant's reply")

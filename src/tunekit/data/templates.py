@@ -107,13 +107,10 @@ def alpaca_generation_tokens(tokenizer: Tokenizer, instruction: str, input: str 
     return tokenizer.encode(alpaca_prompt(instruction, input), add_bos=True, add_eos=False)
 
 
-def validate_messages(messages: Any, *, final_role: str = "assistant") -> str | None:
-    """Return a description of what is wrong with a Llama 2 chat ``messages`` list, or None.
-
-    Valid: an optional leading ``system`` message, then ``user`` and ``assistant`` messages
-    alternating, starting with ``user`` and ending with ``final_role``; each message a mapping
-    with a string ``role`` and a string ``content``.
-    """
+def message_list_problem(messages: Any, roles: Sequence[str]) -> str | None:
+    """What is wrong with the shape of a ``messages`` list, or None: a non-empty list of objects,
+    each with a string ``role`` among ``roles`` and a string ``content`` (the order of turns is
+    the caller's rule)."""
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
         return f"'messages' must be a list of {{'role', 'content'}} objects, got {describe_value(messages)}"
     if not messages:
@@ -126,11 +123,24 @@ def validate_messages(messages: Any, *, final_role: str = "assistant") -> str | 
                 return f"messages[{i}] is missing the field '{key}' (it has {sorted(map(str, m))})"
             if not isinstance(m[key], str):
                 return f"messages[{i}].{key} must be a string, got {describe_value(m[key])}"
-        if m["role"] not in CHAT_ROLES:
+        if m["role"] not in roles:
             alias = _ROLE_ALIASES.get(m["role"].lower())
             fix = f" (write {alias!r})" if alias else ""
             return (f"messages[{i}].role {m['role']!r} is not a known role{fix}; roles are "
-                    f"{', '.join(repr(r) for r in CHAT_ROLES)}")
+                    f"{', '.join(repr(r) for r in roles)}")
+    return None
+
+
+def validate_messages(messages: Any, *, final_role: str = "assistant") -> str | None:
+    """Return a description of what is wrong with a Llama 2 chat ``messages`` list, or None.
+
+    Valid: an optional leading ``system`` message, then ``user`` and ``assistant`` messages
+    alternating, starting with ``user`` and ending with ``final_role``; each message a mapping
+    with a string ``role`` and a string ``content``.
+    """
+    problem = message_list_problem(messages, CHAT_ROLES)
+    if problem is not None:
+        return problem
     roles = [m["role"] for m in messages]
     if "system" in roles[1:]:
         return f"messages[{roles.index('system', 1)}] is a 'system' message; only the first message may be one"
