@@ -44,12 +44,12 @@ from tunekit.checkpointing._formats import (
     _discover_meta,
     check_json_describes_weights,
     check_model_parallel_size,
+    hf_config_and_dims,
     hf_model_settings,
     meta_model_settings,
-    read_hf_config,
+    meta_params_and_dims,
     read_hf_model,
     read_meta_model,
-    read_meta_params,
     write_hf_weights,
     write_meta_weights,
 )
@@ -350,11 +350,7 @@ class FullModelHFCheckpointer:
         self.keep_last_n = keep_last_n
         self.max_shard_bytes = parse_size(max_shard_size)
         self.format = "safetensors" if any(f.suffix == ".safetensors" for f in s.files) else "bin"
-        self.config = read_hf_config(s.checkpoint_dir, s.model_type)
-        try:
-            d = s.model_type.hf_config_dims(self.config)
-        except ConversionError as err:
-            raise CheckpointError(f"{s.checkpoint_dir / 'config.json'}: {err}") from None
+        self.config, d = hf_config_and_dims(s.checkpoint_dir, s.model_type)
         check_json_describes_weights(s.files, d, s.model_type, json_path=s.checkpoint_dir / "config.json",
                                      source=s.checkpoint_dir)
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)
@@ -445,11 +441,7 @@ class FullModelMetaCheckpointer:
         self.recipe_path, self.adapter_path = s.recipe_path, s.adapter_path
         self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
         self.keep_last_n = keep_last_n
-        self.params = read_meta_params(s.checkpoint_dir, s.model_type)
-        try:
-            d = s.model_type.meta_params_dims(self.params)
-        except ConversionError as err:
-            raise CheckpointError(f"{s.checkpoint_dir / 'params.json'}: {err}") from None
+        self.params, d = meta_params_and_dims(s.checkpoint_dir, s.model_type)
         check_json_describes_weights(s.files, d, s.model_type, json_path=s.checkpoint_dir / "params.json",
                                      source=s.checkpoint_dir)
         self._heads = (d.num_heads, d.num_kv_heads, d.embed_dim)

@@ -28,14 +28,13 @@ from tunekit.checkpointing._checkpointer import (
     _discover_hf,
     _discover_meta,
     check_model_parallel_size,
-    read_hf_config,
     read_hf_model,
     read_meta_model,
-    read_meta_params,
     write_hf_weights,
     write_meta_weights,
 )
 from tunekit.checkpointing._errors import CheckpointError
+from tunekit.checkpointing._formats import hf_config_and_dims, meta_params_and_dims
 from tunekit.checkpointing._io import COMPLETE_MARKER, apply_umask, parse_size, unique_sibling
 from tunekit.checkpointing._layout import INFO_FILE, model_dir
 from tunekit.checkpointing._settings import rope_scaling_type
@@ -110,13 +109,6 @@ def _dtype(name: str | None) -> torch.dtype | None:
         raise CheckpointError(f"dtype must be one of {', '.join(_DTYPES)} (or omitted to keep the "
                               f"checkpoint's), got {name!r}")
     return _DTYPES[name]
-
-
-def _dims(read: Any, data: dict[str, Any], path: Path) -> Any:
-    try:
-        return read(data)
-    except ConversionError as err:
-        raise CheckpointError(f"{path}: {err}; restore the file that came with these weights.") from None
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -301,15 +293,14 @@ def convert_checkpoint(
     # ---- read (validated against the source's own config) and describe the model
     if fmt == "hf":
         files = _discover_hf(src)
-        config = read_hf_config(src, mt)
-        dims = _dims(mt.hf_config_dims, config, src / "config.json")
+        config, dims = hf_config_and_dims(src, mt)
         norm_eps, rope_theta = float(config.get("rms_norm_eps", 1e-5)), mt.rope_theta_of(config)
         if to == "meta":
             _hf_to_meta_settings(config, mt, src)
         sd = read_hf_model(src, files, mt)
     else:
         files = _discover_meta(src)
-        params = read_meta_params(src, mt)
+        params, dims = meta_params_and_dims(src, mt)
         if to == "hf" and params.get("use_scaled_rope"):
             # params.json does not record the llama3 scaling's factor (8 for Llama 3.1, 32 for 3.2);
             # a guessed one would write a config.json that runs a different model.
@@ -318,7 +309,6 @@ def convert_checkpoint(
                 f"Llama 3.1, 32 for 3.2), so no exact config.json can be written for it. Use the HF-format "
                 f"files of the same download (the repo's top level, beside original/): their config.json "
                 f"records rope_scaling.")
-        dims = _dims(mt.meta_params_dims, params, src / "params.json")
         norm_eps, rope_theta = float(params.get("norm_eps", 1e-5)), float(params.get("rope_theta", 10000.0))
         sd = read_meta_model(src, files, mt)
     if dims.vocab_size is None:

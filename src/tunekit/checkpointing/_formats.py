@@ -135,6 +135,25 @@ def read_meta_params(checkpoint_dir: Path, mt: ModelType) -> dict[str, Any]:
     return params
 
 
+def _dims_of(read: Any, data: dict[str, Any], path: Path) -> Any:
+    try:
+        return read(data)
+    except ConversionError as err:
+        raise CheckpointError(f"{path}: {err}; restore the file that came with these weights.") from None
+
+
+def hf_config_and_dims(checkpoint_dir: Path, mt: ModelType) -> tuple[dict[str, Any], Any]:
+    """``config.json`` (checked by :func:`read_hf_config`) and the model dimensions it declares."""
+    config = read_hf_config(checkpoint_dir, mt)
+    return config, _dims_of(mt.hf_config_dims, config, checkpoint_dir / "config.json")
+
+
+def meta_params_and_dims(checkpoint_dir: Path, mt: ModelType) -> tuple[dict[str, Any], Any]:
+    """``params.json`` (checked by :func:`read_meta_params`) and the model dimensions it declares."""
+    params = read_meta_params(checkpoint_dir, mt)
+    return params, _dims_of(mt.meta_params_dims, params, checkpoint_dir / "params.json")
+
+
 # --- HF ------------------------------------------------------------------------------------------
 def _discover_hf(ckpt: Path) -> list[Path]:
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
@@ -282,11 +301,7 @@ def read_hf_model(
     checkpoint_dir: Path, files: Sequence[Path], mt: ModelType, key_files: dict[str, str] | None = None
 ) -> dict[str, torch.Tensor]:
     """Read HF weight files shard by shard into one tunekit-named, validated state dict."""
-    config = read_hf_config(checkpoint_dir, mt)
-    try:
-        dims = mt.hf_config_dims(config)
-    except ConversionError as err:
-        raise CheckpointError(f"{checkpoint_dir / 'config.json'}: {err}") from None
+    config, dims = hf_config_and_dims(checkpoint_dir, mt)
     key_files = {} if key_files is None else key_files
     sd: dict[str, torch.Tensor] = {}
     for f in files:
@@ -429,11 +444,7 @@ def read_meta_model(
     checkpoint_dir: Path, files: Sequence[Path], mt: ModelType, key_files: dict[str, str] | None = None
 ) -> dict[str, torch.Tensor]:
     """Read Meta ``consolidated.*.pth`` (merging model-parallel parts) into a validated tunekit sd."""
-    params = read_meta_params(checkpoint_dir, mt)
-    try:
-        dims = mt.meta_params_dims(params)
-    except ConversionError as err:
-        raise CheckpointError(f"{checkpoint_dir / 'params.json'}: {err}") from None
+    _, dims = meta_params_and_dims(checkpoint_dir, mt)
     raw = load_state_file(files[0]) if len(files) == 1 else _merge_model_parallel(files, mt)
     source = str(files[0]) if len(files) == 1 else f"{files[0]} .. {files[-1].name}"
     try:
