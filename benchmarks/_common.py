@@ -69,6 +69,30 @@ def build_tunekit(shape: dict, seq: int, device: str, dtype: torch.dtype, lora: 
     return model, spec
 
 
+def build_named(name: str, seq: int, device: str, dtype: torch.dtype, lora: bool, rank: int = 8,
+                alpha: float = 16.0):
+    """A published configuration by its conf/model name (``llama3_1_8b``, ``qwen2_5_7b``, ...),
+    random weights, through the family's own builder. Returns (model, spec, base parameter count)."""
+    import importlib
+
+    from tunekit.models.llama2 import init_on_device
+    from tunekit.modules.peft import LoRASpec, set_trainable_params
+
+    family = {"llama2": "llama2", "llama3": "llama3", "mistral": "mistral", "qwen2": "qwen2",
+              "qwen3": "qwen3"}[name.split("_")[0]]
+    builder = getattr(importlib.import_module(f"tunekit.models.{family}"), name)
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in builder(max_seq_len=max(seq, 4096)).parameters())
+        spec = LoRASpec(rank=rank, alpha=alpha, targets=LORA_TARGETS) if lora else None
+        model = builder(lora=spec, max_seq_len=max(seq, 4096))
+    init_on_device(model, device, dtype=dtype)
+    if lora:
+        set_trainable_params(model)
+    else:
+        model.requires_grad_(True)
+    return model, spec, n_params
+
+
 def hf_config(shape: dict, max_pos: int):
     from transformers import LlamaConfig
 
@@ -195,7 +219,12 @@ def train_tunekit(cfg: dict) -> dict:
     device, lora = cfg["device"], cfg["mode"] == "lora"
     shape = SHAPE_TINY if cfg["tiny"] else SHAPE_7B
     dtype = torch.bfloat16
-    model, spec = build_tunekit(shape, cfg["seq"], device, dtype, lora)
+    if cfg.get("model"):
+        model, spec, n_params = build_named(cfg["model"], cfg["seq"], device, dtype, lora)
+        vocab = model.tok_embeddings.num_embeddings
+    else:
+        model, spec = build_tunekit(shape, cfg["seq"], device, dtype, lora)
+        n_params, vocab = base_param_count(shape), shape["vocab_size"]
     params = [p for p in model.parameters() if p.requires_grad]
     # The recipe's optimizer (conf/optimizer/adamw.yaml), fused on CUDA; states in the
     # parameters' dtype (bf16).
@@ -204,7 +233,7 @@ def train_tunekit(cfg: dict) -> dict:
     total = cfg["warmup"] + cfg["steps"] + (1 if cfg.get("profile") else 0)
     sched = cosine_with_warmup(opt, num_warmup_steps=1, num_training_steps=total)
     loss_fn = ChunkedCrossEntropyLoss(num_chunks=8)
-    ds = SyntheticLM(total * cfg["batch"], cfg["seq"], shape["vocab_size"])
+    ds = SyntheticLM(total * cfg["batch"], cfg["seq"], vocab)
     loader = build_dataloader(ds, cfg["batch"], stack_collate, shuffle=False,
                               pin_memory=device.startswith("cuda"))
     settings = train_settings(
@@ -239,7 +268,7 @@ def train_tunekit(cfg: dict) -> dict:
                 train_loader=loader, settings=settings, progress=False, on_step_end=on_step_end)
     dt = (marks["t1"] - marks["t0"]) / cfg["steps"]
     out = {"step_s": dt, "tokens_per_s": cfg["batch"] * cfg["seq"] / dt, "peak_gib": peak_gib(device),
-           "loss": res.final_train_loss, "n_params": base_param_count(shape)}
+           "loss": res.final_train_loss, "n_params": n_params}
     if "profile" in marks:
         out["profile"] = marks["profile"]
     return out
@@ -363,6 +392,9 @@ def train_args(description: str, mode: str) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="peak dense bf16 TFLOP/s for MFU (default 989 = H100 SXM datasheet)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration process")
+    p.add_argument("--models", default="",
+                   help="tunekit only: comma-separated conf/model names (llama2_7b,llama3_1_8b,qwen2_5_7b) "
+                        "instead of the Llama-2-7B shape; MFU uses each model's own parameter count")
     a = p.parse_args()
     a.batch = a.batch or 2
     a.seq = a.seq or (64 if a.tiny else 2048)
@@ -382,20 +414,23 @@ def run_train_benchmark(script: str, description: str, mode: str) -> None:
     base = dict(mode=mode, tiny=a.tiny, device=a.device, batch=a.batch, seq=a.seq, steps=a.steps,
                 warmup=a.warmup)
     rows = []
-    for ac in acs:
-        for system in systems:
-            cfg = dict(base, system=system, ac=ac)
-            if system == "tunekit":
-                cfg.update(compile=a.compile, ac_every_k=a.ac_every_k, profile=a.profile and ac == acs[0])
-            else:
-                cfg.update(peft_bf16=a.peft_bf16)
-            print(f"--- running {system} {mode} AC={'on' if ac else 'off'}", flush=True)
-            r = run_isolated(script, cfg, a.timeout)
-            rows.append((cfg, r))
-            brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "profile"}
-            print(f"--- done {system} {mode} AC={'on' if ac else 'off'}: {brief}", flush=True)
-            if r.get("profile"):
-                print(r["profile"], flush=True)
+    models = [m.strip() for m in a.models.split(",") if m.strip()] or [None]
+    for ac, model, system in [(ac, m, s) for ac in acs for m in models for s in systems]:
+        if model is not None and system != "tunekit":
+            continue  # named models: tunekit rows only (the HF peer builds the Llama-2-7B shape)
+        cfg = dict(base, system=system, ac=ac, model=model)
+        if system == "tunekit":
+            cfg.update(compile=a.compile, ac_every_k=a.ac_every_k, profile=a.profile and ac == acs[0])
+        else:
+            cfg.update(peft_bf16=a.peft_bf16)
+        label = f"{system}{' ' + model if model else ''} {mode} AC={'on' if ac else 'off'}"
+        print(f"--- running {label}", flush=True)
+        r = run_isolated(script, cfg, a.timeout)
+        rows.append((cfg, r))
+        brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "profile"}
+        print(f"--- done {label}: {brief}", flush=True)
+        if r.get("profile"):
+            print(r["profile"], flush=True)
     print_train_table(a, rows)
 
 
@@ -413,19 +448,23 @@ def print_train_table(a: argparse.Namespace, rows: list[tuple[dict, dict]]) -> N
           + (f"LoRA r=8 alpha=16 on q,v,o,gate,down,up; PEFT adapters {peft_dtype}; " if a.mode == "lora" else "")
           + f"tunekit compile={a.compile}, chunked CE (8 chunks)")
     print(env_line(a.device))
-    print(f"MFU = tokens/s x {flops_per_token} N / ({a.peak_tflops:g} TFLOP/s), N = "
-          f"{next((r['n_params'] for _, r in rows if r.get('ok')), 0):.3g}")
+    n_rule = "each model's own parameter count (embeddings included)" if a.models else \
+        f"{next((r['n_params'] for _, r in rows if r.get('ok')), 0):.3g}"
+    print(f"MFU = tokens/s x {flops_per_token} N / ({a.peak_tflops:g} TFLOP/s), N = {n_rule}")
     print("| system | AC | tokens/s | step ms | peak GiB | MFU | loss |\n|---|---|---|---|---|---|---|")
     by_key = {}
     for cfg, r in rows:
         name = "tunekit" + (" (compiled)" if cfg.get("compile") else "") if cfg["system"] == "tunekit" else peer
+        if cfg.get("model"):
+            name += f" {cfg['model']}"
         if cfg["system"] == "tunekit" and cfg.get("ac") and cfg.get("ac_every_k", 1) > 1:
             name += f" (AC every {cfg['ac_every_k']})"
         ac = "on" if cfg["ac"] else "off"
         if not r.get("ok"):
             print(f"| {name} | {ac} | FAILED: {r.get('error')} | | | | |")
             continue
-        by_key[(cfg["system"], cfg["ac"])] = r
+        if not cfg.get("model"):
+            by_key[(cfg["system"], cfg["ac"])] = r
         mfu = r["tokens_per_s"] * flops_per_token * r["n_params"] / (a.peak_tflops * 1e12)
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
         loss = f"{r['loss']:.3f}" if r.get("loss") is not None else "n/a"
