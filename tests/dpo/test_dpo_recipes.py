@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability._harness import assert_unchanged, assert_user_error, snapshot
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 from _recipe_helpers import run_recipe  # noqa: E402
 
@@ -64,6 +66,15 @@ def test_lora_dpo_resumed_equals_uninterrupted_bit_for_bit(lora_runs):
     a = (lora_runs["full"] / "epoch_0" / "adapter" / "adapter_model.safetensors").read_bytes()
     b = (lora_runs["resumed"] / "epoch_0" / "adapter" / "adapter_model.safetensors").read_bytes()
     assert a == b
+
+
+def test_resume_with_other_dpo_settings_is_refused_and_nothing_moves(lora_runs, tmp_path):
+    full = lora_runs["full"]
+    before = snapshot(full)
+    proc = run_recipe("lora_dpo", tmp_path / "other", *SHORT, "max_steps_per_epoch=4", "save_every_n_steps=2",
+                      "log_every_n_steps=4", f"resume={full / 'step_2'}", "dpo.beta=0.5", check=False)
+    assert_user_error(proc, "objective", "dpo.*", "resume_accept")
+    assert_unchanged(before, full)
 
 
 def test_full_dpo_with_precomputed_reference(tmp_path):
