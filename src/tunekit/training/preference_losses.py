@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tunekit.modules.peft import disable_adapters
 
@@ -54,19 +55,39 @@ def _model_kwargs(batch: Mapping[str, Any]) -> dict[str, Any]:
     return {k: batch[k] for k in ("mask", "input_pos") if batch.get(k) is not None}
 
 
+def _row_logps(hidden: torch.Tensor, labels: torch.Tensor, output: nn.Module, ignore_index: int) -> torch.Tensor:
+    # hidden: [s, d], labels: [s]; fp32 logits of one row only, inside this call
+    logits = output(hidden)  # [s, v]
+    return -F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+
+
 def sequence_logps(model: nn.Module, batch: Mapping[str, Any], *,
                    ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row sum of the target tokens' log-probabilities (fp32) and the target counts.
 
+    With a ``forward_hidden`` model (every tunekit decoder) the output projection runs one row at
+    a time and, with gradients, is recomputed in backward: peak memory holds one row's fp32
+    logits, not ``[2B, s, vocab]`` (what makes 128k vocabularies fit), for one extra output
+    projection per step.
+
     Returns:
         ``(logps [n] fp32, counts [n] int64)`` for the ``n`` rows of ``batch["tokens"]``.
     """
-    logits = model(batch["tokens"], **_model_kwargs(batch))  # [n, s, v]
     labels = batch["labels"]  # [n, s]
-    # cross_entropy = -log p(label); fp32 inside the call only; ignored positions give 0
-    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=ignore_index,
-                          reduction="none").view(labels.shape)
-    return -nll.sum(-1), labels.ne(ignore_index).sum(-1)
+    counts = labels.ne(ignore_index).sum(-1)
+    if not hasattr(model, "forward_hidden"):
+        logits = model(batch["tokens"], **_model_kwargs(batch))  # [n, s, v]
+        nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=ignore_index,
+                              reduction="none").view(labels.shape)
+        return -nll.sum(-1), counts
+    hidden = model.forward_hidden(batch["tokens"], **_model_kwargs(batch))  # [n, s, d]
+    rows = []
+    for h, y in zip(hidden.unbind(0), labels.unbind(0)):
+        if torch.is_grad_enabled():
+            rows.append(checkpoint(_row_logps, h, y, model.output, ignore_index, use_reentrant=False))
+        else:
+            rows.append(_row_logps(h, y, model.output, ignore_index))
+    return torch.stack(rows), counts
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
