@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tunekit.distributed import is_sharded
 from tunekit.modules.peft import disable_adapters
 
 IGNORE_INDEX = -100
@@ -68,14 +69,15 @@ def sequence_logps(model: nn.Module, batch: Mapping[str, Any], *,
     With a ``forward_hidden`` model (every tunekit decoder) the output projection runs one row at
     a time and, with gradients, is recomputed in backward: peak memory holds one row's fp32
     logits, not ``[2B, s, vocab]`` (what makes 128k vocabularies fit), for one extra output
-    projection per step.
+    projection per step. A model sharded with FSDP2 runs its full forward instead (its root's
+    hooks gather the embedding and output weights only around ``forward``).
 
     Returns:
         ``(logps [n] fp32, counts [n] int64)`` for the ``n`` rows of ``batch["tokens"]``.
     """
     labels = batch["labels"]  # [n, s]
     counts = labels.ne(ignore_index).sum(-1)
-    if not hasattr(model, "forward_hidden"):
+    if not hasattr(model, "forward_hidden") or is_sharded(model):
         logits = model(batch["tokens"], **_model_kwargs(batch))  # [n, s, v]
         nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=ignore_index,
                               reduction="none").view(labels.shape)
@@ -218,4 +220,17 @@ def precompute_reference_logps(reference: nn.Module, batches: Iterable[Mapping[s
             logps = sequence_logps(reference, batch)[0].float().cpu()
             n = logps.shape[0] // 2
             rows.append(torch.stack([logps[:n], logps[n:]], dim=1))
+    _reshard(reference)
     return torch.cat(rows) if rows else torch.zeros(0, 2)
+
+
+def _reshard(model: nn.Module) -> None:
+    """FSDP2: give every unit its sharded parameters back after forwards without a backward
+    (an optimizer built next must see the registered sharded parameters)."""
+    if not is_sharded(model):
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
