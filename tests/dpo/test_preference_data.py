@@ -120,3 +120,9 @@ def test_loop_logs_objective_metrics_and_accumulation_is_exact(tmp_path):
     for name in ("rewards/chosen", "rewards/margins", "logps/rejected"):
         assert logged_a[0][name] == pytest.approx(logged_b[0][name], rel=1e-5)
     assert logged_a[0]["loss"] == pytest.approx(sum(losses_a) / 2, rel=1e-6)  # mean over the interval's pairs
+
+
+def test_model_template_needs_a_tokenizer_with_a_chat_template(tmp_path):
+    src = _write(tmp_path / "p.jsonl", [{"prompt": "Hi.", "chosen": "Hello.", "rejected": "Go."}])
+    with pytest.raises(DataFormatError, match=r"tokenizer.model.*carries none.*dataset.template=llama2_chat"):
+        PreferenceDataset(tiny_tokenizer(), src, template="model", val_fraction=0)
