@@ -77,6 +77,14 @@ def test_resume_with_other_dpo_settings_is_refused_and_nothing_moves(lora_runs, 
     assert_unchanged(before, full)
 
 
+def test_the_other_kind_of_checkpoint_names_the_recipe_that_saved_it(lora_runs):
+    from tunekit.checkpointing import CheckpointError
+    from tunekit.run.resume import _check_recipe
+
+    with pytest.raises(CheckpointError, match=r"saved by lora_dpo .*`python -m recipes.lora_dpo resume=...`"):
+        _check_recipe(lora_runs["full"] / "epoch_0", lora=False)  # what full_dpo resume=<it> says
+
+
 def test_full_dpo_with_precomputed_reference(tmp_path):
     run = tmp_path / "full"
     proc = run_recipe("full_dpo", run, *SHORT, "max_steps_per_epoch=2", "log_every_n_steps=1",

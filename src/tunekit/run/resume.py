@@ -244,18 +244,29 @@ def _has_adapter(ckpt: Path) -> tuple[bool, str]:
     return (state_dir(ckpt) / ADAPTER_FILE).is_file(), ADAPTER_FILE
 
 
+def _saved_by(ckpt: Path, default: str) -> str:
+    """The recipe a checkpoint records it was trained by (older checkpoints: ``default``)."""
+    try:
+        recipe = (read_checkpoint_info(ckpt).get("trained_with") or {}).get("recipe")
+    except Exception:  # noqa: BLE001 - an unreadable record: the default names the usual recipe
+        recipe = None
+    return recipe if isinstance(recipe, str) and recipe.isidentifier() else default
+
+
 def _check_recipe(ckpt: Path, *, lora: bool) -> None:
-    """A LoRA checkpoint resumes only with lora_finetune, a full one only with full_finetune."""
+    """A LoRA checkpoint resumes only with a LoRA recipe, a full one only with a full one."""
     has_adapter, what = _has_adapter(ckpt)
     if lora and not has_adapter:
+        recipe = _saved_by(ckpt, "full_finetune")
         raise CheckpointError(
-            f"resume: {ckpt} holds no LoRA adapter ({what}); it was saved by full_finetune. "
-            "Resume it with `python -m recipes.full_finetune resume=...`."
+            f"resume: {ckpt} holds no LoRA adapter ({what}); it was saved by {recipe}. "
+            f"Resume it with `python -m recipes.{recipe} resume=...`."
         )
     if not lora and has_adapter:
+        recipe = _saved_by(ckpt, "lora_finetune")
         raise CheckpointError(
-            f"resume: {ckpt} was saved by lora_finetune (it holds {what}); its model files are merged "
-            "LoRA weights. Resume it with `python -m recipes.lora_finetune resume=...`, or fine-tune "
+            f"resume: {ckpt} was saved by {recipe} (it holds {what}); its model files are merged "
+            f"LoRA weights. Resume it with `python -m recipes.{recipe} resume=...`, or fine-tune "
             f"the merged model from scratch with checkpointer.checkpoint_dir={ckpt}."
         )
 
