@@ -264,7 +264,7 @@ def test_cp_into_a_directory_refuses_to_overwrite(tmp_path):
 def test_run_of_an_unknown_recipe():
     proc = run_tunekit("run", "lora_finetun", "epochs=1")
     assert_user_error(proc, "unknown recipe `lora_finetun`", "Did you mean: lora_finetune",
-                      "Valid recipes: full_finetune, generate, lora_finetune")
+                      "Valid recipes: full_dpo, full_finetune, generate, lora_dpo, lora_finetune")
 
 
 def test_cp_of_an_unknown_name(tmp_path):

@@ -28,9 +28,12 @@ __all__ = [
     "DTYPES",
     "LORA_TARGETS",
     "SCHEMAS",
+    "DPOConfig",
+    "FullDpoSchema",
     "FullFinetuneSchema",
     "GenerateSchema",
     "LoRAConfig",
+    "LoraDpoSchema",
     "LoraFinetuneSchema",
     "ModelInfo",
     "PathsConfig",
@@ -65,7 +68,7 @@ def _in_range(low: float, high: float, *, high_inclusive: bool) -> Check:
 # What a checkpoint records it was trained with (tunekit.run.resume.FINGERPRINT_FIELDS; kept
 # torch-free here, and a test checks the two agree).
 RESUME_FINGERPRINT_FIELDS = ("recipe", "model", "checkpoint", "tokenizer", "data", "batch_size", "max_seq_len",
-                             "packed", "seed", "lora")
+                             "packed", "seed", "lora", "objective")
 
 
 def _one_of(choices: tuple[str, ...]) -> Check:
@@ -271,6 +274,67 @@ class FullFinetuneSchema(_TrainSettings):
     """``full_finetune`` recipe."""
 
 
+DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
+DPO_REFERENCES = ("model", "precomputed")
+
+
+@dataclass
+class DPOConfig:
+    """Preference-tuning (DPO) settings; see tunekit/training/preference_losses.py."""
+
+    loss_type: str = setting("sigmoid", _one_of(DPO_LOSS_TYPES),
+                             doc="sigmoid = DPO (cDPO with label_smoothing), robust, ipo, hinge.")
+    beta: float = setting(0.1, _positive, doc="KL strength: higher stays closer to the reference.")
+    label_smoothing: float = setting(0.0, _in_range(0.0, 0.5, high_inclusive=False),
+                                     doc="Assumed share of flipped labels (sigmoid: cDPO; robust).")
+    reference: str = setting(
+        "model", _one_of(DPO_REFERENCES),
+        doc="model = reference log-probs each step (LoRA: adapters off; full: a frozen copy);"
+            " precomputed = once before training (no reference forward or copy while training).")
+
+    @staticmethod
+    def cross_checks(cfg: DictConfig, prefix: str) -> list[str]:
+        """label_smoothing only means something to the sigmoid and robust losses."""
+        if cfg.label_smoothing and cfg.loss_type in ("ipo", "hinge"):
+            return [f"`{prefix}label_smoothing`={cfg.label_smoothing} has no effect with `{prefix}loss_type`="
+                    f"{cfg.loss_type}; use loss_type=sigmoid (cDPO) or robust, or set label_smoothing=0"]
+        if cfg.loss_type == "robust" and not cfg.label_smoothing:
+            return [f"`{prefix}loss_type`=robust needs `{prefix}label_smoothing` > 0 (the assumed share of "
+                    "flipped labels; with 0 it is plain sigmoid DPO); set e.g. dpo.label_smoothing=0.1"]
+        return []
+
+
+def _dpo_cross_checks(cfg: DictConfig, prefix: str) -> list[str]:
+    problems = _TrainSettings.cross_checks(cfg, prefix)
+    if cfg.packed:
+        problems.append("`packed`=true: preference pairs are padded, not packed, in the DPO recipes; "
+                        "set packed=false")
+    if cfg.train_on_input:
+        problems.append("`train_on_input`=true: DPO compares the responses only (the prompt is shared "
+                        "by both sides of a pair); set train_on_input=false")
+    if cfg.loss is not None:
+        problems.append("`loss` is set, but the DPO recipes take their loss from `dpo.*` "
+                        "(dpo.loss_type, dpo.beta); remove the loss override")
+    return problems
+
+
+@dataclass
+class LoraDpoSchema(_TrainSettings):
+    """``lora_dpo`` recipe."""
+
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    cross_checks = staticmethod(_dpo_cross_checks)
+
+
+@dataclass
+class FullDpoSchema(_TrainSettings):
+    """``full_dpo`` recipe."""
+
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    cross_checks = staticmethod(_dpo_cross_checks)
+
+
 @dataclass
 class GenerateSchema(_RunSettings):
     """``generate`` recipe."""
@@ -315,6 +379,8 @@ class GenerateSchema(_RunSettings):
 SCHEMAS: dict[str, type] = {
     "lora_finetune": LoraFinetuneSchema,
     "full_finetune": FullFinetuneSchema,
+    "lora_dpo": LoraDpoSchema,
+    "full_dpo": FullDpoSchema,
     "generate": GenerateSchema,
 }
 

@@ -6,7 +6,7 @@ import sys
 from functools import partial
 from typing import Any, Callable
 
-from tunekit.data import DataFormatError, PackedDataset, data_report, packed_collate, padded_collate
+from tunekit.data import DataFormatError, DataSettingError, PackedDataset, data_report, packed_collate, padded_collate
 from tunekit.training.data_loading import build_dataloader
 
 __all__ = ["build_datasets", "build_loaders", "check_learnable"]
@@ -35,6 +35,11 @@ def build_datasets(make_dataset: Callable[..., Any], tokenizer: Any, *, validati
     Each split is checked with :func:`check_learnable` before anything trains.
     """
     train_ds = make_dataset(tokenizer, split="train")
+    if len(train_ds) and "chosen_tokens" in train_ds[0]:  # preference pairs: another objective
+        raise DataSettingError(
+            f"The dataset is preference data (prompt, chosen, rejected: {type(train_ds).__name__}), which "
+            f"trains with DPO, not with supervised fine-tuning: run `python -m recipes.lora_dpo` (or "
+            f"full_dpo) with this dataset, or pick an instruction/chat dataset (e.g. dataset=alpaca_tiny).")
     if packed:
         train_ds = PackedDataset(train_ds, max_seq_len, pad_id=tokenizer.pad_id)
     check_learnable(train_ds)

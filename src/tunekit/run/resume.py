@@ -65,7 +65,7 @@ RUN_INFO_FILE = "run_info.json"
 
 #: what a checkpoint records it was trained with; each can be accepted as changed by name
 FINGERPRINT_FIELDS = ("recipe", "model", "checkpoint", "tokenizer", "data", "batch_size", "max_seq_len",
-                      "packed", "seed", "lora")
+                      "packed", "seed", "lora", "objective")
 _FIX = {
     "model": "the `model=` option",
     "checkpoint": "checkpointer.checkpoint_dir",
@@ -76,6 +76,7 @@ _FIX = {
     "packed": "packed",
     "seed": "seed",
     "lora": "the lora.* settings",
+    "objective": "the dpo.* settings",
 }
 
 
@@ -106,11 +107,13 @@ def data_digest(dataset: Any) -> str:
 def fingerprint(*, recipe: str, model: Mapping[str, Any], checkpoint_dir: str | Path, tokenizer_path: Any,
                 train_dataset: Any, batch_size: int, max_seq_len: int, packed: bool, seed: int,
                 lora: Mapping[str, Any] | None, gradient_accumulation_steps: int = 1,
-                world_size: int = 1) -> dict[str, Any]:
+                world_size: int = 1, objective: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a run trains with, as plain JSON data (saved in every checkpoint; compared on resume).
 
     ``batch_size`` is recorded as the global batch (per-rank batch x accumulation x ranks): a
     run may continue on another number of GPUs with the per-rank batch adjusted to match.
+    ``objective``: the settings of a training objective other than cross-entropy (the DPO
+    recipes' ``dpo.*``); recorded only when given.
     """
     return {
         "recipe": recipe,
@@ -123,6 +126,7 @@ def fingerprint(*, recipe: str, model: Mapping[str, Any], checkpoint_dir: str | 
         "packed": bool(packed),
         "seed": int(seed),
         "lora": None if lora is None else json.loads(json.dumps(dict(lora), default=str)),
+        **({} if objective is None else {"objective": json.loads(json.dumps(dict(objective), default=str))}),
     }
 
 
@@ -240,18 +244,29 @@ def _has_adapter(ckpt: Path) -> tuple[bool, str]:
     return (state_dir(ckpt) / ADAPTER_FILE).is_file(), ADAPTER_FILE
 
 
+def _saved_by(ckpt: Path, default: str) -> str:
+    """The recipe a checkpoint records it was trained by (older checkpoints: ``default``)."""
+    try:
+        recipe = (read_checkpoint_info(ckpt).get("trained_with") or {}).get("recipe")
+    except Exception:  # noqa: BLE001 - an unreadable record: the default names the usual recipe
+        recipe = None
+    return recipe if isinstance(recipe, str) and recipe.isidentifier() else default
+
+
 def _check_recipe(ckpt: Path, *, lora: bool) -> None:
-    """A LoRA checkpoint resumes only with lora_finetune, a full one only with full_finetune."""
+    """A LoRA checkpoint resumes only with a LoRA recipe, a full one only with a full one."""
     has_adapter, what = _has_adapter(ckpt)
     if lora and not has_adapter:
+        recipe = _saved_by(ckpt, "full_finetune")
         raise CheckpointError(
-            f"resume: {ckpt} holds no LoRA adapter ({what}); it was saved by full_finetune. "
-            "Resume it with `python -m recipes.full_finetune resume=...`."
+            f"resume: {ckpt} holds no LoRA adapter ({what}); it was saved by {recipe}. "
+            f"Resume it with `python -m recipes.{recipe} resume=...`."
         )
     if not lora and has_adapter:
+        recipe = _saved_by(ckpt, "lora_finetune")
         raise CheckpointError(
-            f"resume: {ckpt} was saved by lora_finetune (it holds {what}); its model files are merged "
-            "LoRA weights. Resume it with `python -m recipes.lora_finetune resume=...`, or fine-tune "
+            f"resume: {ckpt} was saved by {recipe} (it holds {what}); its model files are merged "
+            f"LoRA weights. Resume it with `python -m recipes.{recipe} resume=...`, or fine-tune "
             f"the merged model from scratch with checkpointer.checkpoint_dir={ckpt}."
         )
 
@@ -524,4 +539,5 @@ def restore(res: Resume, *, model: nn.Module, optimizer: torch.optim.Optimizer, 
     interval = rs.get("log_interval") or {}  # absent in older checkpoints: the interval restarts
     return ResumePoint(epoch=rs["epoch"], step_in_epoch=rs["step_in_epoch"], global_step=rs["global_step"],
                        rng=rs.get("rng"), log_loss_sum=float(interval.get("loss_sum", 0.0)),
-                       log_tokens=int(interval.get("tokens", 0)))
+                       log_tokens=int(interval.get("tokens", 0)),
+                       log_metric_sums={str(k): float(v) for k, v in (interval.get("metrics") or {}).items()})

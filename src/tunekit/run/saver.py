@@ -113,7 +113,8 @@ class CheckpointSaver:
             "seed": self.settings.seed,
             "rng": point.rng,
             "sampler": sampler_state,
-            "log_interval": {"loss_sum": point.log_loss_sum, "tokens": point.log_tokens},
+            "log_interval": {"loss_sum": point.log_loss_sum, "tokens": point.log_tokens,
+                             **({"metrics": dict(point.log_metric_sums)} if point.log_metric_sums else {})},
             "fingerprint": self.trained_with,
         }
 

@@ -14,6 +14,13 @@ The logged ``loss`` is the token-weighted mean over the steps since the previous
 (sum of token losses / tokens, accumulated on the device), so ``log_every_n_steps=20`` gives a
 smooth curve; ``TrainResult.step_losses`` stays per step. The interval's running sums travel in
 every checkpoint's resume point, so a resumed run logs exactly the values of an uninterrupted one.
+
+Objectives: ``loss_fn(model, batch)`` returns ``(loss_sum, count)`` (cross-entropy: token sums)
+or ``(loss_sum, count, metrics)`` where ``metrics`` maps names to 0-dim *sums* over the same
+units as ``count`` (e.g. DPO's pairs: ``tunekit.training.preference_losses``). The loop adds them
+over micro-batches, ranks and the log interval, and logs each as its sum / the interval's count
+next to ``loss``; they travel in the resume point like the loss. A two-element loss runs exactly
+as before.
 """
 
 from __future__ import annotations
@@ -100,7 +107,7 @@ def evaluate(model: nn.Module, loss_fn: Callable[..., tuple[torch.Tensor, torch.
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            loss_sum, n = loss_fn(model, _to_device(batch, device))
+            loss_sum, n = loss_fn(model, _to_device(batch, device))[:2]
             total += torch.stack([loss_sum.double(), n.double()])
     finally:
         model.train(was_training)
@@ -161,24 +168,36 @@ class _Losses:
         self.last_ckpt: tuple[int, int | None] | None = None
         self.log_loss = torch.zeros((), dtype=torch.float64, device=device)
         self.log_tokens = torch.zeros((), dtype=torch.int64, device=device)
+        self.device = device
+        self.log_metrics: dict[str, torch.Tensor] = {}  # an objective's metric sums (float64)
         if start is not None:
             self.log_loss.fill_(float(start.log_loss_sum))
             self.log_tokens.fill_(int(start.log_tokens))
+            for name, value in (start.log_metric_sums or {}).items():
+                self.log_metrics[name] = torch.full((), float(value), dtype=torch.float64, device=device)
 
-    def add(self, loss_sum: torch.Tensor, num_tokens: torch.Tensor) -> None:
+    def add(self, loss_sum: torch.Tensor, num_tokens: torch.Tensor,
+            metrics: Mapping[str, torch.Tensor] | None = None) -> None:
         self.log_loss += loss_sum  # no host sync
         self.log_tokens += num_tokens
         self.pending.append(loss_sum / num_tokens.clamp(min=1).float())
+        for name, value in (metrics or {}).items():
+            if name not in self.log_metrics:
+                self.log_metrics[name] = torch.zeros((), dtype=torch.float64, device=self.device)
+            self.log_metrics[name] += value
 
-    def flush(self, global_step: int, epoch: int, extra: torch.Tensor | None = None) -> float | None:
-        """Read pending losses (and ``extra``, 0-dim) back in one sync; stop on a non-finite one."""
+    def flush(self, global_step: int, epoch: int, extra: torch.Tensor | None = None) -> list[float] | None:
+        """Read pending losses (and ``extra``, 1-dim) back in one sync; stop on a non-finite one."""
         if not self.pending and extra is None:
             return None
         read = [torch.stack(self.pending).double()] if self.pending else []
         if extra is not None:
-            read.append(extra.double().reshape(1))
+            read.append(extra.double().reshape(-1))
         values = torch.cat(read).tolist()
-        extra_value = values.pop() if extra is not None else None
+        extra_value = None
+        if extra is not None:
+            cut = len(values) - extra.numel()
+            values, extra_value = values[:cut], values[cut:]
         first = global_step - len(values) + 1
         self.pending.clear()
         for i, v in enumerate(values):
@@ -187,43 +206,62 @@ class _Losses:
         self.result.step_losses.extend(values)
         return extra_value
 
-    def interval_mean(self, global_step: int, epoch: int) -> float:
-        """The log interval's token-weighted mean loss (fp32, like the step losses); resets it."""
-        mean = self.flush(global_step, epoch, extra=(self.log_loss / self.log_tokens.clamp(min=1)).float())
+    def interval_mean(self, global_step: int, epoch: int) -> tuple[float, dict[str, float]]:
+        """The log interval's token-weighted mean loss (fp32, like the step losses) and the
+        interval means of an objective's metrics; resets them."""
+        count = self.log_tokens.clamp(min=1)
+        names = list(self.log_metrics)
+        extra = (self.log_loss / count).float().reshape(1)
+        if names:
+            extra = torch.cat([extra.double(), torch.stack([self.log_metrics[n] for n in names]) / count])
+        values = self.flush(global_step, epoch, extra=extra)
         self.log_loss.zero_()
         self.log_tokens.zero_()
-        return mean
+        for value in self.log_metrics.values():
+            value.zero_()
+        return values[0], dict(zip(names, values[1:]))
 
     def point(self, epoch: int, step_in_epoch: int, global_step: int) -> ResumePoint:
-        loss_sum, tokens = torch.stack([self.log_loss, self.log_tokens.double()]).tolist()
+        names = list(self.log_metrics)
+        loss_sum, tokens, *sums = torch.stack(
+            [self.log_loss, self.log_tokens.double(), *(self.log_metrics[n] for n in names)]).tolist()
         return ResumePoint(epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step,
-                           rng=get_rng_state(), log_loss_sum=loss_sum, log_tokens=int(tokens))
+                           rng=get_rng_state(), log_loss_sum=loss_sum, log_tokens=int(tokens),
+                           log_metric_sums=dict(zip(names, sums)))
 
 
 def _optimizer_step(model: nn.Module, params: list[torch.Tensor], batches: Iterator[Any], *,
                     loss_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]], optimizer: Any,
                     lr_scheduler: Any, settings: TrainSettings,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int]:
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int,
+                                                   dict[str, torch.Tensor]]:
     """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
 
-    Returns ``(loss_sum, num_tokens, grad_norm, lr, input_tokens)``; the loss and tokens are
-    summed over micro-batches and ranks, still on the device.
+    Returns ``(loss_sum, num_tokens, grad_norm, lr, input_tokens, metrics)``; the loss, tokens
+    and an objective's metric sums (float64; empty for a two-element loss) are summed over
+    micro-batches and ranks, still on the device.
     """
     ga, world_size = settings.gradient_accumulation_steps, get_world_size()
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     num_tokens = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
+    metrics: dict[str, torch.Tensor] = {}
     for micro in range(ga):
         if ga > 1 and is_sharded(model):  # reduce-scatter gradients on the last micro-batch only
             set_gradient_sync(model, micro == ga - 1)
         batch = _to_device(next(batches), device)
         seen += batch["tokens"].numel()
-        mb_loss, mb_tokens = loss_fn(model, batch)
+        mb_loss, mb_tokens, *mb_metrics = loss_fn(model, batch)
         mb_loss.backward()  # grads hold the token *sum*; normalised below
         loss_sum += mb_loss.detach().float()
         num_tokens += mb_tokens
+        for name, value in (mb_metrics[0] if mb_metrics else {}).items():
+            metrics[name] = metrics.get(name, 0) + value.detach().double()
     all_reduce_sum(loss_sum)
     all_reduce_sum(num_tokens)
+    if metrics:  # one collective for all of them
+        summed = all_reduce_sum(torch.stack(list(metrics.values())))
+        metrics = dict(zip(metrics, summed.unbind()))
     # Data-parallel wrappers average grads over ranks; undo that and divide by the global token
     # count instead (fp32 0-dim scale: no bf16 rounding). DTensor grads: scale the local shards.
     grads = local_grads(params)
@@ -235,7 +273,7 @@ def _optimizer_step(model: nn.Module, params: list[torch.Tensor], batches: Itera
     optimizer.step()
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum, num_tokens, full_value(grad_norm), lr, seen
+    return loss_sum, num_tokens, full_value(grad_norm), lr, seen, metrics
 
 
 def train(
@@ -259,7 +297,8 @@ def train(
         model: prepared by ``tunekit.training.prepare`` (placed or sharded); for LoRA only the
             adapter trainable.
         optimizer, lr_scheduler: built on the trainable parameters; restored when resuming.
-        loss_fn: ``loss_fn(model, batch) -> (loss_sum, num_tokens)`` (see ``losses``).
+        loss_fn: ``loss_fn(model, batch) -> (loss_sum, num_tokens)`` (see ``losses``), or an
+            objective's ``(loss_sum, count, metric_sums)`` (see the module docstring).
         train_loader: yields batch dicts; ``build_dataloader`` gives exact mid-epoch resume.
         settings: :class:`~tunekit.training.settings.TrainSettings`.
         val_loader: held-out batches for the validation loss (optional).
@@ -333,10 +372,10 @@ def train(
                     set_rng_state(rng_to_restore)
                     rng_to_restore = None
                 while step_in_epoch < spe:
-                    loss_sum, num_tokens, grad_norm, lr, seen = _optimizer_step(
+                    loss_sum, num_tokens, grad_norm, lr, seen, step_metrics = _optimizer_step(
                         model, params, batches, loss_fn=loss_fn, optimizer=optimizer,
                         lr_scheduler=lr_scheduler, settings=settings, device=device)
-                    losses.add(loss_sum, num_tokens)
+                    losses.add(loss_sum, num_tokens, step_metrics)
                     global_step, step_in_epoch = global_step + 1, step_in_epoch + 1
                     result.global_step, tokens_since_log = global_step, tokens_since_log + seen
                     pbar.update(1)
@@ -345,7 +384,8 @@ def train(
                     if global_step % settings.log_every_n_steps == 0 or (end_of_epoch and epoch == settings.epochs - 1):
                         now = time.perf_counter()
                         tps = tokens_since_log * get_world_size() / max(now - t_log, 1e-9)
-                        metrics = {"loss": losses.interval_mean(global_step, epoch), "lr": lr,
+                        mean_loss, objective_metrics = losses.interval_mean(global_step, epoch)
+                        metrics = {"loss": mean_loss, **objective_metrics, "lr": lr,
                                    "grad_norm": float(grad_norm), "tokens_per_second": tps, "epoch": epoch,
                                    **memory_stats(device)}
                         tokens_since_log, t_log = 0, now

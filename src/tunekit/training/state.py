@@ -8,7 +8,7 @@ format checkpointer for full checkpoints, DCP shards for step checkpoints under 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = ["ResumePoint", "Saver"]
@@ -25,7 +25,10 @@ class ResumePoint:
         rng: the RNG states (``tunekit.training.seed.get_rng_state``) at that point; the loop
             restores them where an uninterrupted run stood.
         log_loss_sum: the running sum of token losses of the current log interval.
-        log_tokens: the running token count of the current log interval.
+        log_tokens: the running token count of the current log interval (an objective's
+            count, e.g. preference pairs).
+        log_metric_sums: an objective's running metric sums of the current log interval
+            (empty for cross-entropy).
     """
 
     epoch: int
@@ -34,6 +37,7 @@ class ResumePoint:
     rng: Any = None
     log_loss_sum: float = 0.0
     log_tokens: int = 0
+    log_metric_sums: dict[str, float] = field(default_factory=dict)
 
 
 class Saver(Protocol):

@@ -1,0 +1,138 @@
+"""LoRA preference tuning (DPO): `python -m recipes.lora_dpo [overrides]` (or `tunekit run lora_dpo`).
+
+Composes conf/lora_dpo.yaml, builds the pieces it names and hands them to the one training loop
+(`tunekit.training.train`) with the DPO objective instead of cross-entropy:
+
+- the base model on the meta device, weights assigned from the checkpointer, LoRA adapters
+  from `lora.*`, only the adapters trainable; the *reference* model is the same model with its
+  adapters disabled (`tunekit.modules.peft.disable_adapters`): no second copy of the weights;
+- preference pairs (prompt, chosen, rejected) from `dataset` (tunekit.data.preference), padded
+  into batches of chosen and rejected rows; the loss only on the replies;
+- the objective `tunekit.training.preference_losses.DPOLoss` from `dpo.*` (sigmoid / cDPO,
+  robust, ipo, hinge; `dpo.reference=precomputed` computes the reference log-probs once before
+  training); the metric logger gets loss, rewards/chosen, rewards/rejected, rewards/margins,
+  rewards/accuracies, logps/chosen, logps/rejected (TRL's names) every `log_every_n_steps`;
+- checkpoints as in lora_finetune (`epoch_N/{model,adapter,state}/`), exact `resume=`, sweeps
+  (`-m`) and FSDP2 under torchrun.
+
+`main()` returns the final validation DPO loss (the training loss without a validation split).
+"""
+
+from __future__ import annotations
+
+import time
+
+from omegaconf import DictConfig, OmegaConf
+
+from tunekit.config import instantiate, is_multirun, job_overrides, recipe_main, resolved_yaml
+
+RECIPE = "lora_dpo"
+
+
+@recipe_main("lora_dpo")
+def main(cfg: DictConfig) -> float | None:
+    """Run the `lora_dpo` recipe on a validated config."""
+    # lazy: torch loads only when a run starts
+    from tunekit.run.errors import user_errors
+    from tunekit.run.process import process_group_teardown
+
+    with user_errors(), process_group_teardown():
+        return run(cfg)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Build everything `cfg` names, train with DPO, and return the final validation (else train) loss."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from tunekit.modules.peft import LoRASpec
+    from tunekit.run import model, preference, process, records, resume
+    from tunekit.run.saver import CheckpointSaver
+    from tunekit.run.settings import schedule_warnings, train_settings
+    from tunekit.training import num_training_steps, prepare_model, train
+    from tunekit.training.seed import set_seed
+
+    t_start = time.perf_counter()
+    rank, world_size = process.init_distributed(cfg.device)
+    overrides = job_overrides()
+    settings = train_settings(cfg)
+    spec = LoRASpec(**OmegaConf.to_container(cfg.lora, resolve=True))
+    dpo = OmegaConf.to_container(cfg.dpo, resolve=True)
+    checkpointer = instantiate(cfg.checkpointer)
+    fresh = cfg.resume is None and not checkpointer.resume_from_checkpoint
+    if fresh:  # before any work: a used run directory is refused at once
+        records.check_run_dir(cfg.output_dir, resuming_here=False, resume_setting=None, recipe=RECIPE)
+
+    # ---- preference data, and what this run trains with (checked against any resumed checkpoint)
+    tokenizer = instantiate(cfg.tokenizer)
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    train_ds, val_ds = preference.build_preference_datasets(
+        instantiate(cfg.dataset), tokenizer, validation=cfg.dataset.val_fraction > 0,
+        dataset_option=choices.get("dataset"))
+    trained_with = resume.fingerprint(
+        recipe=RECIPE, model=OmegaConf.to_container(cfg.model, resolve=True),
+        checkpoint_dir=checkpointer.checkpoint_dir, tokenizer_path=getattr(tokenizer, "path", None),
+        train_dataset=train_ds.as_sequences(), batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
+        packed=False, gradient_accumulation_steps=cfg.gradient_accumulation_steps, world_size=world_size,
+        seed=cfg.seed, lora=OmegaConf.to_container(cfg.lora, resolve=True), objective=dpo)
+    res = resume.open_resume(cfg.resume, checkpointer=checkpointer, output_dir=cfg.output_dir, recipe=RECIPE,
+                             lora=True, model_type=cfg.checkpointer.model_type, trained_with=trained_with,
+                             accept=list(cfg.resume_accept), rank=rank, search_siblings=not is_multirun())
+    run_note = None if fresh else records.check_run_dir(
+        cfg.output_dir, resuming_here=res is not None and res.inside(cfg.output_dir),
+        resume_setting=cfg.resume, recipe=RECIPE)
+
+    # ---- model: base weights + fresh (seeded) adapters; the reference is the same model with
+    # its adapters disabled, so no second copy exists.
+    set_seed(cfg.seed)
+    load_weights, source = resume.model_weights(res, checkpointer)
+    net = model.build_training_model(
+        instantiate(cfg.model, _partial_=True), load_weights, settings=settings, lora=spec, source=source,
+        world_size=world_size, rank=rank, declared=checkpointer.model_settings)
+    if res is not None:
+        resume.check_resume_fits(net, res, lora=True)
+    note = model.check_tokenizer_fits(tokenizer, net)
+    prepare_model(net, settings)
+    if dpo["reference"] == "precomputed":  # the base model's log-probs, once (adapters off)
+        preference.precompute_reference(net, [train_ds, val_ds], batch_size=cfg.batch_size, pad_id=tokenizer.pad_id,
+                                        device_setting=settings.device, adapters_disabled=True)
+    loss_fn = preference.dpo_objective(dpo)
+    train_loader, val_loader = preference.build_preference_loaders(
+        train_ds, val_ds, batch_size=cfg.batch_size, pad_id=tokenizer.pad_id, seed=cfg.seed, rank=rank,
+        world_size=world_size, pin_memory=process.pin_memory_for(cfg.device))
+
+    # ---- optimisation, the resume point, saving
+    optimizer = instantiate(cfg.optimizer)([p for p in net.parameters() if p.requires_grad])
+    total_steps = num_training_steps(len(train_loader), settings)
+    lr_scheduler = instantiate(cfg.lr_scheduler)(optimizer, num_training_steps=total_steps)
+    start = None if res is None else resume.restore(res, model=net, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                                    train_loader=train_loader, settings=settings, lora=True)
+    saver = CheckpointSaver(checkpointer, model=net, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                            train_loader=train_loader, settings=settings, adapter_config=spec,
+                            trained_with=trained_with)
+    metric_logger = instantiate(cfg.metric_logger)
+
+    if rank == 0:
+        n_all = sum(p.numel() for p in net.parameters())
+        n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        records.announce_run(
+            recipe=RECIPE, output_dir=cfg.output_dir, resolved_config_yaml=resolved_yaml(cfg),
+            config=OmegaConf.to_container(cfg, resolve=True), overrides=overrides,
+            metric_logger=metric_logger,
+            model_summary=(f"{n_all / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable "
+                           f"({100 * n_train / n_all:.2f}%, {'DoRA' if spec.use_dora else 'LoRA'} rank {spec.rank} on "
+                           f"{', '.join(spec.targets)}); DPO {dpo['loss_type']} beta={dpo['beta']}, reference: "
+                           f"adapters disabled{' (precomputed)' if dpo['reference'] == 'precomputed' else ''}"),
+            num_train=len(train_ds), num_val=0 if val_ds is None else len(val_ds),
+            total_steps=total_steps, resume=res, resume_auto=cfg.resume == "auto",
+            notes=[n for n in (run_note, note) if n] + schedule_warnings(lr_scheduler, total_steps))
+
+    result = train(net, optimizer=optimizer, lr_scheduler=lr_scheduler, loss_fn=loss_fn,
+                   train_loader=train_loader, val_loader=val_loader, saver=saver,
+                   metric_logger=metric_logger, settings=settings, start=start, progress=rank == 0)
+    metric_logger.close()
+    return records.report_result(RECIPE, cfg.output_dir, result, overrides=overrides,
+                                 seconds=time.perf_counter() - t_start, rank_zero=rank == 0)
+
+
+if __name__ == "__main__":
+    main()
