@@ -4,6 +4,7 @@ compared tensor by tensor and key by key with the model and its tokenizer."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,16 @@ def test_refusals_name_the_problem_and_touch_nothing(checkpoints, tmp_path):
     export_gguf(d, dest, force=True)
     assert dest.read_bytes()[:4] == b"GGUF"
     assert [p.name for p in tmp_path.iterdir()] == ["x.gguf"]  # no temporary file left behind
+
+
+def test_meta_llama3_without_its_scaling_factor_is_refused(tmp_path):
+    """params.json says use_scaled_rope but not the factor GGUF's rope_freqs need."""
+    import shutil
+
+    src = Path(__file__).resolve().parents[2] / "src" / "tunekit" / "assets" / "tiny_llama2" / "meta"
+    shutil.copytree(src, tmp_path / "meta")
+    params = json.loads((tmp_path / "meta" / "params.json").read_text())
+    (tmp_path / "meta" / "params.json").write_text(json.dumps({**params, "use_scaled_rope": True}))
+    with pytest.raises(GGUFExportError, match="use_scaled_rope=true.*HF-format files"):
+        export_gguf(tmp_path / "meta", tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()

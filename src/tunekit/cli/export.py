@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -39,13 +40,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _precheck(args: argparse.Namespace) -> str | None:
+    """The mistakes found without reading the model (and without importing torch): one paragraph or None.
+    ``export_gguf`` checks the same again for callers of the library."""
+    if args.dtype not in _DTYPES:
+        return (f"--dtype {args.dtype!r} is not a GGUF type export writes; choose one of {', '.join(_DTYPES)} "
+                f"(f16 is llama.cpp's usual choice; q8_0 halves it again with little loss).")
+    src, dest = Path(args.source).expanduser(), Path(args.dest).expanduser()
+    if not src.exists():
+        return (f"SRC {str(src)!r} does not exist. Give a run directory (its newest complete checkpoint is "
+                f"exported), a checkpoint directory (RUN/epoch_N) or an HF/Meta model directory.")
+    if dest.suffix.lower() != ".gguf":
+        return (f"DEST {str(dest)!r} does not end in .gguf; name the file to write, e.g. "
+                f"{dest.with_suffix('.gguf') if dest.suffix else dest / 'model.gguf'}.")
+    if dest.is_dir():
+        return (f"DEST {str(dest)!r} is a directory; give the path of the .gguf file to write, e.g. "
+                f"{dest / 'model.gguf'}.")
+    if (dest.exists() or dest.is_symlink()) and not args.force:
+        return (f"DEST {str(dest)!r} already exists; export never overwrites a file silently. Pass --force to "
+                f"replace it, or choose a new file name.")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tunekit export``; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.dtype not in _DTYPES:
-        print(f"tunekit export: error: --dtype {args.dtype!r} is not a GGUF type export writes; choose one of "
-              f"{', '.join(_DTYPES)} (f16 is llama.cpp's usual choice; q8_0 halves it again with little loss).",
-              file=sys.stderr)
+    problem = _precheck(args)
+    if problem is not None:
+        print(f"tunekit export: error: {problem}", file=sys.stderr)
         return 1
     from tunekit.checkpointing import CheckpointError  # torch: after --help and argument checks
     from tunekit.export import GGUFExportError, export_gguf
