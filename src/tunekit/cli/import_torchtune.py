@@ -44,7 +44,8 @@ def _read(path: Path) -> tuple[object, str | None]:
         return None, (f"CONFIG {str(path)!r} {what}; give the torchtune recipe YAML to translate (`tune cp "
                       f"llama2/7B_lora_single_device my.yaml` writes one).")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")), None
+        with path.open(encoding="utf-8") as f:  # a stream with a name: the error names the file
+            return yaml.safe_load(f), None
     except UnicodeDecodeError:
         return None, f"CONFIG {str(path)!r} is not UTF-8 text, so not a YAML config; give the torchtune recipe YAML."
     except yaml.YAMLError as err:
