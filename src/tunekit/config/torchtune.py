@@ -60,7 +60,8 @@ TORCHTUNE_KEYS: dict[str, tuple[str | None, str]] = {
     "checkpointer.output_dir": ("output_dir=/path/to/run", "a run writes into its own output_dir (the Hydra "
                                 "run directory by default); the checkpointer's output_dir follows it"),
 }
-_LOOSE = {key.rsplit(".", 1)[-1]: key for key in TORCHTUNE_KEYS if "." in key}
+# torchtune's model-builder arguments typed at the top level (``lora_rank=8``): named by their bare name too
+_LOOSE = {key.rsplit(".", 1)[-1]: key for key in TORCHTUNE_KEYS if key.startswith("model.")}
 
 # torchtune component (last dotted part) -> tunekit group option
 _OPTIMIZERS = {"torch.optim.AdamW": "adamw", "torch.optim.SGD": "sgd"}
