@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except TorchtuneConfigError as err:
         print(f"tunekit import-torchtune: error: {src}: {err}", file=sys.stderr)
         return 1
+    if out is not None:
+        done.target = str(out)
     if out is None:
         sys.stdout.write(done.text)
     else:

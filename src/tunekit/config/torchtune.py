@@ -72,6 +72,9 @@ _CHECKPOINTERS = {"FullModelHFCheckpointer": "hf", "FullModelMetaCheckpointer": 
 _INSTRUCT = ("alpaca_dataset", "alpaca_cleaned_dataset", "instruct_dataset")
 _CHAT = ("chat_dataset", "slimorca_dataset")
 _SIZE_SUFFIX = re.compile(r"_(base|instruct)$")
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+_FILE_SUFFIXES = {"json", "jsonl", "yaml", "yml", "csv", "tsv", "txt", "parquet", "arrow", "pt", "pth", "bin",
+                  "safetensors", "model", "gguf"}
 
 
 def _last(component: Any) -> str:
@@ -102,9 +105,9 @@ def torchtune_key_hint(full_key: str, value: str | None = None) -> str | None:
 def torchtune_option_hint(group: str, option: str) -> str | None:
     """For ``optimizer=torch.optim.AdamW`` (a component path where tunekit's groups take an option
     name): the option it corresponds to, or how to set the component."""
-    if "." not in option:
-        return None
-    known = {"optimizer": _OPTIMIZERS, "loss": {k: v for k, v in _LOSSES.items()},
+    if not _DOTTED.match(option) or option.rsplit(".", 1)[-1].lower() in _FILE_SUFFIXES:
+        return None  # not a pkg.Class path (`dataset=data.json` is a file given as an option)
+    known = {"optimizer": _OPTIMIZERS, "loss": _LOSSES,
              "metric_logger": _LOGGERS, "checkpointer": _CHECKPOINTERS}.get(group, {})
     match = known.get(option) or known.get(_last(option))
     if group == "model":
@@ -135,12 +138,13 @@ class Translation:
     not_carried: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     source: str = ""
+    target: str = "THIS.yaml"  # the file it is written to, named in the header
 
     @property
     def text(self) -> str:
         head = [f"# tunekit {self.recipe} config translated from torchtune's {self.source} by "
-                "`tunekit import-torchtune`.", "# Check it with `tunekit validate THIS.yaml`; run it with "
-                "`tunekit run THIS.yaml`."]
+                "`tunekit import-torchtune`.", f"# Check it with `tunekit validate {self.target}`; run it with "
+                f"`tunekit run {self.target}`."]
         if self.not_carried:
             head.append("# Not carried over (no tunekit equivalent, or a different behaviour):")
             head += [f"#   {key}: {why}" for key, why in self.not_carried]
@@ -275,7 +279,9 @@ def _tokenizer(r: _Reader, out: Translation) -> None:
             out.config["max_seq_len"] = int(value)
         elif f"tokenizer.{key}" in _keys(r.cfg):
             out.notes.append("tokenizer.max_seq_len: null (torchtune: no truncation) has no tunekit equivalent; "
-                             "max_seq_len keeps tunekit's default: raise it to your longest sample")
+                             "max_seq_len keeps tunekit's default of 512 tokens: raise it to your longest sample")
+    for key in ("merges_file", "special_tokens_path"):  # the tokenizer's other files: read with it
+        r.get(f"tokenizer.{key}")
     if r.get("tokenizer.prompt_template") is not None:
         out.not_carried.append(("tokenizer.prompt_template", "templates are a data set setting "
                                 "(dataset.template: alpaca | llama2_chat | model)"))

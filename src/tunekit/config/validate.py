@@ -175,7 +175,11 @@ def component_problems(
     problem = signature_problem(target, dotted, n_args, keys, partial)
     if problem is None:
         return []
-    hints = [h for h in (torchtune_key_hint(f"{path}.{k}") for k in keys) if h]  # model.lora_rank -> lora.rank
+    def given(k: str) -> str | None:
+        value = node._get_node(k)._value() if k in node else None
+        return None if value is None or isinstance(value, (DictConfig, ListConfig)) else str(value).lower()
+
+    hints = [h for h in (torchtune_key_hint(f"{path}.{k}", given(k)) for k in keys) if h]  # model.lora_rank
     return [f"`{path}`: {problem}" + "".join(f" {h}" for h in hints)]
 
 

@@ -151,8 +151,13 @@ def _read_model(source: str | Path, model_type: str | None, adapter: str | Path 
             f"exported), a checkpoint directory (RUN/epoch_N) or an HF/Meta model directory."
         )
     d = find_weights_dir(given, what="SRC")
-    found = resolve_checkpoint(given)
-    fmt = checkpoint_format(d) or "hf"
+    fmt = checkpoint_format(d)
+    if fmt is None:  # e.g. the newest checkpoint is a sharded step_N (state/dcp/ only, no model/)
+        raise GGUFExportError(
+            f"SRC {str(given)!r}: {d} holds no HF or Meta weights (a sharded FSDP step checkpoint keeps only "
+            f"state/dcp/). Export an epoch checkpoint (RUN/epoch_N), whose model/ holds the full weights."
+        )
+    found = resolve_checkpoint(d)
     config = _read_config(d, fmt)
     mt = get_model_type(model_type) if model_type is not None else _detect_model_type(d, fmt, config)
     gguf_architecture(mt)
