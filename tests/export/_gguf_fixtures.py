@@ -42,7 +42,7 @@ SPECS = {
                   {**_BASE, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0, "tie_word_embeddings": True,
                    "use_sliding_window": False}),
     "qwen3": Spec("Qwen3ForCausalLM", "Qwen3Config", "qwen3", "qwen2",
-                  {**_BASE, "head_dim": 32, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0,
+                  {**_BASE, "head_dim": 128, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0,
                    "tie_word_embeddings": False, "attention_bias": False, "use_sliding_window": False}),
 }
 

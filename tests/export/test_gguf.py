@@ -28,7 +28,8 @@ def exported(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf_out")
     done = {}
     for family, (d, _, _) in checkpoints.items():
-        export_gguf(d, out / f"{family}.gguf", dtype="f32")
+        # (transformers' GGUF reader switches to a Mistral path of its own when general.name says "mistral")
+        export_gguf(d, out / f"{family}.gguf", dtype="f32", name=f"tiny-{SPECS[family].arch}-{len(done)}")
         done[family] = read_gguf(out / f"{family}.gguf")
     return done
 
@@ -190,3 +191,19 @@ def test_meta_llama3_without_its_scaling_factor_is_refused(tmp_path):
     with pytest.raises(GGUFExportError, match="use_scaled_rope=true.*HF-format files"):
         export_gguf(tmp_path / "meta", tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("family", ["llama2", "mistral", "qwen2", "qwen3"])
+def test_transformers_gguf_reader_gets_the_same_model(family, checkpoints, exported, tmp_path_factory):
+    """transformers' own GGUF loader (an implementation of llama.cpp's conventions independent of this
+    one: it undoes llama.cpp's q/k order itself) builds the model from the file with the same logits.
+    (Llama 3 is left out: that loader ignores rope_freqs, the tensor carrying the RoPE scaling.)"""
+    from transformers import AutoModelForCausalLM
+
+    d, _, _ = checkpoints[family]
+    out = tmp_path_factory.getbasetemp() / "gguf_out0"
+    ref = AutoModelForCausalLM.from_pretrained(d).eval()
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file=f"{family}.gguf").eval()
+    tokens = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens).logits, ref(tokens).logits, atol=1e-5, rtol=0)
