@@ -207,3 +207,15 @@ def test_transformers_gguf_reader_gets_the_same_model(family, checkpoints, expor
     tokens = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens).logits, ref(tokens).logits, atol=1e-5, rtol=0)
+
+
+def test_vocabulary_is_padded_to_the_embedding_rows_and_a_larger_one_refused(tmp_path):
+    """Like Qwen2.5 (151665 tokens, 151936 rows): llama.cpp needs one token per embedding row."""
+    from tunekit.export import pad_vocab, read_vocab
+
+    d, _, _ = make_checkpoint("qwen2", tmp_path / "q")
+    v = read_vocab(d)
+    pad_vocab(v, 520)
+    assert v.tokens[512:] == [f"[PAD{i}]" for i in range(512, 520)] and set(v.types[512:]) == {5}
+    with pytest.raises(ValueError, match="512 tokens but the model has only 500 embedding rows"):
+        pad_vocab(read_vocab(d), 500)

@@ -14,7 +14,7 @@ from tunekit.export._gguf import (
     gguf_tensor_name,
     llama3_rope_factors,
 )
-from tunekit.export._gguf_vocab import GGUFVocab, read_vocab
+from tunekit.export._gguf_vocab import GGUFVocab, pad_vocab, read_vocab
 
 __all__ = [
     "GGUF_DTYPES",
@@ -25,5 +25,6 @@ __all__ = [
     "gguf_architecture",
     "gguf_tensor_name",
     "llama3_rope_factors",
+    "pad_vocab",
     "read_vocab",
 ]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from tunekit.checkpointing import checkpoint_format, find_weights_dir
-from tunekit.export._gguf_vocab import GGUFVocab, VocabError, read_vocab
+from tunekit.export._gguf_vocab import GGUFVocab, VocabError, pad_vocab, read_vocab
 from tunekit.generation import (
     check_adapter_not_merged,
     load_adapter,
@@ -396,10 +396,13 @@ def export_gguf(source: str | Path, dest: str | Path, *, dtype: str = "f16", ada
     _check_dest(out, force, m.weights_dir)
     try:
         vocab = read_vocab(m.weights_dir)
+        padded = int(m.dims.vocab_size) - len(vocab.tokens)
+        pad_vocab(vocab, int(m.dims.vocab_size))
     except VocabError as err:
         raise GGUFExportError(str(err)) from None
-    if len(vocab.tokens) != m.dims.vocab_size:
-        notes.append(f"the tokenizer has {len(vocab.tokens)} tokens for {m.dims.vocab_size} embedding rows")
+    if padded > 0:
+        notes.append(f"the tokenizer has {m.dims.vocab_size - padded} tokens for {m.dims.vocab_size} embedding "
+                     f"rows; the rest are written as unused [PAD] tokens, as llama.cpp's converter does")
     arch = gguf_architecture(m.mt)
     tensors = _tensors(gguf, m, arch)
     fallbacks: list[str] = []

@@ -22,7 +22,7 @@ from typing import Any
 
 from tunekit.tokenizers import LLAMA3_PATTERN, SentencePieceTokenizer, TokenizerError, tokenizer_from_dir
 
-__all__ = ["GGUFVocab", "read_vocab"]
+__all__ = ["GGUFVocab", "pad_vocab", "read_vocab"]
 
 # llama.cpp token types (gguf.TokenType values).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -188,3 +188,23 @@ def read_vocab(d: Path) -> GGUFVocab:
         f"top level, with tokenizer.json and config.json: `tunekit download` fetches them), or a checkpoint "
         f"of a run that used them."
     )
+
+
+def pad_vocab(v: GGUFVocab, n: int) -> None:
+    """Fill the vocabulary up to the model's ``n`` embedding rows with unused ``[PAD{i}]`` tokens, as
+    llama.cpp's converter does (Qwen2.5's tokenizer has 151665 tokens for 151936 rows): llama.cpp takes
+    its vocabulary size from the token list and checks it against the embedding.
+
+    Raises:
+        VocabError: the tokenizer has more tokens than the model has rows.
+    """
+    have = len(v.tokens)
+    if have > n:
+        raise VocabError(
+            f"{v.source} has {have} tokens but the model has only {n} embedding rows: they are not the same "
+            f"model's files (or the embedding was cut). Use the tokenizer the model was trained with."
+        )
+    v.tokens += [f"[PAD{i}]" for i in range(have, n)]
+    v.types += [UNUSED] * (n - have)
+    if v.scores is not None:
+        v.scores += [-1000.0] * (n - have)
