@@ -33,7 +33,10 @@ def test_every_translated_config_validates(name, tmp_path, capsys):
     header = out.read_text().split("defaults:")[0]
     for key, _ in _translate(name).not_carried:  # the file says what was left behind, as stderr did
         assert key in header and f"not carried over: {key}" in err
-    source = [] if "source" in yaml.safe_load(out.read_text()).get("dataset", {}) else ["dataset.source=alpaca_tiny"]
+    written = yaml.safe_load(out.read_text())
+    # the shipped recipe's hydra settings come along (no token-bearing .hydra record, sweep summary)
+    assert written["hydra"]["output_subdir"] == "${tunekit.hydra_subdir:}" and "sweep_summary" in written["hydra"]["callbacks"]
+    source = [] if "source" in written.get("dataset", {}) else ["dataset.source=alpaca_tiny"]
     assert tunekit(["validate", str(out), *source, "--no-build"]) == 0, capsys.readouterr().err
     assert "OK:" in capsys.readouterr().out
 

@@ -52,6 +52,18 @@ def _read(path: Path) -> tuple[object, str | None]:
         return None, yaml_error_text(err)
 
 
+def _shipped_hydra(conf: Path, data: object) -> dict | None:
+    """The ``hydra:`` node of the shipped primary config of the recipe the translation will use."""
+    model = data.get("model") if isinstance(data, dict) else None
+    component = str(model.get("_component_", "")) if isinstance(model, dict) else ""
+    recipe = "lora_finetune" if component.rsplit(".", 1)[-1].startswith(("lora_", "qlora_")) else "full_finetune"
+    try:
+        shipped = yaml.safe_load((conf / f"{recipe}.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return shipped.get("hydra") if isinstance(shipped.get("hydra"), dict) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tunekit import-torchtune``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -74,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     models = {p.stem for p in (config_dir() / "model").glob("*.yaml")}
     try:
-        done = translate(data, source=src.name, models=models)
+        done = translate(data, source=src.name, models=models, hydra=_shipped_hydra(config_dir(), data))
     except TorchtuneConfigError as err:
         print(f"tunekit import-torchtune: error: {src}: {err}", file=sys.stderr)
         return 1

@@ -446,12 +446,22 @@ def _training(r: _Reader, out: Translation) -> None:
             out.not_carried.append((f"{key}: {value}", TORCHTUNE_KEYS[key][1]))
 
 
-def translate(cfg: Any, *, source: str = "config", models: set[str] | None = None) -> Translation:
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def translate(cfg: Any, *, source: str = "config", models: set[str] | None = None,
+              hydra: dict[str, Any] | None = None) -> Translation:
     """A tunekit primary config equivalent to torchtune recipe config ``cfg`` (a parsed YAML mapping).
 
     Args:
         source: the file's name, for the header and messages.
         models: tunekit's model options (``conf/model/*.yaml`` stems); None accepts any name.
+        hydra: the shipped primary config's ``hydra:`` node (run/sweep directories, the record that
+            keeps tokens off disk, the sweep summary), kept in the translation under its own settings.
 
     Raises:
         TorchtuneConfigError: nothing sensible can be written (no model, an unknown model, a recipe
@@ -476,6 +486,8 @@ def translate(cfg: Any, *, source: str = "config", models: set[str] | None = Non
         hint = TORCHTUNE_KEYS.get(key)
         why = hint[1] if hint is not None else "no tunekit equivalent known"
         out.not_carried.append((key, why))
+    if hydra:
+        out.config["hydra"] = _merged(hydra, out.config.get("hydra", {}))
     order = ["model", "checkpointer", "tokenizer", "dataset", "optimizer", "lr_scheduler", "loss", "metric_logger"]
     out.defaults = {g: out.defaults[g] for g in order if g in out.defaults}
     return out
