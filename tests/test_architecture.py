@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "checkpointing": {"config", "distributed", "models", "modules"},
     "training": {"distributed", "models", "modules"},
     "generation": {"checkpointing", "config", "data", "distributed", "models", "modules", "tokenizers"},
+    "export": {"checkpointing", "config", "distributed", "generation", "models", "modules", "tokenizers"},
     "run": ALL - {"cli", "run"},
     "cli": ALL - {"cli"},
 }

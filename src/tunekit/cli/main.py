@@ -1,4 +1,5 @@
-"""The ``tunekit`` command: ls, cp, validate, run (and plug-in subcommands: download, convert).
+"""The ``tunekit`` command: ls, cp, validate, run (and plug-in subcommands: download, convert, export,
+import-torchtune).
 
 Nothing here imports torch at module level; ``validate`` imports the modules that config
 nodes name (which may import torch) but builds nothing.
@@ -22,6 +23,8 @@ __all__ = ["EXTERNAL_COMMANDS", "config_groups", "list_recipes", "main"]
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("tunekit.cli.download", "download a model from the Hugging Face Hub"),
     "convert": ("tunekit.cli.convert", "write a checkpoint in HF or Meta format"),
+    "export": ("tunekit.cli.export", "write a model, checkpoint or run as one GGUF file for llama.cpp"),
+    "import-torchtune": ("tunekit.cli.import_torchtune", "translate a torchtune recipe config into a tunekit one"),
 }
 
 _EPILOG = """\

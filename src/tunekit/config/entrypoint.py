@@ -28,6 +28,7 @@ from tunekit.config.errors import (
 )
 from tunekit.config.schemas import SCHEMAS
 from tunekit.config.secrets import redact, redact_override, secret_problems
+from tunekit.config.torchtune import torchtune_key_hint
 from tunekit.config.validate import check_config, format_problems
 
 __all__ = [
@@ -105,8 +106,11 @@ def unknown_yaml_keys(path: Path, schema: type | None) -> list[str]:
                 continue
             if key not in fields:
                 scope = f"under `{prefix[:-1]}`" if prefix else "at the top level"
+                given = None if isinstance(value, (dict, list)) else str(value).lower()
+                torchtune = torchtune_key_hint(f"{prefix}{key}", given)  # resume_from_checkpoint -> resume=auto
+                hint = f" {torchtune}" if torchtune else did_you_mean(str(key), fields)
                 problems.append(
-                    f"{path}: unknown key `{prefix}{key}` ({scope}).{did_you_mean(str(key), fields)}"
+                    f"{path}: unknown key `{prefix}{key}` ({scope}).{hint}"
                     f" Valid keys {scope}: {', '.join(fields)}."
                 )
             elif dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):

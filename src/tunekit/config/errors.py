@@ -30,6 +30,8 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from tunekit.config.torchtune import torchtune_key_hint, torchtune_option_hint
+
 __all__ = [
     "ConfigError",
     "close_matches",
@@ -108,7 +110,10 @@ def _explain_omegaconf(err: OmegaConfBaseException, override: str | None) -> str
         valid = [k for k in _node_keys(parent) if k != "hydra"]
         parent_key = full_key.rsplit(".", 1)[0] if "." in full_key else ""
         scope = f"under `{parent_key}`" if parent_key else "at the top level"
-        text = f"{where}: unknown key `{full_key or key}` ({scope}).{did_you_mean(key, valid)}"
+        given = override.split("=", 1)[1] if override and "=" in override else None
+        torchtune = torchtune_key_hint(full_key or key, given)
+        hint = f" {torchtune}" if torchtune else did_you_mean(key, valid)
+        text = f"{where}: unknown key `{full_key or key}` ({scope}).{hint}"
         if valid:
             text += f" Valid keys {scope}: {', '.join(valid)}."
         if override:
@@ -141,6 +146,10 @@ def _explain_missing_config(err: MissingConfigException, override: str | None) -
     missing = err.missing_cfg_file or ""
     options = list(err.options or [])
     group, _, option = missing.rpartition("/")
+    torchtune = torchtune_option_hint(group, option) if group else None
+    if torchtune:
+        return (f"`{override or f'{group}={option}'}`: {torchtune} Valid options for `{group}`:"
+                f" {', '.join(sorted(options))}." if options else torchtune)
     if group and options:
         text = (
             f"`{override or f'{group}={option}'}`: config group `{group}` has no option"

@@ -29,6 +29,7 @@ from tunekit.config.errors import ConfigError, close_matches, did_you_mean, para
 from tunekit.config.required import required_value_problems
 from tunekit.config.schemas import SCHEMAS, schema_problems
 from tunekit.config.secrets import secret_problems
+from tunekit.config.torchtune import torchtune_key_hint
 
 __all__ = [
     "check_config",
@@ -172,7 +173,14 @@ def component_problems(
     keys = [k for k in node.keys() if k not in _HYDRA_KEYS] + list(extra_keys)
     partial = bool(node._get_node("_partial_")._value()) if "_partial_" in node else False
     problem = signature_problem(target, dotted, n_args, keys, partial)
-    return [f"`{path}`: {problem}"] if problem else []
+    if problem is None:
+        return []
+    def given(k: str) -> str | None:
+        value = node._get_node(k)._value() if k in node else None
+        return None if value is None or isinstance(value, (DictConfig, ListConfig)) else str(value).lower()
+
+    hints = [h for h in (torchtune_key_hint(f"{path}.{k}", given(k)) for k in keys) if h]  # model.lora_rank
+    return [f"`{path}`: {problem}" + "".join(f" {h}" for h in hints)]
 
 
 def _walk(node: Any) -> Iterator[Any]:
