@@ -44,8 +44,8 @@ class Loss(Protocol):
 
 
 def _model_kwargs(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The optional packing inputs (``mask``, ``input_pos``) present in ``batch``."""
-    return {k: batch[k] for k in ("mask", "input_pos") if batch.get(k) is not None}
+    """The optional packing inputs (``mask``, ``input_pos``, ``doc_ids``, ``cu_seqlens``) in ``batch``."""
+    return {k: batch[k] for k in ("mask", "input_pos", "doc_ids", "cu_seqlens") if batch.get(k) is not None}
 
 
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
