@@ -207,6 +207,9 @@ class _TrainSettings(_RunSettings):
     max_eval_batches: Optional[int] = setting(None, _at_least(1), doc="Cap per evaluation; null: all.")
     handle_signals: bool = setting(True, doc="SIGTERM/SIGINT: finish the step, save, exit 0.")
     log_every_n_steps: int = setting(10, _at_least(1))
+    mfu_peak_tflops: Optional[float] = setting(
+        None, _positive, doc="Peak dense TFLOP/s for the logged MFU; null: known GPUs' datasheet bf16 rate."
+    )
     max_seq_len: int = setting(512, _at_least(2))
     packed: bool = setting(False, doc="Pack samples into max_seq_len rows.")
     train_on_input: bool = setting(False, doc="Also take the loss on the prompt tokens.")

@@ -36,6 +36,8 @@ class TrainSettings:
         ac_every_k_layers: with activation_checkpointing, checkpoint every k-th layer only.
         seed: seeds python/numpy/torch at the start of a fresh run.
         handle_signals: SIGTERM/SIGINT finish the step, save a step checkpoint and return.
+        mfu_peak_tflops: the device's peak dense TFLOP/s for the logged MFU (None: the known
+            GPUs' table in ``training.throughput``; no MFU on other devices).
     """
 
     epochs: int
@@ -54,6 +56,7 @@ class TrainSettings:
     ac_every_k_layers: int
     seed: int
     handle_signals: bool
+    mfu_peak_tflops: float | None = None
 
     def problems(self) -> list[str]:
         """Every invalid value, one message each (empty when valid)."""
@@ -68,6 +71,8 @@ class TrainSettings:
                 out.append(f"{name} must be >= 1 or null, got {v}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             out.append(f"clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
+        if self.mfu_peak_tflops is not None and not self.mfu_peak_tflops > 0:
+            out.append(f"mfu_peak_tflops must be > 0 or null, got {self.mfu_peak_tflops}")
         if self.ac_policy not in AC_POLICIES:
             out.append(f"ac_policy must be one of {', '.join(AC_POLICIES)}, got {self.ac_policy!r}")
         try:
