@@ -129,3 +129,14 @@ def test_cuda_document_attention_matches_dense_bf16(impl) -> None:
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
     out.float().sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_the_attention_setting_reaches_the_model_and_is_validated() -> None:
+    from tunekit.run.settings import train_settings
+    from tunekit.training import prepare_model
+
+    model = _model()
+    prepare_model(model, train_settings(device="cpu", attention="varlen"))
+    assert model.attention == "varlen"
+    with pytest.raises(ValueError, match="attention must be one of auto, sdpa, flex, varlen, got 'dense'"):
+        prepare_model(model, train_settings(device="cpu", attention="dense"))

@@ -212,6 +212,11 @@ class _TrainSettings(_RunSettings):
     )
     max_seq_len: int = setting(512, _at_least(2))
     packed: bool = setting(False, doc="Pack samples into max_seq_len rows.")
+    attention: str = setting(
+        "auto", _one_of(("auto", "sdpa", "flex", "varlen")),
+        doc="How packed rows attend: auto = flash varlen (CUDA bf16) / flex (CUDA) / dense mask (CPU);"
+            " sdpa = dense [b, s, s] mask; flex; varlen.",
+    )
     train_on_input: bool = setting(False, doc="Also take the loss on the prompt tokens.")
     resume: Optional[str] = setting(None, _dir_or_auto, doc='A run/epoch dir or "auto".')
     resume_accept: List[str] = setting(

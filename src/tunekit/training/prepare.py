@@ -104,6 +104,8 @@ def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
         problems += _sharded_wrapping_problems(model, settings)
     if problems:
         raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
+    if hasattr(model, "set_attention"):  # how packed rows attend (TransformerDecoder)
+        model.set_attention(settings.attention)
     if is_sharded(model):
         return get_device(settings.device)
     if is_distributed() and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
