@@ -297,6 +297,10 @@ class GenerateSchema(_RunSettings):
     top_k: Optional[int] = setting(50, _at_least(1))
     top_p: Optional[float] = setting(None, _in_range(0.0, 1.0, high_inclusive=True))
     max_new_tokens: int = setting(128, _at_least(1))
+    quantize: Optional[str] = setting(
+        None, _one_of(("int8",)),
+        doc="int8 = int8 weight-only linears (per-channel scales): half the bytes per token; null = as loaded.",
+    )
     paths: PathsConfig = field(default_factory=PathsConfig)
     model_info: ModelInfo = field(default_factory=ModelInfo)
     model: Any = None
