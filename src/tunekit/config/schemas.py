@@ -212,6 +212,9 @@ class _TrainSettings(_RunSettings):
     )
     max_seq_len: int = setting(512, _at_least(2))
     packed: bool = setting(False, doc="Pack samples into max_seq_len rows.")
+    fp8_base: bool = setting(
+        False, doc="LoRA on Hopper GPUs: frozen base weights' GEMMs in FP8 (row-wise scales); numerics differ."
+    )
     attention: str = setting(
         "auto", _one_of(("auto", "sdpa", "flex", "varlen")),
         doc="How packed rows attend: auto = flash varlen (CUDA bf16) / flex (CUDA) / dense mask (CPU);"

@@ -31,6 +31,7 @@ from tunekit.modules.peft import reset_all_parameters
 from tunekit.training.activation_checkpointing import apply_activation_checkpointing, is_checkpointed
 from tunekit.training.compile import compile_loss, compile_model
 from tunekit.training.device import get_device
+from tunekit.training.fp8 import apply_fp8_base_, fp8_base_problems
 from tunekit.training.precision import get_dtype
 from tunekit.training.settings import AC_POLICIES, TrainSettings
 
@@ -102,6 +103,8 @@ def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
     problems = settings.problems()
     if is_sharded(model):
         problems += _sharded_wrapping_problems(model, settings)
+        if settings.fp8_base:
+            problems.append("fp8_base=true is not supported with FSDP sharding yet: set fp8_base=false")
     if problems:
         raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
     if hasattr(model, "set_attention"):  # how packed rows attend (TransformerDecoder)
@@ -115,8 +118,12 @@ def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
             "would otherwise train its own copy on its share of the data)"
         )
     device = get_device(settings.device)
+    if settings.fp8_base and fp8_base_problems(device, model):
+        raise ValueError("invalid training settings:\n  - " + "\n  - ".join(fp8_base_problems(device, model)))
     model.to(device)
     cast_params_(model, get_dtype(settings.dtype, device))
+    if settings.fp8_base:  # FP8 copies of the frozen base weights, made once (after the cast)
+        apply_fp8_base_(model)
     if settings.activation_checkpointing:
         apply_activation_checkpointing(model, every_k_layers=settings.ac_every_k_layers,
                                        save_matmuls=settings.ac_policy == "selective")

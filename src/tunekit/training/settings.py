@@ -40,6 +40,8 @@ class TrainSettings:
         attention: how packed rows (``doc_ids`` batches) attend: ``auto`` (flash varlen on CUDA
             in bf16/fp16, flex attention on other CUDA runs, the dense mask elsewhere), ``sdpa``
             (dense ``[b, s, s]`` mask), ``flex`` or ``varlen`` (``TransformerDecoder.set_attention``).
+        fp8_base: LoRA only, Hopper GPUs: the frozen base weights' forward and input-gradient
+            GEMMs in FP8 with row-wise scales (``training.fp8``); opt-in, numerics differ.
         mfu_peak_tflops: the device's peak dense TFLOP/s for the logged MFU (None: the known
             GPUs' table in ``training.throughput``; no MFU on other devices).
     """
@@ -61,6 +63,7 @@ class TrainSettings:
     seed: int
     handle_signals: bool
     attention: str = "auto"
+    fp8_base: bool = False
     mfu_peak_tflops: float | None = None
 
     def problems(self) -> list[str]:
