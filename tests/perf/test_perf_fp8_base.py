@@ -108,7 +108,7 @@ def test_fp8_base_refused_where_it_cannot_run() -> None:
         full = llama2(vocab_size=64, num_layers=1, num_heads=2, num_kv_heads=2, embed_dim=32,
                       intermediate_dim=32, max_seq_len=8)
     assert any("no LoRA layers" in p for p in fp8_base_problems(torch.device("cpu"), full))
-    with pytest.raises(ValueError, match="fp8_base=true needs an NVIDIA Hopper GPU"):
+    with pytest.raises(ValueError, match="`fp8_base`: fp8_base=true needs an NVIDIA Hopper GPU"):
         prepare_model(_lora_model(), train_settings(device="cpu", fp8_base=True))
 
 

@@ -260,6 +260,11 @@ class _TrainSettings(_RunSettings):
                 f"`eval_every_n_steps`={cfg.eval_every_n_steps} would never evaluate: `dataset.val_fraction`=0 holds"
                 " out no validation rows; set dataset.val_fraction=0.1 (for example) or unset eval_every_n_steps"
             )
+        if cfg.fp8_base and "lora" not in cfg:
+            problems.append("`fp8_base`=true puts the frozen base weights of a LoRA run in FP8; full fine-tuning"
+                            " updates every weight: set fp8_base=false (or fine-tune with lora_finetune)")
+        elif cfg.fp8_base and cfg.lora.use_dora:
+            problems.append("`fp8_base`=true does not support DoRA (`lora.use_dora`=true): set one of them to false")
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
             # Only step_N checkpoints are pruned; epoch_N ones are always kept.
             problems.append(

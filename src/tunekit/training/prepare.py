@@ -33,7 +33,7 @@ from tunekit.training.compile import compile_loss, compile_model
 from tunekit.training.device import get_device
 from tunekit.training.fp8 import apply_fp8_base_, fp8_base_problems
 from tunekit.training.precision import get_dtype
-from tunekit.training.settings import AC_POLICIES, TrainSettings
+from tunekit.training.settings import AC_POLICIES, SettingUnsupportedHere, TrainSettings
 
 __all__ = [
     "cast_params_",
@@ -89,6 +89,16 @@ def _sharded_wrapping_problems(model: nn.Module, settings: TrainSettings) -> lis
     return out
 
 
+def _check_runnable_here(model: nn.Module, settings: TrainSettings, device: torch.device) -> None:
+    """Settings valid in themselves that this device or model cannot run (one paragraph)."""
+    problems = fp8_base_problems(device, model) if settings.fp8_base else []
+    if settings.attention == "flex" and device.type != "cuda":
+        problems.append(f"attention=flex trains only on CUDA (torch's flex attention has no backward on the "
+                        f"{device.type}); set attention=auto (the dense mask there) or attention=varlen")
+    if problems:
+        raise SettingUnsupportedHere(" ".join(f"`{p.split('=')[0]}`: {p}." for p in problems))
+
+
 def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
     """Make ``model`` ready for :func:`~tunekit.training.loop.train`; returns the device it runs on.
 
@@ -118,8 +128,7 @@ def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
             "would otherwise train its own copy on its share of the data)"
         )
     device = get_device(settings.device)
-    if settings.fp8_base and fp8_base_problems(device, model):
-        raise ValueError("invalid training settings:\n  - " + "\n  - ".join(fp8_base_problems(device, model)))
+    _check_runnable_here(model, settings, device)
     model.to(device)
     cast_params_(model, get_dtype(settings.dtype, device))
     if settings.fp8_base:  # FP8 copies of the frozen base weights, made once (after the cast)

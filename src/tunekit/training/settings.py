@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from tunekit.modules.attention import ATTENTION_IMPLS
 from tunekit.training.precision import get_dtype
 
-__all__ = ["AC_POLICIES", "TrainSettings", "num_training_steps", "steps_per_epoch"]
+__all__ = ["AC_POLICIES", "SettingUnsupportedHere", "TrainSettings", "num_training_steps", "steps_per_epoch"]
+
+
+class SettingUnsupportedHere(ValueError):
+    """A valid setting that this device or model cannot run (e.g. ``fp8_base=true`` on the CPU);
+    the message names the setting, why, and what to set instead (shown as one paragraph)."""
 
 AC_POLICIES = ("full", "selective")
 
