@@ -45,10 +45,12 @@ def test_int8_linear_equals_its_dequantized_matmul(dtype) -> None:
     lin = Int8WeightOnlyLinear.from_weight(torch.randn(24, 32, dtype=dtype))
     x = torch.randn(2, 5, 32, dtype=dtype)
     ref = torch.nn.functional.linear(x.float(), lin.dequantized().float())
-    out = lin(x)
-    assert out.shape == (2, 5, 24) and out.dtype == dtype
-    torch.testing.assert_close(out.float(), ref, rtol=1e-5 if dtype == torch.float32 else 2e-2,
-                               atol=1e-5 if dtype == torch.float32 else 5e-2)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
+    for pack_mm in (True, False):  # the int8 GEMM kernel, and the dequantizing fallback
+        lin.use_pack_mm = pack_mm
+        out = lin(x)
+        assert out.shape == (2, 5, 24) and out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref, **tol)
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -140,3 +140,35 @@ def test_the_attention_setting_reaches_the_model_and_is_validated() -> None:
     assert model.attention == "varlen"
     with pytest.raises(ValueError, match="attention must be one of auto, sdpa, flex, varlen, got 'dense'"):
         prepare_model(model, train_settings(device="cpu", attention="dense"))
+
+
+@pytest.mark.parametrize("api", ["window_size+enable_gqa", "is_causal"])
+def test_flash_varlen_call_adapts_to_the_torch_release(monkeypatch, api) -> None:
+    """torch's varlen_attn keywords changed across releases; the call adapts (checked with a stand-in kernel)."""
+    from tunekit.modules import attention
+
+    seen = {}
+
+    def window_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=False):
+        seen.update(window_size=window_size, enable_gqa=enable_gqa, kv_heads=k.shape[1])
+        return attention._varlen_reference(q, k, v, cu_q)
+
+    def causal_kernel(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False):
+        seen.update(is_causal=is_causal, kv_heads=k.shape[1])
+        return attention._varlen_reference(q, k, v, cu_q)
+
+    kernel = window_kernel if api.startswith("window") else causal_kernel
+    import inspect
+
+    monkeypatch.setattr(attention, "_VARLEN", [(kernel, frozenset(inspect.signature(kernel).parameters))])
+    batch = _batch()
+    b, s = batch["tokens"].shape
+    torch.manual_seed(0)
+    q, k, v = torch.randn(b * s, 4, 8), torch.randn(b * s, 2, 8), torch.randn(b * s, 2, 8)
+    docs = VarlenDocuments(batch["cu_seqlens"], s)
+    out = attention._flash_varlen(q, k, v, docs)
+    torch.testing.assert_close(out, attention._varlen_reference(q, k, v, batch["cu_seqlens"]))
+    if api.startswith("window"):
+        assert seen == {"window_size": (-1, 0), "enable_gqa": True, "kv_heads": 2}
+    else:
+        assert seen == {"is_causal": True, "kv_heads": 4}  # K/V heads repeated for an API without GQA

@@ -5,8 +5,8 @@ bandwidth / weight bytes; int8 weights halve the bytes of bf16 ones. Each ``nn.L
 the decoder (and the output projection, tied or not) becomes an :class:`Int8WeightOnlyLinear`:
 per-output-channel symmetric scales ``s = max|W_row| / 127`` and ``q = round(W / s)`` in
 [-127, 127]; activations stay in the model dtype and ``y = (x @ q.T) * s``. The matmul is
-``torch._weight_int8pack_mm`` (int8 weights read as they are, on CUDA and CPU) where torch
-has it, else a dequantizing ``F.linear``. The token embedding stays as it is (a lookup reads
+``torch._weight_int8pack_mm`` (int8 weights read as they are, on CUDA and CPU) where it runs
+(probed once per device and dtype), else a dequantizing ``F.linear``. The token embedding stays as it is (a lookup reads
 one row per token). Quality cost: one rounding of each weight to 8 bits (relative error per
 weight <= 1/254 of its row's largest); ``benchmarks/generate_7b.py`` measures perplexity vs bf16.
 """
@@ -34,8 +34,25 @@ def quantize_per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch
     return q, scale
 
 
-def _pack_mm_available() -> bool:
-    return hasattr(torch, "_weight_int8pack_mm")
+_PACK_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def pack_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch._weight_int8pack_mm`` runs for ``dtype`` activations on ``device``
+    (probed once on a small matmul: its CUDA kernel came later than the CPU one)."""
+    key = (str(device), dtype)
+    if key not in _PACK_MM_OK:
+        ok = hasattr(torch, "_weight_int8pack_mm")
+        if ok:
+            try:
+                x = torch.ones(2, 64, dtype=dtype, device=device)
+                w = torch.ones(32, 64, dtype=torch.int8, device=device)
+                y = torch._weight_int8pack_mm(x, w, torch.full((32,), 0.5, dtype=dtype, device=device))
+                ok = bool((y.float() == 32.0).all())
+            except (RuntimeError, NotImplementedError):
+                ok = False
+        _PACK_MM_OK[key] = ok
+    return _PACK_MM_OK[key]
 
 
 class Int8WeightOnlyLinear(nn.Module):
@@ -52,6 +69,8 @@ class Int8WeightOnlyLinear(nn.Module):
         self.out_features, self.in_features = weight_int8.shape
         self.register_buffer("weight", weight_int8)
         self.register_buffer("scale", scale.to(dtype))
+        # decided once (a static branch for torch.compile): int8 GEMM kernel, else dequantize
+        self.use_pack_mm = pack_mm_works(weight_int8.device, dtype)
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor) -> Int8WeightOnlyLinear:
@@ -66,7 +85,7 @@ class Int8WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # [n, in]
         scale = self.scale if self.scale.dtype == x.dtype else self.scale.to(x.dtype)
-        if _pack_mm_available() and x.dtype in (torch.bfloat16, torch.float16, torch.float32):
+        if self.use_pack_mm and x.dtype == self.scale.dtype:
             y = torch._weight_int8pack_mm(x2.contiguous(), self.weight, scale)  # [n, out]
         else:
             y = F.linear(x2, self.weight.to(x.dtype)) * scale

@@ -156,12 +156,40 @@ def document_attention_mask(impl: str, doc_ids: torch.Tensor, cu_seqlens: torch.
     return VarlenDocuments(cu_seqlens=cu, max_len=doc_ids.shape[1])
 
 
+_VARLEN: list[Any] = []  # [(kernel or None, its keyword names)] once looked up
+
+
+def _varlen_kernel() -> tuple[Callable[..., torch.Tensor] | None, frozenset[str]]:
+    """torch's flash varlen function and its keyword names (they changed across releases)."""
+    if not _VARLEN:
+        try:
+            import inspect
+
+            from torch.nn.attention.varlen import varlen_attn
+
+            names = frozenset(inspect.signature(varlen_attn).parameters)
+            usable = "window_size" in names or "is_causal" in names
+            _VARLEN.append((varlen_attn if usable else None, names))
+        except (ImportError, ValueError, TypeError):  # torch < 2.9
+            _VARLEN.append((None, frozenset()))
+    return _VARLEN[0]
+
+
 def _varlen_attn() -> Callable[..., torch.Tensor] | None:
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # torch < 2.9
-        return None
-    return varlen_attn
+    return _varlen_kernel()[0]
+
+
+def _flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: VarlenDocuments) -> torch.Tensor:
+    """Causal flash varlen attention on ``[T, heads, hd]`` tensors, whatever torch's keywords."""
+    kernel, names = _varlen_kernel()
+    causal = {"window_size": (-1, 0)} if "window_size" in names else {"is_causal": True}
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in names:
+            causal["enable_gqa"] = True
+        else:  # an older varlen_attn: repeat K/V heads (same head order as enable_gqa)
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return kernel(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_len, docs.max_len, **causal)
 
 
 def _varlen_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
@@ -193,10 +221,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: Va
     """
     b, s, n, hd = q.shape
     qf, kf, vf = q.reshape(b * s, n, hd), k.reshape(b * s, -1, hd), v.reshape(b * s, -1, hd)
-    kernel = _varlen_attn()
-    if q.is_cuda and kernel is not None:
-        out = kernel(qf, kf, vf, docs.cu_seqlens, docs.cu_seqlens, docs.max_len, docs.max_len,
-                     window_size=(-1, 0), enable_gqa=kf.shape[1] != n)
+    if q.is_cuda and _varlen_attn() is not None:
+        out = _flash_varlen(qf, kf, vf, docs)
     else:
         out = _varlen_reference(qf, kf, vf, docs.cu_seqlens)
     return out.view(b, s, n, hd)
