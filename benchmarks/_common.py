@@ -149,9 +149,14 @@ def packed_loader_parts(cfg: dict, shape: dict, n_rows: int):
 
     from tunekit.data import PackedDataset, packed_collate
 
-    docs = synthetic_documents(int(n_rows * cfg["seq"] * 1.1), shape["vocab_size"], cfg.get("doc_min", 64),
-                               cfg.get("doc_max", 512))
-    ds = PackedDataset(docs, max_seq_len=cfg["seq"], pad_id=0)
+    factor = 1.2
+    while True:  # greedy packing pads each row: make documents until there are enough rows
+        docs = synthetic_documents(int(n_rows * cfg["seq"] * factor), shape["vocab_size"], cfg.get("doc_min", 64),
+                                   cfg.get("doc_max", 512))
+        ds = PackedDataset(docs, max_seq_len=cfg["seq"], pad_id=0)
+        if len(ds) >= n_rows or factor > 8:
+            break
+        factor *= 1.5
     return ds, partial(packed_collate, dense_mask=cfg.get("attention") == "dense")
 
 

@@ -11,7 +11,8 @@ AdamW, chunked CE unless --loss fused) through ``tunekit.training.train`` in a f
 - ``dense``: the same rows with the dense ``[b, s, s]`` mask built in collate (the path before
   this change: SDPA with a mask, no flash kernel, memory quadratic in the row);
 - ``flex``: ``attention=flex`` (flex-attention block mask, compiled);
-- ``long``: one packed row of --long-seq tokens (default 32768) with activation checkpointing,
+- ``long``: one packed row of --long-seq tokens (default 32768; documents of --long-doc-min ..
+  --long-doc-max tokens, default 4096..32768: long-context data) with activation checkpointing,
   ``attention=auto``; ``long-dense`` the same with the dense mask (expect the memory to show
   why it does not scale; off by default).
 
@@ -42,7 +43,7 @@ def row_config(name: str, a: argparse.Namespace) -> dict:
     cfg = dict(system="tunekit", mode=a.mode, tiny=a.tiny, device=a.device, steps=a.steps, warmup=a.warmup,
                compile=a.compile, ac=a.ac == "on" or long, ac_every_k=1, loss=a.loss, fp8_base=a.fp8,
                batch=1 if long else a.batch, seq=a.long_seq if long else a.seq, variant=name,
-               doc_min=a.doc_min, doc_max=a.doc_max)
+               doc_min=a.long_doc_min if long else a.doc_min, doc_max=a.long_doc_max if long else a.doc_max)
     if name != "unpacked":
         cfg.update(packed=True, attention="dense" if name.endswith("dense") else
                    ("flex" if name == "flex" else "auto"))
@@ -62,6 +63,8 @@ def main() -> None:
     p.add_argument("--long-seq", type=int, default=None, help="the long row (default 32768; tiny 256)")
     p.add_argument("--doc-min", type=int, default=None, help="shortest document (default 64; tiny 4)")
     p.add_argument("--doc-max", type=int, default=None, help="longest document (default 512; tiny 24)")
+    p.add_argument("--long-doc-min", type=int, default=None, help="long row's shortest document (default long-seq/8)")
+    p.add_argument("--long-doc-max", type=int, default=None, help="long row's longest document (default long-seq)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 10; tiny 2)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--ac", default="off", choices=("off", "on"), help="AC for the 2048 rows (long rows: always on)")
@@ -76,6 +79,8 @@ def main() -> None:
     a.long_seq = a.long_seq or (256 if a.tiny else 32768)
     a.doc_min = a.doc_min or (4 if a.tiny else 64)
     a.doc_max = a.doc_max or (24 if a.tiny else 512)
+    a.long_doc_min = a.long_doc_min or a.long_seq // 8
+    a.long_doc_max = a.long_doc_max or a.long_seq
     a.steps = a.steps or (2 if a.tiny else 10)
     a.compile = a.device.startswith("cuda") if a.compile is None else a.compile
     rows = []
