@@ -131,3 +131,16 @@ def test_cuda_fp8_gemms_equal_the_emulation() -> None:
     out.backward(g)
     ref.backward(g)
     torch.testing.assert_close(x.grad, x2.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_fp8_linear_traces_in_one_graph() -> None:
+    """The recipe compiles each decoder layer: the FP8 path must trace without a graph break."""
+    lin = LoRALinear(32, 48, rank=4, alpha=8.0)
+    lin.weight.requires_grad_(False)
+    apply_fp8_base_(lin, emulate=True)
+    x = torch.randn(4, 32, requires_grad=True)
+    ref = lin(x)
+    out = torch.compile(lin, backend="eager", fullgraph=True)(x)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert x.grad is not None and lin.lora_a.weight.grad is not None

@@ -56,7 +56,7 @@ class _Fp8Linear(torch.autograd.Function):
     """``x W^T (+ bias) + scaling * B(A(xa))`` with the base GEMMs in FP8 (see the module doc)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, xa: torch.Tensor, w_q: torch.Tensor, wt_q: torch.Tensor,
+    def forward(ctx: Any, x: torch.Tensor, xa: torch.Tensor | None, w_q: torch.Tensor, wt_q: torch.Tensor,
                 w_scale: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor | None,
                 lora_b: torch.Tensor | None, scaling: float, emulate: bool) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])  # [n, in]
@@ -65,13 +65,13 @@ class _Fp8Linear(torch.autograd.Function):
         if bias is not None:
             out = out + bias
         a = None
-        xa2 = xa.reshape(-1, xa.shape[-1])
+        ctx.dropout = xa is not None  # the adapter's input (dropout(x)) when it is not x itself
+        xa2 = x2 if xa is None else xa.reshape(-1, xa.shape[-1])
         if lora_a is not None:
             a = torch.mm(xa2, lora_a.t()).mul(scaling)  # [n, r]
             out = torch.addmm(out, a, lora_b.t())
         ctx.save_for_backward(xa2, wt_q, w_scale, lora_a, lora_b, a)
         ctx.scaling, ctx.emulate, ctx.x_shape, ctx.has_bias = scaling, emulate, x.shape, bias is not None
-        ctx.dropout = xa is not x
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -97,10 +97,11 @@ class _Fp8Linear(torch.autograd.Function):
 def fp8_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The forward of a linear prepared by :func:`apply_fp8_base_`."""
     if isinstance(module, LoRALinear) and not module.disabled:
-        xa = module.dropout(x)  # Identity (no dropout) returns x itself
-        return _Fp8Linear.apply(x, xa, module.fp8_weight, module.fp8_weight_t, module.fp8_scale, module.bias,
+        xa = module.dropout(x)  # Identity (no dropout) returns x itself: then passed as None
+        # (one tensor given twice to a Function is something torch.compile cannot trace)
+        return _Fp8Linear.apply(x, None if xa is x else xa, module.fp8_weight, module.fp8_weight_t, module.fp8_scale, module.bias,
                                 module.lora_a.weight, module.lora_b.weight, module.scaling, module.fp8_emulate)
-    return _Fp8Linear.apply(x, x, module.fp8_weight, module.fp8_weight_t, module.fp8_scale, module.bias,
+    return _Fp8Linear.apply(x, None, module.fp8_weight, module.fp8_weight_t, module.fp8_scale, module.bias,
                             None, None, 1.0, module.fp8_emulate)
 
 
