@@ -99,8 +99,9 @@ def fp8_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, LoRALinear) and not module.disabled:
         xa = module.dropout(x)  # Identity (no dropout) returns x itself: then passed as None
         # (one tensor given twice to a Function is something torch.compile cannot trace)
-        return _Fp8Linear.apply(x, None if xa is x else xa, module.fp8_weight, module.fp8_weight_t, module.fp8_scale, module.bias,
-                                module.lora_a.weight, module.lora_b.weight, module.scaling, module.fp8_emulate)
+        return _Fp8Linear.apply(x, None if xa is x else xa, module.fp8_weight, module.fp8_weight_t,
+                                module.fp8_scale, module.bias, module.lora_a.weight, module.lora_b.weight,
+                                module.scaling, module.fp8_emulate)
     return _Fp8Linear.apply(x, None, module.fp8_weight, module.fp8_weight_t, module.fp8_scale, module.bias,
                             None, None, 1.0, module.fp8_emulate)
 
