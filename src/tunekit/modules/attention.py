@@ -151,7 +151,10 @@ def document_attention_mask(impl: str, doc_ids: torch.Tensor, cu_seqlens: torch.
         if doc_ids.device.type == "cpu" and torch.is_grad_enabled():
             raise ValueError("attention='flex' cannot train on the CPU (torch's flex attention has no CPU "
                              "backward); use attention=auto or sdpa there")
+        if doc_ids.is_cuda:
+            _compiled_flex_attention()
         return flex_document_mask(doc_ids)
+    _varlen_kernel()  # looked up here, eagerly, not inside a compiled layer
     cu = cu_seqlens_from_doc_ids(doc_ids) if cu_seqlens is None else cu_seqlens.to(torch.int32)
     return VarlenDocuments(cu_seqlens=cu, max_len=doc_ids.shape[1])
 
@@ -237,15 +240,21 @@ def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
     On CUDA through ``torch.compile`` (eager flex attention materialises the scores); inside
     an already compiled layer this is traced inline.
     """
-    global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
-    fn = flex_attention
-    if q.is_cuda:
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        fn = _compiled_flex
+    fn = _compiled_flex_attention() if q.is_cuda else flex_attention
     return fn(q, k, v, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _compiled_flex_attention() -> Callable[..., torch.Tensor]:
+    """The one ``torch.compile``d flex attention (made eagerly by :func:`document_attention_mask`,
+    so a compiled layer only reads it)."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
 
 
 class MultiHeadAttention(nn.Module):
