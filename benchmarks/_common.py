@@ -152,6 +152,38 @@ def stack_collate(batch: list[dict]) -> dict:
     return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
 
 
+def synthetic_documents(n_tokens: int, vocab: int, min_len: int, max_len: int, seed: int = 0) -> list[dict]:
+    """Random documents of uniform lengths in [min_len, max_len] (Alpaca-like when 64..512),
+    ``n_tokens`` in all; labels are the next token, the first quarter of each ignored (prompt)."""
+    g = torch.Generator().manual_seed(seed)
+    docs, total = [], 0
+    while total < n_tokens:
+        n = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+        toks = torch.randint(3, vocab, (n,), generator=g).tolist()
+        labels = toks[1:] + [-100]
+        labels[: n // 4] = [-100] * (n // 4)
+        docs.append({"tokens": toks, "labels": labels})
+        total += n
+    return docs
+
+
+def packed_loader_parts(cfg: dict, shape: dict, n_rows: int):
+    """(dataset, collate) as the recipe builds them with packed=true: PackedDataset + packed_collate."""
+    from functools import partial
+
+    from tunekit.data import PackedDataset, packed_collate
+
+    factor = 1.2
+    while True:  # greedy packing pads each row: make documents until there are enough rows
+        docs = synthetic_documents(int(n_rows * cfg["seq"] * factor), shape["vocab_size"], cfg.get("doc_min", 64),
+                                   cfg.get("doc_max", 512))
+        ds = PackedDataset(docs, max_seq_len=cfg["seq"], pad_id=0)
+        if len(ds) >= n_rows or factor > 8:
+            break
+        factor *= 1.5
+    return ds, partial(packed_collate, dense_mask=cfg.get("attention") == "dense")
+
+
 # ---------------------------------------------------------------------------- profile
 
 
@@ -210,21 +242,30 @@ def peak_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
+def _benchmark_loss(name: str):
+    from tunekit.training.losses import ChunkedCrossEntropyLoss, FusedLinearCrossEntropyLoss
+
+    if name == "fused":  # conf/loss/fused_linear_cross_entropy
+        return FusedLinearCrossEntropyLoss(num_chunks=8)
+    return ChunkedCrossEntropyLoss(num_chunks=8)  # conf/loss/chunked_cross_entropy
+
+
 def train_tunekit(cfg: dict) -> dict:
     """One tunekit configuration through the real loop (``tunekit.training.train``)."""
     from tunekit.run.settings import train_settings
-    from tunekit.training import ChunkedCrossEntropyLoss, build_dataloader, prepare_loss, prepare_model, train
+    from tunekit.training import build_dataloader, prepare_loss, prepare_model, train
     from tunekit.training.lr_schedulers import cosine_with_warmup
 
     device, lora = cfg["device"], cfg["mode"] == "lora"
     shape = SHAPE_TINY if cfg["tiny"] else SHAPE_7B
     dtype = torch.bfloat16
+    torch.manual_seed(0)  # the same random weights in every configuration's process
     if cfg.get("model"):
         model, spec, n_params = build_named(cfg["model"], cfg["seq"], device, dtype, lora)
-        vocab = model.tok_embeddings.num_embeddings
+        shape = dict(shape, vocab_size=model.tok_embeddings.num_embeddings)
     else:
         model, spec = build_tunekit(shape, cfg["seq"], device, dtype, lora)
-        n_params, vocab = base_param_count(shape), shape["vocab_size"]
+        n_params = base_param_count(shape)
     params = [p for p in model.parameters() if p.requires_grad]
     # The recipe's optimizer (conf/optimizer/adamw.yaml), fused on CUDA; states in the
     # parameters' dtype (bf16).
@@ -232,14 +273,20 @@ def train_tunekit(cfg: dict) -> dict:
                             fused=device.startswith("cuda"))
     total = cfg["warmup"] + cfg["steps"] + (1 if cfg.get("profile") else 0)
     sched = cosine_with_warmup(opt, num_warmup_steps=1, num_training_steps=total)
-    loss_fn = ChunkedCrossEntropyLoss(num_chunks=8)
-    ds = SyntheticLM(total * cfg["batch"], cfg["seq"], vocab)
-    loader = build_dataloader(ds, cfg["batch"], stack_collate, shuffle=False,
-                              pin_memory=device.startswith("cuda"))
+    loss_fn = _benchmark_loss(cfg.get("loss", "chunked"))
+    if cfg.get("packed"):  # the recipe's packed path: PackedDataset + packed_collate (doc_ids)
+        ds, collate = packed_loader_parts(cfg, shape, total * cfg["batch"])
+        if len(ds) < total * cfg["batch"]:
+            raise RuntimeError(f"only {len(ds)} packed rows for {total * cfg['batch']}")
+    else:
+        ds, collate = SyntheticLM(total * cfg["batch"], cfg["seq"], shape["vocab_size"]), stack_collate
+    loader = build_dataloader(ds, cfg["batch"], collate, shuffle=False, pin_memory=device.startswith("cuda"))
+    attention = cfg.get("attention") or "auto"
     settings = train_settings(
         epochs=1, max_steps_per_epoch=total, device=device, dtype="bf16", compile=cfg["compile"],
         activation_checkpointing=cfg["ac"], ac_every_k_layers=cfg.get("ac_every_k", 1),
         log_every_n_steps=total, clip_grad_norm=1.0, handle_signals=False,
+        attention="sdpa" if attention == "dense" else attention, fp8_base=bool(cfg.get("fp8_base")),
     )
     marks: dict[str, Any] = {}
 
@@ -267,7 +314,8 @@ def train_tunekit(cfg: dict) -> dict:
     res = train(model, optimizer=opt, lr_scheduler=sched, loss_fn=prepare_loss(loss_fn, settings),
                 train_loader=loader, settings=settings, progress=False, on_step_end=on_step_end)
     dt = (marks["t1"] - marks["t0"]) / cfg["steps"]
-    out = {"step_s": dt, "tokens_per_s": cfg["batch"] * cfg["seq"] / dt, "peak_gib": peak_gib(device),
+    out = {"variant": cfg.get("variant", ""),
+           "step_s": dt, "tokens_per_s": cfg["batch"] * cfg["seq"] / dt, "peak_gib": peak_gib(device),
            "loss": res.final_train_loss, "n_params": n_params}
     if "profile" in marks:
         out["profile"] = marks["profile"]
@@ -334,7 +382,7 @@ def worker_entry(workers: dict) -> bool:
         import traceback
 
         traceback.print_exc()
-        result = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        result = {"ok": False, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
     with open(sys.argv[3], "w") as f:
         json.dump(result, f)
     return True
@@ -389,6 +437,9 @@ def train_args(description: str, mode: str) -> argparse.Namespace:
                    help="PEFT adapters in bf16 (default: PEFT's default, fp32 adapters on the bf16 model)")
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler on one extra tunekit step (first AC setting) and print where the time goes")
+    p.add_argument("--variants", default="base",
+                   help="tunekit rows to run, comma-separated: base (chunked CE), fused (fused linear+CE "
+                        "loss), fp8 (LoRA: fp8_base=true, Hopper), fused+fp8")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="peak dense bf16 TFLOP/s for MFU (default 989 = H100 SXM datasheet)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration process")
@@ -419,18 +470,24 @@ def run_train_benchmark(script: str, description: str, mode: str) -> None:
         if model is not None and system != "tunekit":
             continue  # named models: tunekit rows only (the HF peer builds the Llama-2-7B shape)
         cfg = dict(base, system=system, ac=ac, model=model)
-        if system == "tunekit":
-            cfg.update(compile=a.compile, ac_every_k=a.ac_every_k, profile=a.profile and ac == acs[0])
-        else:
-            cfg.update(peft_bf16=a.peft_bf16)
-        label = f"{system}{' ' + model if model else ''} {mode} AC={'on' if ac else 'off'}"
-        print(f"--- running {label}", flush=True)
-        r = run_isolated(script, cfg, a.timeout)
-        rows.append((cfg, r))
-        brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "profile"}
-        print(f"--- done {label}: {brief}", flush=True)
-        if r.get("profile"):
-            print(r["profile"], flush=True)
+        variants = [v.strip() for v in a.variants.split(",")] if system == "tunekit" else [""]
+        for variant in variants:
+            vcfg = dict(cfg)
+            if system == "tunekit":
+                vcfg.update(compile=a.compile, ac_every_k=a.ac_every_k, variant=variant,
+                            profile=a.profile and ac == acs[0] and variant == variants[0],
+                            loss="fused" if "fused" in variant else "chunked", fp8_base="fp8" in variant)
+            else:
+                vcfg.update(peft_bf16=a.peft_bf16)
+            label = (f"{system}{' ' + model if model else ''}{' ' + variant if variant else ''} {mode} "
+                     f"AC={'on' if ac else 'off'}")
+            print(f"--- running {label}", flush=True)
+            r = run_isolated(script, vcfg, a.timeout)
+            rows.append((vcfg, r))
+            brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "profile"}
+            print(f"--- done {label}: {brief}", flush=True)
+            if r.get("profile"):
+                print(r["profile"], flush=True)
     print_train_table(a, rows)
 
 
@@ -455,15 +512,18 @@ def print_train_table(a: argparse.Namespace, rows: list[tuple[dict, dict]]) -> N
     by_key = {}
     for cfg, r in rows:
         name = "tunekit" + (" (compiled)" if cfg.get("compile") else "") if cfg["system"] == "tunekit" else peer
-        if cfg.get("model"):
-            name += f" {cfg['model']}"
         if cfg["system"] == "tunekit" and cfg.get("ac") and cfg.get("ac_every_k", 1) > 1:
             name += f" (AC every {cfg['ac_every_k']})"
+        if cfg.get("model"):
+            name += f" {cfg['model']}"
+        if cfg.get("variant") not in (None, "", "base"):
+            name += f" [{cfg['variant']}]"
         ac = "on" if cfg["ac"] else "off"
         if not r.get("ok"):
             print(f"| {name} | {ac} | FAILED: {r.get('error')} | | | | |")
             continue
-        if not cfg.get("model"):
+        base_row = cfg.get("variant") in (None, "", "base") or (cfg["system"], cfg["ac"]) not in by_key
+        if not cfg.get("model") and base_row:
             by_key[(cfg["system"], cfg["ac"])] = r
         mfu = r["tokens_per_s"] * flops_per_token * r["n_params"] / (a.peak_tflops * 1e12)
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"

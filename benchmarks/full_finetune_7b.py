@@ -11,6 +11,10 @@ loss and per-layer compile; each configuration runs in a fresh process.
     python benchmarks/full_finetune_7b.py                      # 7B, batch 2 x 2048, AC on (~3 min on an H100)
     python benchmarks/full_finetune_7b.py --ac off,on          # also without checkpointing (needs an H200)
     python benchmarks/full_finetune_7b.py --tiny --device cpu  # smoke run on the CPU
+    python benchmarks/full_finetune_7b.py --systems tunekit --variants base,fused   # + the fused loss row
+
+(``fp8`` rows apply to LoRA only: ``fp8_base`` puts *frozen* base weights in FP8; a full fine-tune
+updates every weight, which would need per-step requantisation, not implemented.)
 
 MFU counts 6 N FLOPs per token (N = 6.74e9), not the recompute of checkpointing; peak dense
 bf16 = --peak-tflops (default 989, H100 SXM datasheet).

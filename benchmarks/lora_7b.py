@@ -13,6 +13,12 @@ a fresh process; the table (tokens/s, peak GiB, MFU, tunekit/PEFT ratio) is prin
     python benchmarks/lora_7b.py --profile            # + a torch.profiler summary of one tunekit step
     python benchmarks/lora_7b.py --peft-bf16          # PEFT adapters in bf16 instead of PEFT's fp32 default
     python benchmarks/lora_7b.py --tiny --device cpu  # smoke run on the CPU (tiny shapes)
+    python benchmarks/lora_7b.py --systems tunekit --variants base,fused,fp8,fused+fp8
+                                                      # speed levers, one row each: the fused linear +
+                                                      # cross-entropy loss, FP8 base weights (Hopper)
+
+Packed rows (the recipe's packed=true path) are measured by ``benchmarks/packed_7b.py``; the
+FP8 option's effect on the loss by ``benchmarks/fp8_loss_curve.py``.
 
 MFU counts 4 N FLOPs per token for LoRA (forward 2N + input gradients 2N; no weight
 gradients), N = 6.74e9; peak dense bf16 = --peak-tflops (default 989, H100 SXM datasheet).

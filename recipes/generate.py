@@ -145,6 +145,10 @@ def run(cfg: DictConfig) -> str:
     setup.load_model_weights(model, weights, lora=False, source=str(source))
     del weights
     model.eval()
+    if cfg.quantize is not None:
+        from tunekit.generation.quantize import quantize_model_
+
+        print(f"tunekit {RECIPE}: {quantize_model_(model, cfg.quantize).describe()}", file=sys.stderr)
 
     note = setup.check_tokenizer_fits(tokenizer, model)
     if note:

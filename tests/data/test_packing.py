@@ -70,7 +70,7 @@ def test_block_causal_mask_exact() -> None:
         [0, 0, 1, 1, 1, 0],
         [0, 0, 0, 0, 0, 1],
     ]
-    batch = packed_collate(list(PackedDataset(DOCS, max_seq_len=8, pad_id=0)))
+    batch = packed_collate(list(PackedDataset(DOCS, max_seq_len=8, pad_id=0)), dense_mask=True)
     assert batch["mask"].shape == (2, 8, 8) and batch["mask"].dtype == torch.bool
     assert torch.equal(batch["mask"][1], block_causal_mask([2, 5, 1]))
     assert torch.equal(batch["input_pos"][0], torch.tensor([0, 1, 2, 0, 1, 2, 3, 0]))
@@ -128,7 +128,7 @@ def _per_token_losses(model, samples, max_seq_len):
         loss = F.cross_entropy(logits[0], b["labels"][0], ignore_index=IGN, reduction="none")
         unpacked.append(loss[b["labels"][0] != IGN])
     packed_ds = PackedDataset(samples, max_seq_len=max_seq_len, pad_id=2)
-    batch = packed_collate([packed_ds[i] for i in range(len(packed_ds))])
+    batch = packed_collate([packed_ds[i] for i in range(len(packed_ds))], dense_mask=True)
     logits = model(batch["tokens"], mask=batch["mask"], input_pos=batch["input_pos"])
     loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGN, reduction="none")
     packed = loss[batch["labels"].flatten() != IGN]

@@ -210,8 +210,19 @@ class _TrainSettings(_RunSettings):
     max_eval_batches: Optional[int] = setting(None, _at_least(1), doc="Cap per evaluation; null: all.")
     handle_signals: bool = setting(True, doc="SIGTERM/SIGINT: finish the step, save, exit 0.")
     log_every_n_steps: int = setting(10, _at_least(1))
+    mfu_peak_tflops: Optional[float] = setting(
+        None, _positive, doc="Peak dense TFLOP/s for the logged MFU; null: known GPUs' datasheet bf16 rate."
+    )
     max_seq_len: int = setting(512, _at_least(2))
     packed: bool = setting(False, doc="Pack samples into max_seq_len rows.")
+    fp8_base: bool = setting(
+        False, doc="LoRA on Hopper GPUs: frozen base weights' GEMMs in FP8 (row-wise scales); numerics differ."
+    )
+    attention: str = setting(
+        "auto", _one_of(("auto", "sdpa", "flex", "varlen")),
+        doc="How packed rows attend: auto = flash varlen (CUDA bf16) / flex (CUDA) / dense mask (CPU);"
+            " sdpa = dense [b, s, s] mask; flex; varlen.",
+    )
     train_on_input: bool = setting(False, doc="Also take the loss on the prompt tokens.")
     resume: Optional[str] = setting(None, _dir_or_auto, doc='A run/epoch dir or "auto".')
     resume_accept: List[str] = setting(
@@ -252,6 +263,11 @@ class _TrainSettings(_RunSettings):
                 f"`eval_every_n_steps`={cfg.eval_every_n_steps} would never evaluate: `dataset.val_fraction`=0 holds"
                 " out no validation rows; set dataset.val_fraction=0.1 (for example) or unset eval_every_n_steps"
             )
+        if cfg.fp8_base and "lora" not in cfg:
+            problems.append("`fp8_base`=true puts the frozen base weights of a LoRA run in FP8; full fine-tuning"
+                            " updates every weight: set fp8_base=false (or fine-tune with lora_finetune)")
+        elif cfg.fp8_base and cfg.lora.use_dora:
+            problems.append("`fp8_base`=true does not support DoRA (`lora.use_dora`=true): set one of them to false")
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
             # Only step_N checkpoints are pruned; epoch_N ones are always kept.
             problems.append(
@@ -353,6 +369,10 @@ class GenerateSchema(_RunSettings):
     top_k: Optional[int] = setting(50, _at_least(1))
     top_p: Optional[float] = setting(None, _in_range(0.0, 1.0, high_inclusive=True))
     max_new_tokens: int = setting(128, _at_least(1))
+    quantize: Optional[str] = setting(
+        None, _one_of(("int8",)),
+        doc="int8 = int8 weight-only linears (per-channel scales): half the bytes per token; null = as loaded.",
+    )
     paths: PathsConfig = field(default_factory=PathsConfig)
     model_info: ModelInfo = field(default_factory=ModelInfo)
     model: Any = None

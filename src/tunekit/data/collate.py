@@ -52,12 +52,20 @@ def block_causal_mask(seq_lens: Sequence[int]) -> torch.Tensor:
     return (doc[:, None] == doc[None, :]) & causal
 
 
-def packed_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack packed samples (from ``PackedDataset``) and build their block-causal masks.
+def packed_collate(batch: Sequence[Mapping[str, Any]], *, dense_mask: bool = False) -> dict[str, torch.Tensor]:
+    """Stack packed samples (from ``PackedDataset``) with what attention needs to keep documents apart.
+
+    The model attends block-causally within documents from ``doc_ids`` without a dense mask
+    (``TransformerDecoder.set_attention``: flash varlen or flex attention on CUDA), so a batch
+    costs memory linear in its length. ``dense_mask=True`` adds today's ``[b, s, s]`` mask
+    (which the model then uses instead).
 
     Returns:
-        ``tokens``, ``labels``, ``input_pos``: LongTensor[b, s]; ``mask``: BoolTensor[b, s, s],
-        True where attention is allowed (SDPA convention), each document seeing only itself.
+        ``tokens``, ``labels``, ``input_pos``: LongTensor[b, s]; ``doc_ids``: LongTensor[b, s], the
+        document index of each position within its row; ``cu_seqlens``: IntTensor[n_docs + 1],
+        the documents' offsets in the flattened ``[b * s]`` batch (flash varlen's input);
+        with ``dense_mask``, ``mask``: BoolTensor[b, s, s], True where attention is allowed
+        (SDPA convention), each document seeing only itself.
     """
     if not batch:
         raise ValueError("packed_collate() got an empty batch")
@@ -66,9 +74,15 @@ def packed_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor
         raise ValueError(f"packed_collate() needs samples of one length, got lengths {sorted(lengths)}")
     out = {k: torch.tensor([_as_list(s[k]) for s in batch], dtype=torch.long)
            for k in ("tokens", "labels", "input_pos")}
-    for i, s in enumerate(batch):
-        if sum(_as_list(s["seq_lens"])) != out["tokens"].shape[1]:
-            raise ValueError(f"sample {i}: seq_lens {list(s['seq_lens'])} do not add up to "
-                             f"its length {out['tokens'].shape[1]}")
-    out["mask"] = torch.stack([block_causal_mask(s["seq_lens"]) for s in batch])
+    row_len = out["tokens"].shape[1]
+    seq_lens = [_as_list(s["seq_lens"]) for s in batch]
+    for i, lens in enumerate(seq_lens):
+        if sum(lens) != row_len or any(n < 1 for n in lens):
+            raise ValueError(f"sample {i}: seq_lens {lens} must be positive and add up to its length {row_len}")
+    out["doc_ids"] = torch.stack([torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
+                                  for lens in seq_lens])
+    flat = torch.tensor([n for lens in seq_lens for n in lens], dtype=torch.int32)
+    out["cu_seqlens"] = torch.cat([torch.zeros(1, dtype=torch.int32), flat.cumsum(0, dtype=torch.int32)])
+    if dense_mask:
+        out["mask"] = torch.stack([block_causal_mask(lens) for lens in seq_lens])
     return out

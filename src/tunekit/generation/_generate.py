@@ -111,6 +111,16 @@ def default_compile_mode(device: torch.device | str) -> str:
     return "reduce-overhead" if torch.device(device).type == "cuda" else "default"
 
 
+def _last_logits(model: nn.Module, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """Logits ``[b, vocab]`` of the last position only: the prefill projects one position to the
+    vocabulary instead of the whole prompt (a 4k-token prompt x 128k vocab would be 2 GB of fp32)."""
+    forward_hidden = getattr(model, "forward_hidden", None)
+    if forward_hidden is None:
+        return model(tokens, input_pos=input_pos)[:, -1]
+    hidden = forward_hidden(tokens, input_pos=input_pos)[:, -1:]  # [b, 1, dim]
+    return model.output(hidden)[:, -1]
+
+
 def _decode_step(
     model: nn.Module,
     tokens: torch.Tensor,
@@ -123,7 +133,7 @@ def _decode_step(
     greedy: bool,
 ) -> torch.Tensor:
     """Logits of the last position -> next token ``[b]``; used for prefill and every step."""
-    logits = model(tokens, input_pos=input_pos)[:, -1]  # [b, vocab]
+    logits = _last_logits(model, tokens, input_pos)  # [b, vocab]
     return pick_next_token(logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                            seed=seed, position=input_pos[:, -1])
 

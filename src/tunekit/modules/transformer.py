@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunekit.modules.attention import MultiHeadAttention
+from tunekit.modules.attention import ATTENTION_IMPLS, MultiHeadAttention, document_attention_mask
 from tunekit.modules.kv_cache import KVCache
 from tunekit.modules.position_embeddings import RotaryPositionalEmbeddings
 
@@ -36,7 +36,7 @@ class TransformerDecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         *,
-        mask: torch.Tensor | None = None,
+        mask: Any = None,
         input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = x + self.attn(self.sa_norm(x), mask=mask, input_pos=input_pos)
@@ -124,6 +124,7 @@ class TransformerDecoder(nn.Module):
         self.output = output
         self.max_seq_len = max_seq_len
         self._cache_len: int | None = None
+        self.attention = "auto"  # how packed rows (doc_ids) attend: see set_attention
         if isinstance(output, TiedLinear):
             if output.weight is not tok_embeddings.weight:
                 raise ValueError("TiedLinear output must be tied to this decoder's tok_embeddings")
@@ -180,6 +181,27 @@ class TransformerDecoder(nn.Module):
         """True after :meth:`setup_caches` (until :meth:`remove_caches`)."""
         return self._cache_len is not None
 
+    def set_attention(self, impl: str) -> None:
+        """How packed rows (``doc_ids``) attend: ``auto`` (default), ``sdpa``, ``flex`` or ``varlen``.
+
+        ``sdpa`` builds the dense ``[b, s, s]`` block-causal mask (memory quadratic in the row;
+        no flash kernel); ``flex`` a flex-attention block mask; ``varlen`` flash attention over
+        the documents (CUDA, bf16/fp16; one SDPA call per document elsewhere). All compute the
+        same attention; ``auto`` picks ``varlen`` on CUDA in bf16/fp16, else ``flex`` on CUDA,
+        else ``sdpa`` (see ``modules.attention.resolve_attention``).
+        """
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention={impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+        self.attention = impl
+
+    def _document_mask(self, doc_ids: torch.Tensor, cu_seqlens: torch.Tensor | None) -> Any:
+        if self._cache_len is not None:
+            raise ValueError("packed rows (doc_ids) cannot be decoded with KV caches enabled")
+        attn = self.layers[0].attn if len(self.layers) else None
+        head_dim = attn.head_dim if attn is not None else 128
+        return document_attention_mask(self.attention, doc_ids, cu_seqlens,
+                                       dtype=self.tok_embeddings.weight.dtype, head_dim=head_dim)
+
     # ---- forward ------------------------------------------------------------------------
 
     def forward_hidden(
@@ -188,6 +210,8 @@ class TransformerDecoder(nn.Module):
         *,
         mask: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-normed hidden states.
 
@@ -196,10 +220,17 @@ class TransformerDecoder(nn.Module):
             mask: bool ``[b, s, s]`` (``[b, s, cache_len]`` with caches), True = may attend.
                 ``None``: causal (with caches: causal over the cache, from ``input_pos``).
             input_pos: ``[b, s]`` positions; required with caches, needed for packing.
+            doc_ids: packed rows without a dense mask: ``[b, s]`` document index of each
+                position (block-causal attention within documents, as ``self.attention``
+                says); ignored when ``mask`` is given.
+            cu_seqlens: optional int32 document offsets in the flattened batch (from
+                ``packed_collate``), saving the ``varlen`` path a host sync.
 
         Returns:
             ``[b, s, embed_dim]``.
         """
+        if mask is None and doc_ids is not None:
+            mask = self._document_mask(doc_ids, cu_seqlens)
         if self._cache_len is not None:
             if input_pos is None:
                 raise ValueError("with KV caches enabled, forward needs input_pos [b, s]")
@@ -218,6 +249,9 @@ class TransformerDecoder(nn.Module):
         *,
         mask: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[b, s, vocab]``; arguments as in :meth:`forward_hidden`."""
-        return self.output(self.forward_hidden(tokens, mask=mask, input_pos=input_pos))
+        return self.output(self.forward_hidden(tokens, mask=mask, input_pos=input_pos, doc_ids=doc_ids,
+                                               cu_seqlens=cu_seqlens))

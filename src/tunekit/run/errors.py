@@ -14,6 +14,7 @@ from tunekit.data import DataFormatError
 from tunekit.tokenizers import TokenizerError, TokenizerFileNotFoundError
 from tunekit.training import NonFiniteLossError
 from tunekit.training.metric_logging import MissingExtraError
+from tunekit.training.settings import SettingUnsupportedHere
 
 __all__ = ["MultirunInTorchrunError", "RunError", "check_not_multirun_in_torchrun", "disk_error_message", "user_errors"]
 
@@ -38,7 +39,8 @@ def user_errors() -> Iterator[None]:
     except ConfigError:
         raise
     except (DataFormatError, CheckpointError, NonFiniteLossError, MultirunInTorchrunError, RunError,
-            TokenizerError, TokenizerFileNotFoundError, MissingExtraError, FileNotFoundError) as exc:
+            TokenizerError, TokenizerFileNotFoundError, MissingExtraError, FileNotFoundError,
+            SettingUnsupportedHere) as exc:
         raise ConfigError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - only disk errors are translated; the rest re-raised
         message = disk_error_message(exc)

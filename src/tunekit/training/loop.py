@@ -47,10 +47,12 @@ from tunekit.distributed import (
 from tunekit.training.data_loading import StatefulSampler
 from tunekit.training.device import get_device
 from tunekit.training.memory import memory_stats, reset_peak_memory_stats
+from tunekit.training.precision import get_dtype
 from tunekit.training.seed import get_rng_state, set_rng_state, set_seed
 from tunekit.training.settings import TrainSettings, steps_per_epoch
 from tunekit.training.signals import graceful_shutdown
 from tunekit.training.state import ResumePoint, Saver
+from tunekit.training.throughput import ThroughputMeter
 
 __all__ = ["NonFiniteLossError", "TrainResult", "evaluate", "train"]
 
@@ -233,24 +235,25 @@ class _Losses:
 def _optimizer_step(model: nn.Module, params: list[torch.Tensor], batches: Iterator[Any], *,
                     loss_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]], optimizer: Any,
                     lr_scheduler: Any, settings: TrainSettings,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int,
-                                                   dict[str, torch.Tensor]]:
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float,
+                                                   tuple[int, int], dict[str, torch.Tensor]]:
     """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
 
-    Returns ``(loss_sum, num_tokens, grad_norm, lr, input_tokens, metrics)``; the loss, tokens
-    and an objective's metric sums (float64; empty for a two-element loss) are summed over
-    micro-batches and ranks, still on the device.
+    Returns ``(loss_sum, num_tokens, grad_norm, lr, (input_tokens, input_tokens x row length),
+    metrics)``; the loss, tokens and an objective's metric sums (float64; empty for a
+    two-element loss) are summed over micro-batches and ranks, still on the device.
     """
     ga, world_size = settings.gradient_accumulation_steps, get_world_size()
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     num_tokens = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    seen = seen_x_len = 0
     metrics: dict[str, torch.Tensor] = {}
     for micro in range(ga):
         if ga > 1 and is_sharded(model):  # reduce-scatter gradients on the last micro-batch only
             set_gradient_sync(model, micro == ga - 1)
         batch = _to_device(next(batches), device)
         seen += batch["tokens"].numel()
+        seen_x_len += batch["tokens"].numel() * batch["tokens"].shape[-1]  # attention's FLOPs (MFU)
         mb_loss, mb_tokens, *mb_metrics = loss_fn(model, batch)
         mb_loss.backward()  # grads hold the token *sum*; normalised below
         loss_sum += mb_loss.detach().float()
@@ -273,7 +276,7 @@ def _optimizer_step(model: nn.Module, params: list[torch.Tensor], batches: Itera
     optimizer.step()
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum, num_tokens, full_value(grad_norm), lr, seen, metrics
+    return loss_sum, num_tokens, full_value(grad_norm), lr, (seen, seen_x_len), metrics
 
 
 def train(
@@ -333,7 +336,8 @@ def train(
     pbar = tqdm(total=settings.epochs * spe, initial=global_step, disable=not (progress and is_rank_zero()),
                 desc="train", dynamic_ncols=True, unit="step")
     postfix = {"train": "", "val": ""}
-    saved_step, last_eval_step, tokens_since_log, t_log = -1, -1, 0, time.perf_counter()
+    saved_step, last_eval_step, tokens_since_log, t_log = -1, -1, [0, 0], time.perf_counter()
+    meter = ThroughputMeter(model, device, get_dtype(settings.dtype), settings.mfu_peak_tflops)
 
     def save(current_epoch: int, point: ResumePoint, step: int | None, final: bool) -> None:
         nonlocal saved_step
@@ -377,21 +381,24 @@ def train(
                         lr_scheduler=lr_scheduler, settings=settings, device=device)
                     losses.add(loss_sum, num_tokens, step_metrics)
                     global_step, step_in_epoch = global_step + 1, step_in_epoch + 1
-                    result.global_step, tokens_since_log = global_step, tokens_since_log + seen
+                    result.global_step = global_step
+                    tokens_since_log = [tokens_since_log[0] + seen[0], tokens_since_log[1] + seen[1]]
                     pbar.update(1)
                     end_of_epoch = step_in_epoch == spe
 
                     if global_step % settings.log_every_n_steps == 0 or (end_of_epoch and epoch == settings.epochs - 1):
+                        # syncs: the interval's work is done before the clock is read
+                        loss_value, objective_metrics = losses.interval_mean(global_step, epoch)
                         now = time.perf_counter()
-                        tps = tokens_since_log * get_world_size() / max(now - t_log, 1e-9)
-                        mean_loss, objective_metrics = losses.interval_mean(global_step, epoch)
-                        metrics = {"loss": mean_loss, **objective_metrics, "lr": lr,
-                                   "grad_norm": float(grad_norm), "tokens_per_second": tps, "epoch": epoch,
-                                   **memory_stats(device)}
-                        tokens_since_log, t_log = 0, now
+                        speed = meter.metrics(*tokens_since_log, now - t_log, get_world_size())
+                        tps = speed["tokens_per_second"]
+                        metrics = {"loss": loss_value, **objective_metrics, "lr": lr, "grad_norm": float(grad_norm),
+                                   **speed, "epoch": epoch, **memory_stats(device)}
+                        tokens_since_log, t_log = [0, 0], now
                         if metric_logger is not None:
                             metric_logger.log_dict(metrics, step=global_step)
-                        postfix["train"] = f"loss={metrics['loss']:.4f} lr={lr:.2e} tok/s={tps:,.0f}"
+                        mfu = f" mfu={100 * speed['mfu']:.1f}%" if "mfu" in speed else ""
+                        postfix["train"] = f"loss={loss_value:.4f} lr={lr:.2e} tok/s={tps:,.0f}{mfu}"
                         pbar.set_postfix_str(" ".join(v for v in postfix.values() if v), refresh=False)
 
                     t0 = time.perf_counter()  # evaluation and saving do not count in tokens/s

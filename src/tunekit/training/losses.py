@@ -30,6 +30,7 @@ __all__ = [
     "Loss",
     "CrossEntropyLoss",
     "ChunkedCrossEntropyLoss",
+    "FusedLinearCrossEntropyLoss",
 ]
 
 
@@ -44,8 +45,8 @@ class Loss(Protocol):
 
 
 def _model_kwargs(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The optional packing inputs (``mask``, ``input_pos``) present in ``batch``."""
-    return {k: batch[k] for k in ("mask", "input_pos") if batch.get(k) is not None}
+    """The optional packing inputs (``mask``, ``input_pos``, ``doc_ids``, ``cu_seqlens``) in ``batch``."""
+    return {k: batch[k] for k in ("mask", "input_pos", "doc_ids", "cu_seqlens") if batch.get(k) is not None}
 
 
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -148,3 +149,126 @@ class ChunkedCrossEntropyLoss:
         """torch.compile the per-chunk projection + loss (dynamic in the chunk length)."""
         compile_kwargs.setdefault("dynamic", True)
         self._compute = torch.compile(_chunk_ce_sum, **compile_kwargs)
+
+
+def _ce_chunk_grads(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, ignore_index: int,
+                    need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Token-loss sum of one chunk and, with ``need_grad``, d(loss)/d(logits) folded into the
+    gradients of ``h`` and ``weight`` (the chunk's logits are freed before returning).
+
+    Args:
+        h: ``[n, d]`` hidden states; weight: ``[vocab, d]``; y: ``[n]`` labels.
+
+    Returns:
+        ``(loss_sum fp32 0-dim, grad_h [n, d] in h's dtype | None, grad_w [vocab, d] fp32 | None)``.
+    """
+    logits = (h @ weight.t()).float()  # [n, vocab]: the one logits chunk alive
+    valid = y.ne(ignore_index)
+    y_safe = torch.where(valid, y, torch.zeros_like(y)).unsqueeze(1)  # [n, 1]
+    lse = torch.logsumexp(logits, dim=-1)  # [n]
+    target = logits.gather(1, y_safe).squeeze(1)
+    loss = ((lse - target) * valid).sum()
+    if not need_grad:
+        return loss, None, None
+    # softmax - onehot(target), zero on ignored rows; in place on the logits.
+    dlogits = logits.sub_(lse.unsqueeze(1)).exp_()
+    dlogits.scatter_add_(1, y_safe, torch.full_like(target, -1.0).unsqueeze(1))
+    dlogits.mul_(valid.unsqueeze(1))
+    grad_h = (dlogits.to(h.dtype) @ weight).to(h.dtype)  # [n, d]
+    grad_w = dlogits.t().to(h.dtype) @ h if weight.requires_grad else None  # [vocab, d]
+    return loss, grad_h, None if grad_w is None else grad_w.float()
+
+
+class _FusedLinearCE(torch.autograd.Function):
+    """``sum CE(hidden @ weight.T, labels)`` in chunks; gradients are formed chunk by chunk in
+    forward (three matmuls per chunk, no recompute, no logits kept), backward only scales them."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                ignore_index: int, num_chunks: int, compute: Callable[..., Any]) -> torch.Tensor:
+        need_grad = hidden.requires_grad or weight.requires_grad
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if need_grad and weight.requires_grad else None
+        start = 0
+        for h, y in zip(hidden.chunk(num_chunks), labels.chunk(num_chunks)):
+            part, gh, gw = compute(h, weight, y, ignore_index, need_grad)
+            loss += part
+            if grad_h is not None:
+                grad_h[start:start + h.shape[0]] = gh
+            if grad_w is not None:
+                grad_w += gw
+            start += h.shape[0]
+        ctx.save_for_backward(*(t for t in (grad_h, grad_w) if t is not None))
+        ctx.has = (grad_h is not None, grad_w is not None)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        saved = list(ctx.saved_tensors)
+        grad_h = grad_w = None
+        if ctx.has[0]:
+            gh = saved.pop(0)
+            grad_h = gh * grad_out.to(gh.dtype)
+        if ctx.has[1]:
+            grad_w = (saved.pop(0) * grad_out).to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None, None, None
+
+
+def _plain_output_weight(output: nn.Module) -> torch.Tensor | None:
+    """The output projection's weight when it is a bias-free plain matmul (``nn.Linear``,
+    ``TiedLinear``) on a regular tensor; None otherwise (LoRA/DoRA on ``output``, FSDP shards)."""
+    if type(output).__name__ not in ("Linear", "TiedLinear") or getattr(output, "bias", None) is not None:
+        return None
+    weight = output.weight
+    return weight if type(weight) in (torch.Tensor, nn.Parameter) else None
+
+
+class FusedLinearCrossEntropyLoss:
+    """Output projection + cross-entropy fused chunk by chunk: no logits tensor, no host sync.
+
+    Calls ``model.forward_hidden`` and computes, per chunk of positions, the chunk's logits
+    (fp32 upcast inside the chunk), its token losses and at once the gradients of the hidden
+    states and of the output weight (``softmax - onehot``), so backward does no recompute:
+    3 matmuls per chunk instead of the checkpointed chunked loss's 4, one chunk of fp32 logits
+    alive at a time, and no data-dependent shape (ignored positions are masked, not removed).
+    Equal to :class:`CrossEntropyLoss` within fp32 rounding, ``ignore_index`` and tied
+    embeddings included. The output weight's gradient is accumulated in fp32 (one
+    ``[vocab, dim]`` buffer, only when the output weight trains).
+
+    When ``model.output`` is not a plain bias-free projection (LoRA on ``output``, or an
+    FSDP-sharded output weight), the loss is computed like :class:`ChunkedCrossEntropyLoss`
+    without position selection (same result, no fusion).
+
+    Args:
+        num_chunks: chunks the ``b * s`` positions are split into.
+        ignore_index: label value that takes no loss.
+    """
+
+    def __init__(self, num_chunks: int = 8, ignore_index: int = CROSS_ENTROPY_IGNORE_IDX) -> None:
+        if num_chunks < 1:
+            raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+        self.num_chunks = num_chunks
+        self.ignore_index = ignore_index
+        self._compute: Callable[..., Any] = _ce_chunk_grads
+        self._fallback = ChunkedCrossEntropyLoss(num_chunks, ignore_index, select_positions=False)
+
+    def __call__(
+        self, model: nn.Module, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = _plain_output_weight(model.output)
+        if weight is None:
+            return self._fallback(model, batch)
+        hidden = model.forward_hidden(batch["tokens"], **_model_kwargs(batch)).flatten(0, 1)  # [b*s, d]
+        labels = batch["labels"].flatten()
+        loss_sum = _FusedLinearCE.apply(hidden, weight, labels, self.ignore_index, self.num_chunks,
+                                        self._compute)
+        return loss_sum, labels.ne(self.ignore_index).sum()
+
+    def compile(self, **compile_kwargs: Any) -> None:
+        """torch.compile the per-chunk loss + gradient computation."""
+        compile_kwargs.setdefault("dynamic", False)
+        self._compute = torch.compile(_ce_chunk_grads, **compile_kwargs)
+        self._fallback.compile()

@@ -31,8 +31,9 @@ from tunekit.modules.peft import reset_all_parameters
 from tunekit.training.activation_checkpointing import apply_activation_checkpointing, is_checkpointed
 from tunekit.training.compile import compile_loss, compile_model
 from tunekit.training.device import get_device
+from tunekit.training.fp8 import apply_fp8_base_, fp8_base_problems
 from tunekit.training.precision import get_dtype
-from tunekit.training.settings import AC_POLICIES, TrainSettings
+from tunekit.training.settings import AC_POLICIES, SettingUnsupportedHere, TrainSettings
 
 __all__ = [
     "cast_params_",
@@ -88,6 +89,16 @@ def _sharded_wrapping_problems(model: nn.Module, settings: TrainSettings) -> lis
     return out
 
 
+def _check_runnable_here(model: nn.Module, settings: TrainSettings, device: torch.device) -> None:
+    """Settings valid in themselves that this device or model cannot run (one paragraph)."""
+    problems = fp8_base_problems(device, model) if settings.fp8_base else []
+    if settings.attention == "flex" and device.type != "cuda":
+        problems.append(f"attention=flex trains only on CUDA (torch's flex attention has no backward on the "
+                        f"{device.type}); set attention=auto (the dense mask there) or attention=varlen")
+    if problems:
+        raise SettingUnsupportedHere(" ".join(f"`{p.split('=')[0]}`: {p}." for p in problems))
+
+
 def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
     """Make ``model`` ready for :func:`~tunekit.training.loop.train`; returns the device it runs on.
 
@@ -102,8 +113,12 @@ def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
     problems = settings.problems()
     if is_sharded(model):
         problems += _sharded_wrapping_problems(model, settings)
+        if settings.fp8_base:
+            problems.append("fp8_base=true is not supported with FSDP sharding yet: set fp8_base=false")
     if problems:
         raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
+    if hasattr(model, "set_attention"):  # how packed rows attend (TransformerDecoder)
+        model.set_attention(settings.attention)
     if is_sharded(model):
         return get_device(settings.device)
     if is_distributed() and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -113,8 +128,11 @@ def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
             "would otherwise train its own copy on its share of the data)"
         )
     device = get_device(settings.device)
+    _check_runnable_here(model, settings, device)
     model.to(device)
     cast_params_(model, get_dtype(settings.dtype, device))
+    if settings.fp8_base:  # FP8 copies of the frozen base weights, made once (after the cast)
+        apply_fp8_base_(model)
     if settings.activation_checkpointing:
         apply_activation_checkpointing(model, every_k_layers=settings.ac_every_k_layers,
                                        save_matmuls=settings.ac_policy == "selective")

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunekit.modules.attention import ATTENTION_IMPLS
 from tunekit.training.precision import get_dtype
 
-__all__ = ["AC_POLICIES", "TrainSettings", "num_training_steps", "steps_per_epoch"]
+__all__ = ["AC_POLICIES", "SettingUnsupportedHere", "TrainSettings", "num_training_steps", "steps_per_epoch"]
+
+
+class SettingUnsupportedHere(ValueError):
+    """A valid setting that this device or model cannot run (e.g. ``fp8_base=true`` on the CPU);
+    the message names the setting, why, and what to set instead (shown as one paragraph)."""
 
 AC_POLICIES = ("full", "selective")
 
@@ -36,6 +42,13 @@ class TrainSettings:
         ac_every_k_layers: with activation_checkpointing, checkpoint every k-th layer only.
         seed: seeds python/numpy/torch at the start of a fresh run.
         handle_signals: SIGTERM/SIGINT finish the step, save a step checkpoint and return.
+        attention: how packed rows (``doc_ids`` batches) attend: ``auto`` (flash varlen on CUDA
+            in bf16/fp16, flex attention on other CUDA runs, the dense mask elsewhere), ``sdpa``
+            (dense ``[b, s, s]`` mask), ``flex`` or ``varlen`` (``TransformerDecoder.set_attention``).
+        fp8_base: LoRA only, Hopper GPUs: the frozen base weights' forward and input-gradient
+            GEMMs in FP8 with row-wise scales (``training.fp8``); opt-in, numerics differ.
+        mfu_peak_tflops: the device's peak dense TFLOP/s for the logged MFU (None: the known
+            GPUs' table in ``training.throughput``; no MFU on other devices).
     """
 
     epochs: int
@@ -54,6 +67,9 @@ class TrainSettings:
     ac_every_k_layers: int
     seed: int
     handle_signals: bool
+    attention: str = "auto"
+    fp8_base: bool = False
+    mfu_peak_tflops: float | None = None
 
     def problems(self) -> list[str]:
         """Every invalid value, one message each (empty when valid)."""
@@ -68,6 +84,10 @@ class TrainSettings:
                 out.append(f"{name} must be >= 1 or null, got {v}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             out.append(f"clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
+        if self.attention not in ATTENTION_IMPLS:
+            out.append(f"attention must be one of {', '.join(ATTENTION_IMPLS)}, got {self.attention!r}")
+        if self.mfu_peak_tflops is not None and not self.mfu_peak_tflops > 0:
+            out.append(f"mfu_peak_tflops must be > 0 or null, got {self.mfu_peak_tflops}")
         if self.ac_policy not in AC_POLICIES:
             out.append(f"ac_policy must be one of {', '.join(AC_POLICIES)}, got {self.ac_policy!r}")
         try:
