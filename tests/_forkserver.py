@@ -5,7 +5,7 @@ Most end-to-end tests run a real entry point (``python -m recipes.lora_finetune 
 five CPU-seconds such a process costs are imports (torch, torch._dynamo, hydra) that are the same
 every time. This module keeps one *server* process per test worker that has imported them once;
 each run is a ``fork()`` of it that sets argv, environment, working directory and standard streams
-exactly as ``subprocess.run`` would, then runs the module as ``__main__`` with ``runpy`` (what
+and umask exactly as ``subprocess.run`` would, then runs the module as ``__main__`` with ``runpy`` (what
 ``python -m`` does) and exits with the status the interpreter would give. Each run is still its
 own process: no state, signal handler, thread or open file survives into the next one.
 
@@ -39,6 +39,7 @@ print(json.dumps({"ready": True}), flush=True)
 proto_in, proto_out = sys.stdin, sys.stdout
 
 def child(req):
+    os.umask(req["umask"])
     os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])
@@ -154,6 +155,12 @@ def _server_for(env: dict) -> _Server | None:
         _disabled = True
         return None
     return _servers[key]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def try_run(args, kwargs: dict) -> subprocess.CompletedProcess | None:
