@@ -13,6 +13,7 @@ checked against the signature of the callable they name (see ``tunekit.config.va
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import typing
 from collections.abc import Callable
@@ -42,6 +43,8 @@ DTYPES = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 AC_POLICIES = ("full", "selective")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output")
+QUANTIZE_BASE_CHOICES = ("nf4",)  # tunekit.modules.peft.QUANTIZE_BASE_CHOICES (torch-free copy)
+MERGE_BASE_CHOICES = ("dequantized", "original")  # tunekit.modules.peft.MERGE_BASE_CHOICES
 
 Check = Callable[[Any], Optional[str]]
 
@@ -154,11 +157,22 @@ class LoRAConfig:
     rank_pattern: Dict[str, int] = setting({}, doc="Per-target rank overrides.")
     alpha_pattern: Dict[str, float] = setting({}, doc="Per-target alpha overrides.")
     use_dora: bool = setting(False, doc="DoRA (PEFT use_dora): also learn a per-row magnitude.")
+    quantize_base: Optional[str] = setting(
+        None, _one_of(QUANTIZE_BASE_CHOICES),
+        doc="QLoRA: nf4 stores the frozen base linears in 4-bit NormalFloat (needs the qlora extra).")
+    merge_base: str = setting(
+        "dequantized", _one_of(MERGE_BASE_CHOICES),
+        doc="QLoRA: merged weights = adapter + the NF4 base it trained on (dequantized) or the original.")
 
     @staticmethod
     def cross_checks(cfg: DictConfig, prefix: str) -> list[str]:
-        """Pattern keys must name targets; pattern values must be positive."""
+        """Pattern keys must name targets; pattern values must be positive; QLoRA needs torchao."""
         problems = []
+        if cfg.quantize_base is not None and importlib.util.find_spec("torchao") is None:
+            problems.append(
+                f"`{prefix}quantize_base`={cfg.quantize_base!r} (QLoRA) stores the base weights with torchao's "
+                "NF4 tensor, but torchao is not installed: pip install \"tunekit[qlora]\" "
+                f"(or set {prefix}quantize_base=null for plain LoRA)")
         for key in ("rank_pattern", "alpha_pattern"):
             for name, value in cfg[key].items():
                 if name not in cfg.targets:
