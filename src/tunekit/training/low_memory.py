@@ -174,8 +174,9 @@ class OffloadActivations(torch.autograd.graph.saved_tensors_hooks):
     def __init__(self, model: nn.Module | None = None, *, min_bytes: int = 1 << 20, use_streams: bool = True,
                  force_copy: bool = False) -> None:
         self.min_bytes, self.force_copy = min_bytes, force_copy
-        self._params = set() if model is None else {p.untyped_storage().data_ptr() for p in model.parameters()
-                                                    if p.device.type != "meta" and type(p) in (torch.Tensor, nn.Parameter)}
+        params = [] if model is None else list(model.parameters())
+        self._params = {p.untyped_storage().data_ptr() for p in params
+                        if p.device.type != "meta" and type(p) in (torch.Tensor, nn.Parameter)}
         cuda = torch.cuda.is_available()
         self._d2h = torch.cuda.Stream() if cuda and use_streams else None
         self._h2d = torch.cuda.Stream() if cuda and use_streams else None
