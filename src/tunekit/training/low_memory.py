@@ -19,16 +19,16 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from tunekit.distributed import all_reduce_sum, get_world_size, is_distributed
+from tunekit.modules.peft import quiet_torchao_import
 from tunekit.training.metric_logging import MissingExtraError
 
-__all__ = ["OffloadActivations", "OptimizerInBackward", "adamw8bit", "offload_activations"]
+__all__ = ["OffloadActivations", "OptimizerInBackward", "adamw8bit", "low_memory_setup", "offload_activations"]
 
 LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -45,8 +45,7 @@ def adamw8bit(params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float
         MissingExtraError: torchao (the ``qlora`` extra) is not installed.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_torchao_import():
             from torchao.optim import AdamW8bit
     except ImportError as err:
         raise MissingExtraError(
@@ -240,3 +239,26 @@ def offload_activations(loss_fn: LossFn, model: nn.Module | None = None, **kwarg
 
     loss.offload = hooks  # type: ignore[attr-defined]
     return loss
+
+
+def low_memory_setup(model: nn.Module, optimizer_factory: Callable[[list], torch.optim.Optimizer], loss_fn: LossFn, *,
+                     gradient_accumulation_steps: int, clip_grad_norm: float | None, optimizer_in_bwd: bool,
+                     activation_offloading: bool) -> tuple[torch.optim.Optimizer, LossFn]:
+    """The optimizer over ``model``'s trainable parameters and the loss the loop calls, with the
+    run's memory savers: ``optimizer_in_bwd`` (:class:`OptimizerInBackward`) and
+    ``activation_offloading`` (:func:`offload_activations`). Both off: ``factory(params)``, ``loss_fn``.
+
+    Raises:
+        ValueError: optimizer in backward with accumulation, clipping or several ranks.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer_in_bwd:
+        optimizer: torch.optim.Optimizer = OptimizerInBackward(
+            params, optimizer_factory, gradient_accumulation_steps=gradient_accumulation_steps,
+            clip_grad_norm=clip_grad_norm)
+        loss_fn = optimizer.wrap_loss(loss_fn)
+    else:
+        optimizer = optimizer_factory(params)
+    if activation_offloading:
+        loss_fn = offload_activations(loss_fn, model)
+    return optimizer, loss_fn

@@ -12,6 +12,7 @@ from tunekit.modules.peft._nf4 import (
     is_nf4,
     nf4_linear,
     quantize_nf4,
+    quiet_torchao_import,
 )
 from tunekit.modules.peft._utils import (
     disable_adapters,
@@ -41,6 +42,7 @@ __all__ = [
     "quantize_base_",
     "quantize_nf4",
     "quantized_base_names",
+    "quiet_torchao_import",
     "LoRALinear",
     "LoRASpec",
     "disable_adapters",

@@ -17,8 +17,11 @@ is quantized.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,7 @@ __all__ = [
     "is_nf4",
     "nf4_linear",
     "quantize_nf4",
+    "quiet_torchao_import",
     "require_torchao",
 ]
 
@@ -60,13 +64,32 @@ class QuantizationUnavailableError(ImportError):
     """``lora.quantize_base`` is set but torchao (the ``qlora`` extra) is not installed."""
 
 
+@contextlib.contextmanager
+def quiet_torchao_import() -> Iterator[None]:
+    """Import torchao without its log lines about GPU kernels a CPU build cannot load (and
+    torch's deprecation notes it triggers): they are noise to a user who asked for NF4."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def require_torchao() -> Any:
     """The module holding ``NF4Tensor`` / ``to_nf4``; raises a one-paragraph error without torchao."""
     try:
-        from torchao.quantization.quantize_.workflows.nf4 import nf4_tensor  # torchao >= 0.14
+        with quiet_torchao_import():
+            from torchao.quantization.quantize_.workflows.nf4 import nf4_tensor  # torchao >= 0.14
     except ImportError:
         try:
-            from torchao.dtypes import nf4tensor as nf4_tensor  # older torchao
+            with quiet_torchao_import():
+                from torchao.dtypes import nf4tensor as nf4_tensor  # older torchao
         except ImportError as err:
             raise QuantizationUnavailableError(
                 f"lora.quantize_base=nf4 (QLoRA) stores the frozen base weights with torchao's NF4 "
