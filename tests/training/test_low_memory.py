@@ -126,3 +126,29 @@ def test_adamw8bit_tracks_fp32_adamw_and_round_trips(monkeypatch):
     o8b.load_state_dict(torch.load(buf, weights_only=True))
     assert torch.equal(o8b.state_dict()["state"][0]["exp_avg"].dequantize(),
                        o8.state_dict()["state"][0]["exp_avg"].dequantize())
+
+
+def test_memory_budget_counts_what_is_stored():
+    pytest.importorskip("torchao")
+    from tunekit.models.llama2 import llama2
+    from tunekit.modules.peft import LoRASpec, quantize_base_, set_trainable_params
+    from tunekit.training.memory import format_memory_budget, memory_budget, tensor_bytes
+
+    m = llama2(vocab_size=64, num_layers=1, num_heads=4, num_kv_heads=2, embed_dim=64, intermediate_dim=128,
+               max_seq_len=32, lora=LoRASpec(rank=4, targets=["q_proj"], quantize_base="nf4"))
+    set_trainable_params(m)
+    before = memory_budget(m, None, device=torch.device("cpu"))
+    quantize_base_(m)
+    w = m.layers[0].attn.q_proj.weight
+    assert tensor_bytes(w) < 64 * 64 * 4 / 6  # 4-bit codes + scales, not fp32
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad])
+    m(torch.randint(0, 64, (1, 8))).sum().backward()
+    opt.step()
+    budget = memory_budget(m, opt, device=torch.device("cpu"), logits_bytes=1024)
+    assert budget["weights"] < before["weights"]
+    adapter = sum(p.numel() * 4 for p in m.parameters() if p.requires_grad)
+    assert budget["gradients"] * 1024**3 == adapter and budget["optimizer"] * 1024**3 == 2 * adapter
+    freed = memory_budget(m, opt, device=torch.device("cpu"), gradients_freed_in_backward=True)
+    assert freed["gradients"] * 1024**3 == max(p.numel() * 4 for p in m.parameters() if p.requires_grad)
+    text = format_memory_budget(budget)
+    assert "weights" in text and "logits" in text and "optimizer_in_bwd=true" in text
