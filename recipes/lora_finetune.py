@@ -132,10 +132,11 @@ def run(cfg: DictConfig) -> float | None:
     result = train(net, optimizer=optimizer, lr_scheduler=lr_scheduler, loss_fn=loss_fn,
                    train_loader=train_loader, val_loader=val_loader, saver=saver,
                    metric_logger=metric_logger, settings=settings, start=start, progress=rank == 0)
-    if spec.quantize_base and not result.interrupted:  # QLoRA: what merging cost (docs/recipes.md)
+    if spec.quantize_base and not result.interrupted:  # QLoRA: what merging cost (README, QLoRA)
         drift = merge_drift(net, loss_fn=loss_fn, val_loader=val_loader, device=get_device(settings.device),
                             adapter_config=spec, trained_val_loss=result.final_val_loss,
-                            original=saver.original_weights, max_batches=settings.max_eval_batches)
+                            original=saver.original_weights if spec.merge_base == "original" else None,
+                            max_batches=settings.max_eval_batches)
         if drift and rank == 0:
             metric_logger.log_dict(drift, step=result.global_step)
     if rank == 0:  # where the memory went, and what would lower it

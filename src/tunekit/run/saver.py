@@ -211,9 +211,11 @@ def merge_drift(model: nn.Module, *, loss_fn: Any, val_loader: Any, device: torc
                 max_batches: int | None = None) -> dict[str, float]:
     """QLoRA: validation loss of the saved merged weights next to the training-time model's.
 
-    Returns ``{"val_loss_trained", "val_loss_merged_dequantized", "val_loss_merged_original",
-    "merge_drift"}`` (drift = the loss of the ``merge_base`` the run saved minus the trained
-    model's); ``{}`` for a model without an NF4 base or without validation data.
+    Returns ``{"val_loss_trained", "val_loss_merged_dequantized", "merge_drift"}`` (+
+    ``"val_loss_merged_original"`` when ``original``, the base checkpoint's loader, is given;
+    drift = the loss of the ``merge_base`` the run saved minus the trained model's); ``{}`` for a
+    model without an NF4 base or without validation data. The merged weights are built one
+    linear at a time inside each forward, so no second copy of the model is held.
     """
     from tunekit.training import evaluate
 
