@@ -38,6 +38,7 @@ __all__ = [
     "dequantize",
     "is_nf4",
     "nf4_linear",
+    "nf4_to",
     "quantize_nf4",
     "quiet_torchao_import",
     "require_torchao",
@@ -146,18 +147,24 @@ def dequantize(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.
     return weight if dtype is None else weight.to(dtype)
 
 
+def nf4_to(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Dequantize a known NF4 ``weight`` to ``dtype`` through its ``aten.to`` (what torch.compile
+    traces into one graph; :func:`dequantize` checks the type first and is for eager code)."""
+    return weight.to(dtype)
+
+
 class _NF4LinearFn(torch.autograd.Function):
     """``x deq(W)^T``: only the NF4 ``W`` is kept for backward (``dx = g deq(W)``); ``W`` is frozen."""
 
     @staticmethod
     def forward(ctx, x, weight):  # type: ignore[override]
         ctx.save_for_backward(weight)
-        return F.linear(x, dequantize(weight, x.dtype))
+        return F.linear(x, nf4_to(weight, x.dtype))
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (weight,) = ctx.saved_tensors
-        return grad @ dequantize(weight, grad.dtype), None
+        return grad @ nf4_to(weight, grad.dtype), None
 
 
 def nf4_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

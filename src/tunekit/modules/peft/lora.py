@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunekit.modules.peft._merge import merged_weight
-from tunekit.modules.peft._nf4 import QUANTIZE_BASE_CHOICES, dequantize, nf4_linear, quantize_nf4
+from tunekit.modules.peft._nf4 import QUANTIZE_BASE_CHOICES, nf4_linear, nf4_to, quantize_nf4
 
 LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output")
 """Valid ``LoRASpec.targets`` (tunekit linear names)."""
@@ -178,7 +178,7 @@ class _QLoRALinearFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):  # type: ignore[override]
         x2 = x.reshape(-1, x.shape[-1])
         a = torch.mm(x2, lora_a.t()).mul(scaling)  # [n, r]
-        out = _linear_plus_lowrank(x2, dequantize(weight, x.dtype), bias, a, lora_b)
+        out = _linear_plus_lowrank(x2, nf4_to(weight, x.dtype), bias, a, lora_b)
         ctx.save_for_backward(x2, weight, lora_a, lora_b, a)
         ctx.scaling = scaling
         ctx.x_shape = x.shape
@@ -198,7 +198,7 @@ class _QLoRALinearFn(torch.autograd.Function):
             if need_a:
                 d_a = torch.mm(da.t(), x2)
             if need_x:
-                w = dequantize(weight, g.dtype)
+                w = nf4_to(weight, g.dtype)
                 dx = _linear_plus_lowrank(g, w.t(), None, da, lora_a.t()).view(ctx.x_shape)
         if need_b and ctx.has_bias:
             db = g.sum(0)
@@ -288,8 +288,9 @@ class LoRALinear(nn.Module):
 
     def base_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The base weight ``W`` in full precision (dequantized from NF4 when quantized)."""
-        return dequantize(self.weight, dtype) if self.quantized else (
-            self.weight if dtype is None else self.weight.to(dtype))
+        if self.quantized:  # through aten.to: one graph under torch.compile
+            return nf4_to(self.weight, self.weight.dtype if dtype is None else dtype)
+        return self.weight if dtype is None else self.weight.to(dtype)
 
     def _base_linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.quantized:
