@@ -4,7 +4,7 @@ activation checkpointing (+ activation offloading), next to the plain fused-Adam
 Every row runs tunekit's real training path (``tunekit.training.train``, bf16 weights,
 ``ChunkedCrossEntropyLoss``, compile per layer on CUDA) in a fresh process; the optimizer and
 the loss come from ``tunekit.training.low_memory.low_memory_setup`` exactly as the recipe
-builds them (``optimizer_in_bwd=true``, ``optimizer=adamw8bit``, ``activation_offloading=true``):
+builds them (``optimizer_in_backward=true``, ``optimizer=adamw8bit``, ``activation_offloading=true``):
 
     baseline    fused AdamW (bf16 states), AC on, clip 1.0            (docs/benchmarks.md: 50.4 GiB)
     lowmem      optimizer in backward + 8-bit AdamW, AC on            (no clipping: refused)
@@ -73,7 +73,7 @@ def train_row(cfg: dict) -> dict:
         factory = functools.partial(torch.optim.AdamW, lr=1e-5, weight_decay=0.01, fused=device.startswith("cuda"))
     loss_fn = prepare_loss(ChunkedCrossEntropyLoss(num_chunks=8), settings)
     opt, loss_fn = low_memory_setup(model, factory, loss_fn, gradient_accumulation_steps=1,
-                                    clip_grad_norm=settings.clip_grad_norm, optimizer_in_bwd=row["in_bwd"],
+                                    clip_grad_norm=settings.clip_grad_norm, optimizer_in_backward=row["in_bwd"],
                                     activation_offloading=row["offload"])
     sched = cosine_with_warmup(opt, num_warmup_steps=1, num_training_steps=total)
     ds = SyntheticLM(total * cfg["batch"], cfg["seq"], shape["vocab_size"])

@@ -56,9 +56,9 @@ def run(cfg: DictConfig) -> float | None:
 
     t_start = time.perf_counter()
     rank, world_size = process.init_distributed(cfg.device)
-    if cfg.optimizer_in_bwd and world_size > 1:
-        raise ConfigError(f"optimizer_in_bwd=true runs on one process in this version, this launch has {world_size} "
-                          "ranks: run without torchrun, or set optimizer_in_bwd=false.")
+    if cfg.optimizer_in_backward and world_size > 1:
+        raise ConfigError(f"optimizer_in_backward=true runs on one process in this version, this launch has "
+                          f"{world_size} ranks: run without torchrun, or set optimizer_in_backward=false.")
     overrides = job_overrides()
     settings = train_settings(cfg)
     checkpointer = instantiate(cfg.checkpointer)
@@ -101,10 +101,10 @@ def run(cfg: DictConfig) -> float | None:
         seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=process.pin_memory_for(cfg.device))
 
     # ---- optimisation, the resume point, saving
-    # the optimizer (stepped in backward with optimizer_in_bwd) and the loss as the loop calls it
+    # the optimizer (stepped in backward with optimizer_in_backward) and the loss as the loop calls it
     optimizer, loss_fn = low_memory_setup(
         net, instantiate(cfg.optimizer), loss_fn, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        clip_grad_norm=cfg.clip_grad_norm, optimizer_in_bwd=cfg.optimizer_in_bwd,
+        clip_grad_norm=cfg.clip_grad_norm, optimizer_in_backward=cfg.optimizer_in_backward,
         activation_offloading=cfg.activation_offloading)
     total_steps = num_training_steps(len(train_loader), settings)
     lr_scheduler = instantiate(cfg.lr_scheduler)(optimizer, num_training_steps=total_steps)
@@ -129,7 +129,7 @@ def run(cfg: DictConfig) -> float | None:
                    metric_logger=metric_logger, settings=settings, start=start, progress=rank == 0)
     if rank == 0:  # where the memory went, and what would lower it
         print(format_memory_budget(memory_budget(
-            net, optimizer, device=get_device(settings.device), gradients_freed_in_backward=cfg.optimizer_in_bwd,
+            net, optimizer, device=get_device(settings.device), gradients_freed_in_backward=cfg.optimizer_in_backward,
             logits_bytes=cfg.batch_size * cfg.max_seq_len * net.output.out_features * 4
             // getattr(loss_fn, "num_chunks", 1))), flush=True)
     metric_logger.close()

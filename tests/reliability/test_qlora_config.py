@@ -17,11 +17,11 @@ from tests.reliability._harness import assert_user_error, run_tunekit
         ("lora_finetune", ["lora.quantize_base=nf4", "lora.merge_base=both"],
          ["`lora.merge_base`='both'", "dequantized, original"]),
         # optimizer in backward cannot accumulate: the keys and what to do instead
-        ("full_finetune", ["optimizer_in_bwd=true", "gradient_accumulation_steps=4"],
-         ["`optimizer_in_bwd`=true", "`gradient_accumulation_steps`=4", "raise batch_size instead",
-          "optimizer_in_bwd=false"]),
+        ("full_finetune", ["optimizer_in_backward=true", "gradient_accumulation_steps=4"],
+         ["`optimizer_in_backward`=true", "`gradient_accumulation_steps`=4", "raise batch_size instead",
+          "optimizer_in_backward=false"]),
         # ... nor clip (the norm needs every gradient of the step)
-        ("lora_finetune", ["optimizer_in_bwd=true", "clip_grad_norm=1.0"],
+        ("lora_finetune", ["optimizer_in_backward=true", "clip_grad_norm=1.0"],
          ["`clip_grad_norm`=1.0", "clip_grad_norm=null"]),
         # the 8-bit optimizer's own keys are checked against its signature
         ("full_finetune", ["optimizer=adamw8bit", "+optimizer.paged=true"], ["optimizer", "paged"]),

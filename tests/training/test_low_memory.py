@@ -151,4 +151,4 @@ def test_memory_budget_counts_what_is_stored():
     freed = memory_budget(m, opt, device=torch.device("cpu"), gradients_freed_in_backward=True)
     assert freed["gradients"] * 1024**3 == max(p.numel() * 4 for p in m.parameters() if p.requires_grad)
     text = format_memory_budget(budget)
-    assert "weights" in text and "logits" in text and "optimizer_in_bwd=true" in text
+    assert "weights" in text and "logits" in text and "optimizer_in_backward=true" in text

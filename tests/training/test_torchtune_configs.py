@@ -42,5 +42,5 @@ def test_command_composes_and_validates(name, tmp_path, monkeypatch):
         assert cfg.lora.quantize_base == "nf4" and cfg.lora.merge_base == "dequantized"
         assert cfg.model._component_.startswith("tunekit.models.llama2.llama2_")
     else:
-        assert cfg.optimizer_in_bwd and cfg.activation_offloading and cfg.gradient_accumulation_steps == 1
+        assert cfg.optimizer_in_backward and cfg.activation_offloading and cfg.gradient_accumulation_steps == 1
         assert cfg.optimizer._component_ == "tunekit.training.low_memory.adamw8bit"

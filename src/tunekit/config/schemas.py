@@ -230,7 +230,7 @@ class _TrainSettings(_RunSettings):
         doc="Fingerprint fields a resumed checkpoint may differ in (e.g. [data, batch_size]).",
     )
     keep_last_n: Optional[int] = setting(None, _at_least(1), doc="step_N checkpoints kept (epoch_N: all).")
-    optimizer_in_bwd: bool = setting(
+    optimizer_in_backward: bool = setting(
         False, doc="Step each parameter in backward and free its gradient at once (no accumulation/clipping).")
     activation_offloading: bool = setting(
         False, doc="Keep saved activations in CPU memory (copies overlapped on CUDA streams); with AC.")
@@ -267,12 +267,12 @@ class _TrainSettings(_RunSettings):
                 f"`eval_every_n_steps`={cfg.eval_every_n_steps} would never evaluate: `dataset.val_fraction`=0 holds"
                 " out no validation rows; set dataset.val_fraction=0.1 (for example) or unset eval_every_n_steps"
             )
-        if cfg.optimizer_in_bwd and (cfg.gradient_accumulation_steps != 1 or cfg.clip_grad_norm is not None):
+        if cfg.optimizer_in_backward and (cfg.gradient_accumulation_steps != 1 or cfg.clip_grad_norm is not None):
             problems.append(
-                f"`optimizer_in_bwd`=true steps each parameter as soon as its gradient is ready, so it cannot run"
+                f"`optimizer_in_backward`=true steps each parameter as soon as its gradient is ready, so it cannot run"
                 f" with `gradient_accumulation_steps`={cfg.gradient_accumulation_steps} or `clip_grad_norm`="
                 f"{cfg.clip_grad_norm} (both need every gradient of a step at once); set gradient_accumulation_steps=1"
-                " (raise batch_size instead) and clip_grad_norm=null, or optimizer_in_bwd=false"
+                " (raise batch_size instead) and clip_grad_norm=null, or optimizer_in_backward=false"
             )
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
             # Only step_N checkpoints are pruned; epoch_N ones are always kept.

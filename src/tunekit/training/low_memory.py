@@ -85,11 +85,11 @@ class OptimizerInBackward(torch.optim.Optimizer):
                             "but each is applied and freed as soon as it is ready; unset clip_grad_norm)")
         if is_distributed():
             problems.append(f"{get_world_size()} ranks (sharded training reduces gradients after backward; "
-                            "run on one process, or set optimizer_in_bwd=false)")
+                            "run on one process, or set optimizer_in_backward=false)")
         if not params:
             problems.append("no trainable parameter")
         if problems:
-            raise ValueError("optimizer_in_bwd=true cannot run with " + "; ".join(problems))
+            raise ValueError("optimizer_in_backward=true cannot run with " + "; ".join(problems))
         self._params = params
         self._inner = [optimizer_factory([p]) for p in params]
         super().__init__(params, dict(self._inner[0].defaults))
@@ -242,17 +242,17 @@ def offload_activations(loss_fn: LossFn, model: nn.Module | None = None, **kwarg
 
 
 def low_memory_setup(model: nn.Module, optimizer_factory: Callable[[list], torch.optim.Optimizer], loss_fn: LossFn, *,
-                     gradient_accumulation_steps: int, clip_grad_norm: float | None, optimizer_in_bwd: bool,
+                     gradient_accumulation_steps: int, clip_grad_norm: float | None, optimizer_in_backward: bool,
                      activation_offloading: bool) -> tuple[torch.optim.Optimizer, LossFn]:
     """The optimizer over ``model``'s trainable parameters and the loss the loop calls, with the
-    run's memory savers: ``optimizer_in_bwd`` (:class:`OptimizerInBackward`) and
+    run's memory savers: ``optimizer_in_backward`` (:class:`OptimizerInBackward`) and
     ``activation_offloading`` (:func:`offload_activations`). Both off: ``factory(params)``, ``loss_fn``.
 
     Raises:
         ValueError: optimizer in backward with accumulation, clipping or several ranks.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer_in_bwd:
+    if optimizer_in_backward:
         optimizer: torch.optim.Optimizer = OptimizerInBackward(
             params, optimizer_factory, gradient_accumulation_steps=gradient_accumulation_steps,
             clip_grad_norm=clip_grad_norm)
