@@ -150,8 +150,8 @@ def build_training_model(make_model: Callable[..., nn.Module],
     if quantize:
         raise ConfigError(
             f"lora.quantize_base={quantize} (QLoRA) runs on one process in this version; this launch has "
-            f"{world_size} ranks. Run it without torchrun (7B QLoRA fits one 8 GB GPU), or set "
-            "lora.quantize_base=null for sharded LoRA."
+            f"{world_size} ranks. Run it without torchrun on one GPU (70B QLoRA needs about 42 GiB: "
+            "docs/benchmarks.md), or set lora.quantize_base=null for sharded LoRA."
         )
 
     cast_params_(model, get_dtype(settings.dtype))
