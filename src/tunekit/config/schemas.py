@@ -13,6 +13,7 @@ checked against the signature of the callable they name (see ``tunekit.config.va
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import typing
 from collections.abc import Callable
@@ -45,6 +46,8 @@ DTYPES = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 AC_POLICIES = ("full", "selective")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output")
+QUANTIZE_BASE_CHOICES = ("nf4",)  # tunekit.modules.peft.QUANTIZE_BASE_CHOICES (torch-free copy)
+MERGE_BASE_CHOICES = ("dequantized", "original")  # tunekit.modules.peft.MERGE_BASE_CHOICES
 
 Check = Callable[[Any], Optional[str]]
 
@@ -157,11 +160,22 @@ class LoRAConfig:
     rank_pattern: Dict[str, int] = setting({}, doc="Per-target rank overrides.")
     alpha_pattern: Dict[str, float] = setting({}, doc="Per-target alpha overrides.")
     use_dora: bool = setting(False, doc="DoRA (PEFT use_dora): also learn a per-row magnitude.")
+    quantize_base: Optional[str] = setting(
+        None, _one_of(QUANTIZE_BASE_CHOICES),
+        doc="QLoRA: nf4 stores the frozen base linears in 4-bit NormalFloat (needs the qlora extra).")
+    merge_base: str = setting(
+        "dequantized", _one_of(MERGE_BASE_CHOICES),
+        doc="QLoRA: merged weights = adapter + the NF4 base it trained on (dequantized) or the original.")
 
     @staticmethod
     def cross_checks(cfg: DictConfig, prefix: str) -> list[str]:
-        """Pattern keys must name targets; pattern values must be positive."""
+        """Pattern keys must name targets; pattern values must be positive; QLoRA needs torchao."""
         problems = []
+        if cfg.quantize_base is not None and importlib.util.find_spec("torchao") is None:
+            problems.append(
+                f"`{prefix}quantize_base`={cfg.quantize_base!r} (QLoRA) stores the base weights with torchao's "
+                "NF4 tensor, but torchao is not installed: pip install \"tunekit[qlora]\" "
+                f"(or set {prefix}quantize_base=null for plain LoRA)")
         for key in ("rank_pattern", "alpha_pattern"):
             for name, value in cfg[key].items():
                 if name not in cfg.targets:
@@ -230,6 +244,10 @@ class _TrainSettings(_RunSettings):
         doc="Fingerprint fields a resumed checkpoint may differ in (e.g. [data, batch_size]).",
     )
     keep_last_n: Optional[int] = setting(None, _at_least(1), doc="step_N checkpoints kept (epoch_N: all).")
+    optimizer_in_backward: bool = setting(
+        False, doc="Step each parameter in backward and free its gradient at once (no accumulation/clipping).")
+    activation_offloading: bool = setting(
+        False, doc="Keep saved activations in CPU memory (copies overlapped on CUDA streams); with AC.")
     paths: PathsConfig = field(default_factory=PathsConfig)
     model_info: ModelInfo = field(default_factory=ModelInfo)
     model: Any = None
@@ -268,6 +286,17 @@ class _TrainSettings(_RunSettings):
                             " updates every weight: set fp8_base=false (or fine-tune with lora_finetune)")
         elif cfg.fp8_base and cfg.lora.use_dora:
             problems.append("`fp8_base`=true does not support DoRA (`lora.use_dora`=true): set one of them to false")
+        if cfg.fp8_base and "lora" in cfg and cfg.lora.get("quantize_base"):
+            problems.append(f"`fp8_base`=true and `lora.quantize_base`={cfg.lora.quantize_base} both replace the frozen"
+                            " base weights (FP8 copies vs NF4 storage): set one of them (fp8_base=false or"
+                            " lora.quantize_base=null)")
+        if cfg.optimizer_in_backward and (cfg.gradient_accumulation_steps != 1 or cfg.clip_grad_norm is not None):
+            problems.append(
+                f"`optimizer_in_backward`=true steps each parameter as soon as its gradient is ready, so it cannot run"
+                f" with `gradient_accumulation_steps`={cfg.gradient_accumulation_steps} or `clip_grad_norm`="
+                f"{cfg.clip_grad_norm} (both need every gradient of a step at once); set gradient_accumulation_steps=1"
+                " (raise batch_size instead) and clip_grad_norm=null, or optimizer_in_backward=false"
+            )
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
             # Only step_N checkpoints are pruned; epoch_N ones are always kept.
             problems.append(

@@ -16,7 +16,7 @@ from torch import nn
 from tunekit.checkpointing import CheckpointError, check_model_matches
 from tunekit.config import ConfigError
 from tunekit.distributed import broadcast_object, load_full_state_dict
-from tunekit.modules.peft import LoRALinear, is_adapter_key, set_trainable_params
+from tunekit.modules.peft import QUANTIZE_ATTR, LoRALinear, is_adapter_key, set_trainable_params
 from tunekit.training.precision import get_dtype
 from tunekit.training.prepare import cast_params_, materialize_empty, shard_model
 
@@ -136,6 +136,7 @@ def build_training_model(make_model: Callable[..., nn.Module],
     with torch.device("meta"):
         model = make_model(lora=lora) if lora is not None else make_model()
     check_model_matches(model, declared, source)
+    quantize = getattr(lora, "quantize_base", None)
     if world_size <= 1:  # the meta model gets the weights assigned, as build_model does
         if load_weights is not None:
             load_model_weights(model, load_weights(), lora=lora is not None, source=source)
@@ -143,7 +144,15 @@ def build_training_model(make_model: Callable[..., nn.Module],
             materialize_empty(model)
         if lora is not None:
             set_trainable_params(model)
+        if quantize:  # QLoRA: prepare_model quantizes the frozen base once it is placed
+            setattr(model, QUANTIZE_ATTR, quantize)
         return model
+    if quantize:
+        raise ConfigError(
+            f"lora.quantize_base={quantize} (QLoRA) runs on one process in this version; this launch has "
+            f"{world_size} ranks. Run it without torchrun on one GPU (70B QLoRA needs about 42 GiB: "
+            "docs/benchmarks.md), or set lora.quantize_base=null for sharded LoRA."
+        )
 
     cast_params_(model, get_dtype(settings.dtype))
     shard_model(

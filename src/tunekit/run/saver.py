@@ -8,8 +8,9 @@ records the run's fingerprint (``tunekit.run.resume.fingerprint``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -25,14 +26,17 @@ from tunekit.distributed import (
 )
 from tunekit.modules.peft import (
     LoRALinear,
+    NF4Linear,
+    dequantize,
     get_adapter_state_dict,
     get_merged_state_dict,
     is_adapter_key,
     merged_weight,
+    quantized_base_names,
 )
 from tunekit.training import ResumePoint, StatefulSampler, TrainSettings, steps_per_epoch
 
-__all__ = ["CheckpointSaver", "model_states"]
+__all__ = ["CheckpointSaver", "merge_drift", "model_states"]
 
 
 def _adapter_config_dict(adapter_config: Any) -> dict[str, Any]:
@@ -52,16 +56,42 @@ def _merge_full(model: nn.Module, full: Mapping[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def model_states(model: nn.Module, adapter_config: Any) -> dict[str, Any]:
+def _merge_base(adapter_config: Any) -> str:
+    return str(_adapter_config_dict(adapter_config).get("merge_base") or "dequantized")
+
+
+@torch.no_grad()
+def _merged_onto_original(model: nn.Module, original: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """QLoRA ``merge_base=original``: the merged state dict with every NF4 base replaced by the
+    checkpoint's full-precision weight (adapters merged onto it), in the model's dtype."""
+    sd = get_merged_state_dict(model)
+    for name in quantized_base_names(model):
+        m = model.get_submodule(name)
+        w = original[f"{name}.weight"].to(device=sd[f"{name}.weight"].device, dtype=sd[f"{name}.weight"].dtype)
+        if isinstance(m, LoRALinear) and not m.disabled:
+            w = merged_weight(w, m.lora_a.weight, m.lora_b.weight, scaling=m.scaling,
+                              magnitude=m.lora_magnitude if m.use_dora else None)
+        sd[f"{name}.weight"] = w
+    return sd
+
+
+def model_states(model: nn.Module, adapter_config: Any,
+                 original: Callable[[], Mapping[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """``model`` (+ ``adapter``, ``adapter_config`` for LoRA) entries of a checkpoint.
 
     Under FSDP every rank takes part in the gather; rank 0 gets the full (CPU) tensors, the
-    other ranks an empty dict (only rank 0 saves).
+    other ranks an empty dict (only rank 0 saves). QLoRA (an NF4 base): the merged weights add
+    the adapter to the dequantized base, or with ``merge_base=original`` to the checkpoint's
+    full-precision weights, read through ``original`` (the base checkpoint's loader).
     """
     if not is_sharded(model):
         if adapter_config is None:
             return {"model": model.state_dict()}
-        return {"model": get_merged_state_dict(model), "adapter": get_adapter_state_dict(model),
+        if original is not None and _merge_base(adapter_config) == "original" and quantized_base_names(model):
+            merged = _merged_onto_original(model, original())
+        else:
+            merged = get_merged_state_dict(model)
+        return {"model": merged, "adapter": get_adapter_state_dict(model),
                 "adapter_config": _adapter_config_dict(adapter_config)}
     full = gather_full_model(model)
     if full is None:
@@ -90,6 +120,9 @@ class CheckpointSaver:
         self.train_loader, self.settings = train_loader, settings
         self.adapter_config = adapter_config
         self.trained_with = None if trained_with is None else dict(trained_with)
+        load = getattr(checkpointer, "load_checkpoint", None)
+        # QLoRA merge_base=original: the base checkpoint is read again at each save (CPU).
+        self.original_weights = None if load is None else (lambda: load()["model"])
 
     def recipe_state(self, point: ResumePoint) -> dict[str, Any]:
         """Where to resume from, as plain data: the next step, RNG states, data position."""
@@ -131,7 +164,7 @@ class CheckpointSaver:
             )
             return
         state = {
-            **model_states(self.model, self.adapter_config),
+            **model_states(self.model, self.adapter_config, self.original_weights),
             "optimizer": (gather_full_optimizer_state_dict(self.model, self.optimizer) if sharded
                           else self.optimizer.state_dict()),
             **training_state,
@@ -140,3 +173,68 @@ class CheckpointSaver:
             self.checkpointer.save_checkpoint(state, epoch=epoch, intermediate_checkpoint=not final, step=step,
                                               info=self.trained_with)
         barrier()
+
+
+@contextlib.contextmanager
+def _merged_view(model: nn.Module, original: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
+    """Within the block each NF4 linear computes with the weight a merged checkpoint would hold
+    (``W + s B A`` on the dequantized or, given ``original``, the full-precision base, rounded
+    to the model's dtype), built per call so no extra copy of the model is resident."""
+    import torch.nn.functional as F
+
+    patched = []
+    for name in quantized_base_names(model):
+        m = model.get_submodule(name)
+
+        def forward(x: torch.Tensor, m: nn.Module = m, name: str = name) -> torch.Tensor:
+            dtype = x.dtype
+            base = (dequantize(m.weight, dtype) if original is None
+                    else original[f"{name}.weight"].to(device=x.device, dtype=dtype))
+            w = base
+            if isinstance(m, LoRALinear) and not m.disabled:
+                w = merged_weight(base, m.lora_a.weight, m.lora_b.weight, scaling=m.scaling,
+                                  magnitude=m.lora_magnitude if m.use_dora else None)
+            return F.linear(x, w, m.bias)
+
+        assert isinstance(m, (LoRALinear, NF4Linear))
+        m.forward = forward  # instance attribute shadows the class's forward
+        patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+@torch.no_grad()
+def merge_drift(model: nn.Module, *, loss_fn: Any, val_loader: Any, device: torch.device, adapter_config: Any,
+                trained_val_loss: float | None, original: Callable[[], Mapping[str, torch.Tensor]] | None,
+                max_batches: int | None = None) -> dict[str, float]:
+    """QLoRA: validation loss of the saved merged weights next to the training-time model's.
+
+    Returns ``{"val_loss_trained", "val_loss_merged_dequantized", "merge_drift"}`` (+
+    ``"val_loss_merged_original"`` when ``original``, the base checkpoint's loader, is given;
+    drift = the loss of the ``merge_base`` the run saved minus the trained model's); ``{}`` for a
+    model without an NF4 base or without validation data. The merged weights are built one
+    linear at a time inside each forward, so no second copy of the model is held.
+    """
+    from tunekit.training import evaluate
+
+    if val_loader is None or not quantized_base_names(model):
+        return {}
+    trained = trained_val_loss
+    if trained is None:
+        trained = evaluate(model, loss_fn, val_loader, device=device, max_batches=max_batches)
+    out = {"val_loss_trained": float(trained)}
+    with _merged_view(model, None):
+        out["val_loss_merged_dequantized"] = evaluate(model, loss_fn, val_loader, device=device,
+                                                      max_batches=max_batches)
+    if original is not None:
+        weights = original()
+        with _merged_view(model, weights):
+            out["val_loss_merged_original"] = evaluate(model, loss_fn, val_loader, device=device,
+                                                       max_batches=max_batches)
+        del weights
+    saved = out.get(f"val_loss_merged_{_merge_base(adapter_config)}", out["val_loss_merged_dequantized"])
+    out["merge_drift"] = saved - out["val_loss_trained"]
+    return out

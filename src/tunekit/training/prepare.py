@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from tunekit.distributed import FSDP_ATTR, is_distributed, is_sharded, mesh_device
-from tunekit.modules.peft import reset_all_parameters
+from tunekit.modules.peft import QUANTIZE_ATTR, is_nf4, quantize_base_, quantized_base_names, reset_all_parameters
 from tunekit.training.activation_checkpointing import apply_activation_checkpointing, is_checkpointed
 from tunekit.training.compile import compile_loss, compile_model
 from tunekit.training.device import get_device
@@ -52,6 +52,8 @@ def cast_params_(model: nn.Module, dtype: torch.dtype) -> None:
     points at them.
     """
     for p in model.parameters():
+        if is_nf4(p):  # QLoRA's frozen base: stays NF4 (computed in the input's dtype)
+            continue
         if p.is_floating_point() and p.dtype != dtype:
             p.data = p.data.to(dtype)
 
@@ -129,8 +131,14 @@ def prepare_model(model: nn.Module, settings: TrainSettings) -> torch.device:
         )
     device = get_device(settings.device)
     _check_runnable_here(model, settings, device)
+    dtype = get_dtype(settings.dtype, device)
+    quantize = getattr(model, QUANTIZE_ATTR, None)
+    if quantize and not quantized_base_names(model):
+        # QLoRA: each frozen linear is placed, cast and quantized in turn, so the accelerator
+        # never holds the full-precision base; then the rest (adapters, norms, embeddings).
+        quantize_base_(model, device=device, dtype=dtype)
     model.to(device)
-    cast_params_(model, get_dtype(settings.dtype, device))
+    cast_params_(model, dtype)
     if settings.fp8_base:  # FP8 copies of the frozen base weights, made once (after the cast)
         apply_fp8_base_(model)
     if settings.activation_checkpointing:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from tunekit.modules.peft._merge import merged_weight
+from tunekit.modules.peft._nf4 import NF4Linear, dequantize, is_nf4
 from tunekit.modules.peft.lora import LoRALinear
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "is_adapter_key",
     "merge_lora_weights_",
     "merged_weight",
+    "quantize_base_",
+    "quantized_base_names",
     "reset_all_parameters",
     "set_trainable_params",
 ]
@@ -80,7 +83,7 @@ def get_merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     dropped, so the result loads into a model built with ``lora=None``. The model itself is
     not changed (disabled adapters are not merged).
     """
-    sd = {k: v for k, v in model.state_dict().items() if not is_adapter_key(k)}
+    sd = {k: dequantize(v) if is_nf4(v) else v for k, v in model.state_dict().items() if not is_adapter_key(k)}
     for name, m in _lora_modules(model):
         if m.disabled:
             continue
@@ -98,7 +101,7 @@ def merge_lora_weights_(model: nn.Module) -> nn.Module:
     """
 
     def merged(m: LoRALinear) -> nn.Linear:
-        w = m.weight if m.disabled else m.merged_weight()
+        w = m.base_weight().detach() if m.disabled else m.merged_weight()
         lin = nn.Linear(m.in_dim, m.out_dim, bias=m.bias is not None, device="meta")
         lin.weight = nn.Parameter(w, requires_grad=m.weight.requires_grad)
         if m.bias is not None:
@@ -112,6 +115,57 @@ def merge_lora_weights_(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, merged(m))
     return model
+
+
+def _quantizable(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """QLoRA's targets: every adapted linear, and every frozen plain linear inside the decoder
+    layers (attention and MLP projections); embeddings, norms and a plain output head stay."""
+    out: list[tuple[str, nn.Module]] = []
+    layers = getattr(model, "layers", None)
+    in_layers = {id(m) for m in layers.modules()} if isinstance(layers, nn.Module) else set()
+    lora_children = {id(c) for _, m in _lora_modules(model) for c in (m.lora_a, m.lora_b)}
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            out.append((name, m))
+        elif (type(m) is nn.Linear and id(m) in in_layers and id(m) not in lora_children
+              and not m.weight.requires_grad):
+            out.append((name, m))
+    return out
+
+
+@torch.no_grad()
+def quantize_base_(model: nn.Module, *, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> list[str]:
+    """QLoRA: store every frozen base linear in NF4 (adapters untouched); returns the names.
+
+    Adapted linears (``LoRALinear``) keep their adapter in full precision and get an NF4 base;
+    the frozen plain linears of the decoder layers become :class:`NF4Linear` (same state-dict
+    keys). Each linear is moved to ``device`` and its weight cast to ``dtype`` just before it is
+    quantized, so a model loaded on the CPU never needs its full-precision size on the
+    accelerator. Already quantized linears are skipped.
+
+    Raises:
+        QuantizationUnavailableError: torchao (the ``qlora`` extra) is not installed.
+    """
+    names = []
+    for name, m in _quantizable(model):
+        if isinstance(m, LoRALinear):
+            if m.quantized:
+                continue
+            m.weight.data = m.weight.data.to(device=device, dtype=dtype)
+            m.quantize_base_()
+        else:
+            m.weight.data = m.weight.data.to(device=device, dtype=dtype)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, NF4Linear.from_linear(m))
+        names.append(name)
+    return names
+
+
+def quantized_base_names(model: nn.Module) -> list[str]:
+    """Module names whose base weight is stored in NF4 (state-dict key ``<name>.weight``)."""
+    return [name for name, m in model.named_modules()
+            if (isinstance(m, LoRALinear) and m.quantized) or isinstance(m, NF4Linear)]
 
 
 @contextlib.contextmanager

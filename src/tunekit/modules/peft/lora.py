@@ -11,9 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunekit.modules.peft._merge import merged_weight
+from tunekit.modules.peft._nf4 import QUANTIZE_BASE_CHOICES, nf4_linear, nf4_to, quantize_nf4
 
 LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output")
 """Valid ``LoRASpec.targets`` (tunekit linear names)."""
+MERGE_BASE_CHOICES: tuple[str, ...] = ("dequantized", "original")
+"""Valid ``LoRASpec.merge_base``: what a QLoRA adapter is merged into when saving."""
 
 
 def _pattern_matches(pattern: str, module_name: str) -> bool:
@@ -37,6 +40,14 @@ class LoRASpec:
         use_dora: weight-decomposed LoRA (DoRA, Liu et al., 2024) as PEFT's
             ``LoraConfig(use_dora=True)``: each adapted linear also learns a magnitude vector
             (state-dict key ``<linear>.lora_magnitude``). False keeps plain LoRA.
+        quantize_base: ``"nf4"``: QLoRA, every frozen base linear of the decoder layers (and
+            each adapted linear's base weight) stored in NF4, computed by dequantizing on the
+            fly (``tunekit.modules.peft.quantize_base_``). None: full-precision base.
+        merge_base: what the saved merged weights add the adapter to under ``quantize_base``:
+            ``"dequantized"`` (default: the NF4 base the adapter was trained against, so the
+            merged model computes what was trained and validated) or ``"original"`` (the
+            checkpoint's full-precision base, as ``PeftModel.from_pretrained`` onto the bf16
+            model does). Ignored without ``quantize_base``.
     """
 
     rank: int = 8
@@ -46,6 +57,8 @@ class LoRASpec:
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     use_dora: bool = False
+    quantize_base: str | None = None
+    merge_base: str = "dequantized"
 
     def __post_init__(self) -> None:
         self.use_dora = bool(self.use_dora)
@@ -60,6 +73,11 @@ class LoRASpec:
         bad = [t for t in self.targets if t not in LORA_TARGETS]
         if bad:
             problems.append(f"lora.targets has unknown names {bad}; valid: {list(LORA_TARGETS)}")
+        if self.quantize_base is not None and self.quantize_base not in QUANTIZE_BASE_CHOICES:
+            problems.append(f"lora.quantize_base must be null or one of {list(QUANTIZE_BASE_CHOICES)}, "
+                            f"got {self.quantize_base!r}")
+        if self.merge_base not in MERGE_BASE_CHOICES:
+            problems.append(f"lora.merge_base must be one of {list(MERGE_BASE_CHOICES)}, got {self.merge_base!r}")
         if not self.targets:
             problems.append(f"lora.targets is empty; choose from {list(LORA_TARGETS)}")
         for key, r in self.rank_pattern.items():
@@ -151,6 +169,42 @@ class _LoRALinearFn(torch.autograd.Function):
         return dx, dw, db, d_a, d_b, None
 
 
+class _QLoRALinearFn(torch.autograd.Function):
+    """:class:`_LoRALinearFn` for an NF4 base weight: the same math with ``W`` dequantized on
+    the fly in forward and again in backward; only the NF4 tensor is kept (never a bf16 ``W``).
+    The base weight is frozen (no ``dW``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):  # type: ignore[override]
+        x2 = x.reshape(-1, x.shape[-1])
+        a = torch.mm(x2, lora_a.t()).mul(scaling)  # [n, r]
+        out = _linear_plus_lowrank(x2, nf4_to(weight, x.dtype), bias, a, lora_b)
+        ctx.save_for_backward(x2, weight, lora_a, lora_b, a)
+        ctx.scaling = scaling
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x2, weight, lora_a, lora_b, a = ctx.saved_tensors
+        need_x, _, need_b, need_a, need_bb, _ = ctx.needs_input_grad
+        g = grad.reshape(-1, grad.shape[-1])
+        dx = db = d_a = d_b = None
+        if need_bb:
+            d_b = torch.mm(g.t(), a)
+        if need_x or need_a:
+            da = torch.mm(g, lora_b).mul_(ctx.scaling)
+            if need_a:
+                d_a = torch.mm(da.t(), x2)
+            if need_x:
+                w = nf4_to(weight, g.dtype)
+                dx = _linear_plus_lowrank(g, w.t(), None, da, lora_a.t()).view(ctx.x_shape)
+        if need_b and ctx.has_bias:
+            db = g.sum(0)
+        return dx, None, db, d_a, d_b, None
+
+
 def _lora_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -217,10 +271,36 @@ class LoRALinear(nn.Module):
         if use_dora:
             self.lora_magnitude = nn.Parameter(torch.empty(out_dim))
         self.disabled = False  # set by disable_adapters()
+        self.quantized = False  # set by quantize_base_()
         self.reset_parameters()
+
+    @torch.no_grad()
+    def quantize_base_(self) -> None:
+        """QLoRA: store the (frozen) base weight in NF4, in its current dtype and on its device.
+
+        Call after the weight is loaded, placed and cast (``tunekit.training.prepare`` does);
+        the adapter is untouched. Idempotent.
+        """
+        if self.quantized:
+            return
+        self.weight = nn.Parameter(quantize_nf4(self.weight), requires_grad=False)
+        self.quantized = True
+
+    def base_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The base weight ``W`` in full precision (dequantized from NF4 when quantized)."""
+        if self.quantized:  # through aten.to: one graph under torch.compile
+            return nf4_to(self.weight, self.weight.dtype if dtype is None else dtype)
+        return self.weight if dtype is None else self.weight.to(dtype)
+
+    def _base_linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.quantized:
+            return nf4_linear(x, self.weight, bias)
+        return F.linear(x, self.weight, bias)
 
     def reset_parameters(self) -> None:
         """Base weight as ``nn.Linear``; ``A`` Kaiming-uniform(a=sqrt(5)); ``B`` zero."""
+        if getattr(self, "quantized", False):
+            raise RuntimeError("reset_parameters on an NF4-quantized LoRALinear: reset before quantize_base_()")
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_dim)
@@ -249,23 +329,23 @@ class LoRALinear(nn.Module):
     def weight_norm(self) -> torch.Tensor:
         """DoRA's ``||W + (alpha/r) B @ A||`` per output row, fp32 and detached, ``[out_dim]``."""
         with torch.no_grad():
-            return torch.linalg.norm(self.weight.float() + self.delta_weight(), dim=1)
+            return torch.linalg.norm(self.base_weight(torch.float32) + self.delta_weight(), dim=1)
 
     def merged_weight(self) -> torch.Tensor:
         """The weight an ``nn.Linear`` needs to compute this layer, in the base weight's dtype:
         ``W + s B A``, or with DoRA ``m / ||W + s B A||_row * (W + s B A)``."""
         with torch.no_grad():
-            return merged_weight(self.weight, self.lora_a.weight, self.lora_b.weight, scaling=self.scaling,
+            return merged_weight(self.base_weight(), self.lora_a.weight, self.lora_b.weight, scaling=self.scaling,
                                  magnitude=self.lora_magnitude if self.use_dora else None)
 
     def _dora_forward(self, x: torch.Tensor) -> torch.Tensor:
         # PEFT's DoraLinearLayer.forward (peft/tuners/lora/dora.py) term by term.
-        result = F.linear(x, self.weight, self.bias)
+        result = self._base_linear(x, self.bias)
         if isinstance(self.dropout, nn.Identity) or not self.training:
             base = result if self.bias is None else result - self.bias
         else:
             x = self.dropout(x)
-            base = F.linear(x, self.weight)
+            base = self._base_linear(x, None)
         norm = self.weight_norm().to(x.dtype)  # detached, as in the paper's section 4.3
         mag_norm_scale = (self.lora_magnitude / norm).view(1, -1)
         lora_result = self.lora_b(self.lora_a(x))
@@ -273,19 +353,21 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:
-            return F.linear(x, self.weight, self.bias)
+            return self._base_linear(x, self.bias)
         if self.use_dora:
             return self._dora_forward(x)
         if isinstance(self.dropout, nn.Identity) or not self.training:
             # Fused path: the adapter's [.., out_dim] output is never materialised (its add
             # runs in the GEMM epilogue), the scaling is applied on the rank-r tensor, and the
             # backward adds the adapter's input gradient in the base GEMM's epilogue too.
-            return _lora_linear(x, self.weight, self.bias, self.lora_a.weight, self.lora_b.weight, self.scaling)
-        out = F.linear(x, self.weight, self.bias)
+            fn = _QLoRALinearFn if self.quantized else _LoRALinearFn
+            return fn.apply(x, self.weight, self.bias, self.lora_a.weight, self.lora_b.weight, self.scaling)
+        out = self._base_linear(x, self.bias)
         # Out of place (selective activation checkpointing may have saved ``out``); add's
         # backward needs neither input, so no extra [.., out_dim] activation is kept.
         return torch.add(out, self.lora_b(self.lora_a(self.dropout(x))), alpha=self.scaling)
 
     def extra_repr(self) -> str:
         dora = ", use_dora=True" if self.use_dora else ""
-        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, alpha={self.alpha}{dora}"
+        nf4 = ", base=nf4" if self.quantized else ""
+        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, alpha={self.alpha}{dora}{nf4}"
