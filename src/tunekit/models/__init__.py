@@ -42,6 +42,7 @@ from tunekit.models._layout import (
     permute_from_hf,
     permute_to_hf,
 )
+from tunekit.models._weights import hf_llama3_scaling, meta_llama3_scaling
 
 __all__ = [
     "LLAMA2",
@@ -57,6 +58,8 @@ __all__ = [
     "ModelType",
     "Weight",
     "get_model_type",
+    "hf_llama3_scaling",
+    "meta_llama3_scaling",
     "permute_from_hf",
     "permute_to_hf",
     "register_model_type",
