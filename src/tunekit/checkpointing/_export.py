@@ -362,6 +362,9 @@ def convert_checkpoint(
                     params = mt.meta_params(dims, norm_eps=norm_eps, rope_theta=rope_theta, rope_scaling=scaling)
                     (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
                     _copy_aux(src, tmp, _SHARED_AUX)
+                    if not (tmp / "tokenizer.model").exists() and (src / "original" / "tokenizer.model").is_file():
+                        # an HF download of Llama 3 keeps Meta's tiktoken tokenizer.model in original/
+                        shutil.copy2(src / "original" / "tokenizer.model", tmp / "tokenizer.model")
             record = {"written_by": "tunekit convert", "source": str(src), "source_format": fmt, "format": to,
                       "dtype": dtype, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "files": sorted(f.name for f in tmp.iterdir())}
