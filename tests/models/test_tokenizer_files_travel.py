@@ -88,3 +88,28 @@ def test_meta_llama3_outputs_carry_the_tiktoken_file_and_convert_to_hf_loads(tmp
     assert _chat(auto) == chat_generation_tokens(ours, CHAT)
     back = convert_checkpoint(hf_out, tmp_path / "meta2", to="meta")
     assert (back / "tokenizer.model").read_bytes() == (meta / "tokenizer.model").read_bytes()
+
+
+def test_hf_to_meta_writes_tiktoken_ranks_from_a_llama3_tokenizer_json(tmp_path):
+    """A Llama 3 layout tokenizer.json (ordinary tokens 0..n-1, Meta's special tokens after them)
+    becomes Meta's tokenizer.model with the same ids, when no original/tokenizer.model is at hand."""
+    from tunekit.checkpointing._export import tiktoken_ranks_from_tokenizer_json
+    from tunekit.tokenizers import HFTokenizer, TiktokenTokenizer
+
+    data = json.loads((llama3_hf_dir(tmp_path / "l3") / "tokenizer.json").read_text())
+    special = {a["content"] for a in data["added_tokens"]}
+    ordinary = sorted((i, t) for t, i in data["model"]["vocab"].items() if t not in special)
+    data["model"]["vocab"] = {t: n for n, (_, t) in enumerate(ordinary)}
+    data["added_tokens"] = [{"id": len(ordinary) + k, "content": t, "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False, "special": True}
+                            for k, t in enumerate(LLAMA3_SPECIAL_TOKENS)]
+    data["post_processor"] = None
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}))
+    (d / "tokenizer.model").write_text(tiktoken_ranks_from_tokenizer_json(d / "tokenizer.json"))
+    hf, tt = HFTokenizer(d / "tokenizer.json"), TiktokenTokenizer(d / "tokenizer.model")
+    for text in TEXTS + ["Hi <|eot_id|> there"]:
+        assert tt.encode(text, add_bos=False, add_eos=False) == hf.encode(text, add_bos=False, add_eos=False)
+    assert tiktoken_ranks_from_tokenizer_json(chatml_dir() / "tokenizer.json") is None  # specials at 0..2

@@ -143,6 +143,61 @@ def _hf_to_meta_settings(config: dict[str, Any], mt: ModelType, source: Path) ->
     return scaling
 
 
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: the character a byte-level BPE vocabulary writes -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def tiktoken_ranks_from_tokenizer_json(path: Path) -> str | None:
+    """Meta's ``tokenizer.model`` (``<base64 bytes> <rank>`` lines) for a byte-level BPE
+    ``tokenizer.json`` whose ordinary tokens hold ids ``0..n-1`` and special tokens the ids after
+    them (Llama 3's layout: the ids, hence the embedding rows, stay the same); None otherwise."""
+    import base64
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model = data["model"]
+        vocab: dict[str, int] = model["vocab"]
+        special = {a["content"] for a in data.get("added_tokens", []) if a.get("special")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("pre_tokenizer")):
+        return None
+    ordinary = sorted((i, t) for t, i in vocab.items() if t not in special)
+    if [i for i, _ in ordinary] != list(range(len(ordinary))):
+        return None
+    if any(a["id"] < len(ordinary) for a in data.get("added_tokens", [])):
+        return None
+    decode = _byte_decoder()
+    try:
+        lines = [base64.b64encode(bytes(decode[c] for c in t)).decode() + f" {i}" for i, t in ordinary]
+    except KeyError:  # not GPT-2's byte alphabet
+        return None
+    return "\n".join(lines) + "\n"
+
+
+def _meta_tokenizer_model(src: Path, tmp: Path) -> None:
+    """Give a Meta output of an HF source its ``tokenizer.model``: the source's own, the tiktoken
+    file an HF download of Llama 3 keeps in ``original/``, or one written from a Llama 3 layout
+    ``tokenizer.json`` (same ids)."""
+    if (tmp / "tokenizer.model").exists():
+        return
+    if (src / "original" / "tokenizer.model").is_file():
+        shutil.copy2(src / "original" / "tokenizer.model", tmp / "tokenizer.model")
+    elif (src / "tokenizer.json").is_file():
+        ranks = tiktoken_ranks_from_tokenizer_json(src / "tokenizer.json")
+        if ranks is not None:
+            (tmp / "tokenizer.model").write_text(ranks)
+
+
 def _run_like(d: Path) -> str | None:
     """Why ``d`` looks like tunekit training output (never replaced by convert), or None."""
     if (d / COMPLETE_MARKER).exists() or (d / INFO_FILE).exists():
@@ -362,9 +417,7 @@ def convert_checkpoint(
                     params = mt.meta_params(dims, norm_eps=norm_eps, rope_theta=rope_theta, rope_scaling=scaling)
                     (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
                     _copy_aux(src, tmp, _SHARED_AUX)
-                    if not (tmp / "tokenizer.model").exists() and (src / "original" / "tokenizer.model").is_file():
-                        # an HF download of Llama 3 keeps Meta's tiktoken tokenizer.model in original/
-                        shutil.copy2(src / "original" / "tokenizer.model", tmp / "tokenizer.model")
+                    _meta_tokenizer_model(src, tmp)
             record = {"written_by": "tunekit convert", "source": str(src), "source_format": fmt, "format": to,
                       "dtype": dtype, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "files": sorted(f.name for f in tmp.iterdir())}
