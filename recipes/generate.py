@@ -120,6 +120,7 @@ def _token_name(tokenizer, token_id: int) -> str:
 def run(cfg: DictConfig) -> str:
     """Load the weights, encode the prompt, generate, print."""
     import torch
+    from omegaconf import OmegaConf
 
     from tunekit.checkpointing import check_model_matches
     from tunekit.config import ConfigError
@@ -159,7 +160,10 @@ def run(cfg: DictConfig) -> str:
     # RoPE base / norm eps / RoPE scaling that the weights' config declares, before reading them
     check_model_matches(model, getattr(checkpointer, "model_settings", None), str(source))
 
-    tokenizer = instantiate(cfg.tokenizer)
+    auto_tok = _builds_from_checkpoint(cfg) and str(OmegaConf.select(cfg, "tokenizer._component_")).endswith(
+        "tokenizer_from_dir")
+    # model=auto with tokenizer=auto: the tokenizer files that travel with the weights used
+    tokenizer = instantiate(cfg.tokenizer, path=str(source)) if auto_tok else instantiate(cfg.tokenizer)
     formatted = _prompt(cfg, tokenizer)
     prompt = formatted.tokens
     _check_prompt_fits(prompt, cfg, model, formatted.shown)
