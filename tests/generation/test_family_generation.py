@@ -169,3 +169,11 @@ def test_generate_recipe_model_auto_chat_stops_at_a_generation_config_stop(tmp_p
     assert f"0 new tokens from a {n}-token prompt" in proc.stderr
     assert f"stopped at <|end_of_text|> (id {end}) after 0 new tokens" in proc.stderr
     assert "prompt: the checkpoint's chat template" in proc.stderr
+
+
+def test_unreadable_messages_files_are_one_paragraph(tmp_path):
+    (tmp_path / "c.yaml").write_text("- role: user\n  content: [unclosed\n")
+    (tmp_path / "c.json").write_bytes(b"\xff\xfe[")
+    for name in ("c.yaml", "c.json"):
+        with pytest.raises(PromptError, match=r"the file is not valid (yaml|json)"):
+            read_messages(str(tmp_path / name))

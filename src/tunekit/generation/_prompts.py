@@ -47,17 +47,17 @@ class Prompt:
 
 
 def _load_file(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    import yaml
 
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yaml", ".yml"):
             return yaml.safe_load(text)
         if path.suffix == ".jsonl":
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
             return rows[0] if len(rows) == 1 else rows
         return json.loads(text)
-    except (ValueError, ImportError) as err:  # json.JSONDecodeError / yaml.YAMLError are ValueErrors or YAMLError
+    except (ValueError, yaml.YAMLError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise PromptError(f"messages={str(path)!r}: the file is not valid {path.suffix.lstrip('.') or 'JSON'} "
                           f"({' '.join(str(err).split())}). {_FIX_MESSAGES}") from None
 
