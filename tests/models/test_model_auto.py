@@ -75,8 +75,10 @@ def test_auto_tells_llama2_from_llama3_by_the_declared_rope(tmp_path):
 
 
 @pytest.mark.parametrize("fields, needle", [
-    ({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]},
-     r"model_type='gemma2', which no tunekit model family implements \(supported model_type values: 'llama'"),
+    ({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"], "final_logit_softcapping": 30.0,
+      "hidden_activation": "gelu_pytorch_tanh"},
+     r"model_type='gemma2', which no tunekit model family implements \(supported model_type values: 'llama'.*"
+     r"also hidden_activation='gelu_pytorch_tanh' \(supported: 'silu'\); final_logit_softcapping=30.0"),
     ({"final_logit_softcapping": 30.0}, r"final_logit_softcapping=30.0 \(supported: null\)"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}, "rope_parameters": None},
      r"rope_scaling type 'yarn'"),

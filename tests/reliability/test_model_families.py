@@ -134,7 +134,8 @@ def test_lora_on_the_tied_output_projection_is_refused(tmp_path):
 @pytest.mark.parametrize("family, changes, needles", [
     ("qwen2", {"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"], "final_logit_softcapping": 30.0},
      ["model_type='gemma2', which no tunekit model family implements", "supported model_type values: 'llama'",
-      "'qwen2' (qwen2.5)", "use a checkpoint of a supported family"]),
+      "'qwen2' (qwen2.5)", "also final_logit_softcapping=30.0 (supported: null)",
+      "use a checkpoint of a supported family"]),
     ("mistral", {"sliding_window": 16}, ["sliding_window=16", "supported: null", "does not implement"]),
 ], ids=["auto-gemma", "auto-mistral-sliding-window"])  # fmt: skip
 def test_model_auto_refuses_what_no_family_implements(tmp_path, family, changes, needles):

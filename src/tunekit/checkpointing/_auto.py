@@ -21,6 +21,7 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
@@ -31,6 +32,7 @@ from tunekit.checkpointing._settings import (
     _supported_scaling,
     check_supported_hf_config,
     check_supported_meta_params,
+    hf_config_problems,
     rope_scaling_type,
 )
 from tunekit.models import MODEL_TYPES, ConversionError, ModelType, get_model_type
@@ -130,10 +132,15 @@ def _hf_family(config: Mapping[str, Any], path: Path) -> ModelType:
             f"qwen2_5_7b, ...) and set checkpointer.model_type to its family.")
     by_type = [mt for mt in rows if declared in _supported_model_types(mt)]
     if not by_type:
+        # what else it declares that no family runs (Gemma's soft-capping, its activation, ...)
+        anyone = SimpleNamespace(name="any", hf_model_types=(declared,), rope_scaling_types=("llama3",),
+                                 qkv_bias=True, explicit_head_dim=True)
+        more = hf_config_problems(config, anyone)
         raise CheckpointError(
             f"{path} declares model_type={declared!r}, which no tunekit model family implements (supported "
-            f"model_type values: {_families(rows)}); model=auto cannot build it, and running its weights as "
-            f"another family would be a different model. Use a checkpoint of a supported family.")
+            f"model_type values: {_families(rows)}){'; also ' + '; '.join(more) if more else ''}; model=auto "
+            f"cannot build it, and running its weights as another family would be a different model. Use a "
+            f"checkpoint of a supported family.")
     kind = rope_scaling_type(config)
     needs = _needs(config, "hf")
     fits = [mt for mt in by_type if (kind is None or kind in _supported_scaling(mt)) and _accepts(mt, needs)]
