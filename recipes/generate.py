@@ -14,10 +14,17 @@ Weights, in this order of preference:
   update twice), unless the adapter was trained on those merged weights (its
   `adapter_config.json` names them as `base_model_name_or_path`).
 
-The prompt is encoded as plain text after BOS, or as an Alpaca instruction (`template=alpaca`),
-or as a Llama 2 chat turn (`chat=true`, optional `system_prompt=...`). Generation uses the KV
-cache, stops at EOS, `max_new_tokens` or the model's context window (`max_seq_len`), and prints
-the text, what stopped it and the tokens/s. `compile=true` compiles the one-token
+`model=auto` builds the model the weights' own config.json / params.json declares.
+
+The prompt is encoded as plain text (after BOS where the tokenizer adds one), as an Alpaca
+instruction (`template=alpaca`, with `input=...`), or as a chat: `chat=true` (the prompt as one
+user turn, optional `system_prompt=...`) or `messages=` (a multi-turn list or a .json/.yaml file),
+rendered with the checkpoint's own chat template and the generation prompt (ids equal to
+transformers' `apply_chat_template(..., add_generation_prompt=True)`; Llama 2's [INST] layout for
+a tokenizer without a template). Generation uses the KV cache, stops at the checkpoint's stop
+tokens (EOS, generation_config.json's eos_token_id list, <|eot_id|>, <|im_end|>, ...),
+`max_new_tokens` or the model's context window (`max_seq_len`), and prints the text, what
+stopped it and the tokens/s. `compile=true` compiles the one-token
 decode step (`torch.compile`, CUDA graphs on GPUs; the compile time is printed apart).
 """
 
@@ -41,16 +48,20 @@ def main(cfg: DictConfig) -> str:
         return run(cfg)
 
 
-def _prompt_tokens(cfg: DictConfig, tokenizer) -> list[int]:
-    from tunekit.data import alpaca_generation_tokens, llama2_chat_generation_tokens
+def _prompt(cfg: DictConfig, tokenizer):
+    from omegaconf import OmegaConf
 
-    if cfg.chat:
-        messages = [] if cfg.system_prompt is None else [{"role": "system", "content": cfg.system_prompt}]
-        messages.append({"role": "user", "content": cfg.prompt})
-        return llama2_chat_generation_tokens(tokenizer, messages)
-    if cfg.template == "alpaca":
-        return alpaca_generation_tokens(tokenizer, cfg.prompt)
-    return tokenizer.encode(cfg.prompt, add_bos=True, add_eos=False)
+    from tunekit.config import ConfigError
+    from tunekit.generation import PromptError, build_prompt
+
+    messages = cfg.messages
+    if messages is not None and not isinstance(messages, str):
+        messages = OmegaConf.to_container(messages, resolve=True)
+    try:
+        return build_prompt(tokenizer, prompt=cfg.prompt, chat=cfg.chat, template=cfg.template, input=cfg.input,
+                            system_prompt=cfg.system_prompt, messages=messages)
+    except PromptError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_sampling(cfg: DictConfig) -> None:
@@ -66,7 +77,7 @@ def _check_sampling(cfg: DictConfig) -> None:
         )
 
 
-def _check_prompt_fits(prompt: list[int], cfg: DictConfig, model) -> None:
+def _check_prompt_fits(prompt: list[int], cfg: DictConfig, model, shown: str) -> None:
     """A prompt that leaves no room in the model's context window is refused before any weight is read."""
     from omegaconf import OmegaConf
 
@@ -76,22 +87,40 @@ def _check_prompt_fits(prompt: list[int], cfg: DictConfig, model) -> None:
     builder = OmegaConf.select(cfg, "model._component_") or OmegaConf.select(cfg, "model._target_")
     if len(prompt) < context:
         return
-    words = max(1, len(cfg.prompt.split()))
+    words = max(1, len(shown.split()))
     room = max(1, context - min(cfg.max_new_tokens, context // 2))
     fit_words = max(1, int(room * words / len(prompt)))
+    key = "messages" if cfg.messages is not None else "prompt"
+    wrapped = ", with the chat/template wrapping" if cfg.chat or cfg.template or cfg.messages is not None else ""
     raise ConfigError(
-        f"The prompt is {len(prompt)} tokens long (`prompt`, {words} words"
-        f"{', with the chat/template wrapping' if cfg.chat or cfg.template else ''}) but the model's context "
+        f"The prompt is {len(prompt)} tokens long (`{key}`, {words} words{wrapped}) but the model's context "
         f"window is {context} tokens (max_seq_len of {builder}), so there is no room "
-        f"to generate anything. Shorten `prompt` so that it and `max_new_tokens`={cfg.max_new_tokens} fit "
+        f"to generate anything. Shorten `{key}` so that it and `max_new_tokens`={cfg.max_new_tokens} fit "
         f"in {context} tokens: e.g. at most about {fit_words} words ({room} tokens) leaves room for "
         f"{context - room} new tokens."
     )
 
 
+def _builds_from_checkpoint(cfg: DictConfig) -> bool:
+    """model=auto: the model node reads the weights' directory (given the one actually used)."""
+    from omegaconf import OmegaConf
+
+    target = OmegaConf.select(cfg, "model._component_") or OmegaConf.select(cfg, "model._target_")
+    return str(target).endswith("model_from_checkpoint")
+
+
+def _token_name(tokenizer, token_id: int) -> str:
+    what = "EOS, id" if token_id == tokenizer.eos_id else "id"
+    try:
+        return f"{tokenizer.id_to_piece(token_id)!s} ({what} {token_id})"
+    except Exception:  # noqa: BLE001 - a name is only decoration
+        return f"stop token id {token_id}"
+
+
 def run(cfg: DictConfig) -> str:
     """Load the weights, encode the prompt, generate, print."""
     import torch
+    from omegaconf import OmegaConf
 
     from tunekit.checkpointing import check_model_matches
     from tunekit.config import ConfigError
@@ -101,6 +130,7 @@ def run(cfg: DictConfig) -> str:
         load_adapter,
         merge_adapter,
         resolve_checkpoint,
+        stop_token_ids,
         weights_checkpointer,
     )
     from tunekit.run import model as setup
@@ -123,14 +153,20 @@ def run(cfg: DictConfig) -> str:
     else:
         checkpointer = instantiate(cfg.checkpointer)
         source = checkpointer.checkpoint_dir
-    with torch.device("meta"):
-        model = instantiate(cfg.model)  # nothing is allocated; the weights are assigned below
+    model_type = getattr(checkpointer, "model_type", model_type)  # "auto": the family its JSON declares
+    with torch.device("meta"):  # nothing is allocated; the weights are assigned below
+        # model=auto builds what the weights' own config declares (checkpoint= included)
+        model = instantiate(cfg.model, path=str(source)) if _builds_from_checkpoint(cfg) else instantiate(cfg.model)
     # RoPE base / norm eps / RoPE scaling that the weights' config declares, before reading them
     check_model_matches(model, getattr(checkpointer, "model_settings", None), str(source))
 
-    tokenizer = instantiate(cfg.tokenizer)
-    prompt = _prompt_tokens(cfg, tokenizer)
-    _check_prompt_fits(prompt, cfg, model)
+    auto_tok = _builds_from_checkpoint(cfg) and str(OmegaConf.select(cfg, "tokenizer._component_")).endswith(
+        "tokenizer_from_dir")
+    # model=auto with tokenizer=auto: the tokenizer files that travel with the weights used
+    tokenizer = instantiate(cfg.tokenizer, path=str(source)) if auto_tok else instantiate(cfg.tokenizer)
+    formatted = _prompt(cfg, tokenizer)
+    prompt = formatted.tokens
+    _check_prompt_fits(prompt, cfg, model, formatted.shown)
 
     adapter = scalings = None
     if cfg.adapter is not None:  # read (and checked) before the model's weights
@@ -156,17 +192,19 @@ def run(cfg: DictConfig) -> str:
     # compile=true compiles the one-token decode step (CUDA graphs on GPUs); the cache holds
     # exactly prompt + max_new_tokens slots (capped by max_seq_len), as attention reads all of it.
     with TokenGenerator(model, compile=cfg.compile) as generator:
+        stops = stop_token_ids(tokenizer)
         result = generator.generate(prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                    top_k=cfg.top_k, top_p=cfg.top_p, stop_tokens=[tokenizer.eos_id],
-                                    seed=cfg.seed)
+                                    top_k=cfg.top_k, top_p=cfg.top_p, stop_tokens=stops, seed=cfg.seed)
     text = tokenizer.decode(result.tokens[0])
-    print(f"{cfg.prompt}{'' if cfg.prompt.endswith((' ', chr(10))) else ' '}{text}", flush=True)
-    ended = result.describe_stop(0, stop_token_name=f"EOS (id {tokenizer.eos_id})")
+    shown = formatted.shown
+    print(f"{shown}{'' if shown.endswith((' ', chr(10))) else ' '}{text}", flush=True)
+    ended_by = result.stop_token[0] if result.stop_token else None
+    ended = result.describe_stop(0, stop_token_name=_token_name(tokenizer, stops[0] if ended_by is None else ended_by))
     compiled = (f"; decode step compiled ({generator.compile_mode}) in {result.compile_seconds:.1f}s"
                 if cfg.compile else "")
     print(f"[generate] {len(result.tokens[0])} new tokens from a {result.prompt_len}-token prompt "
           f"in {result.prefill_seconds + result.decode_seconds:.2f}s: {result.tokens_per_second:.1f} "
-          f"tokens/s ({ended}{compiled}; weights: {source}"
+          f"tokens/s ({ended}{compiled}; prompt: {formatted.layout}; weights: {source}"
           f"{'' if cfg.adapter is None else ' + adapter ' + str(cfg.adapter)})",
           file=sys.stderr, flush=True)
     return text

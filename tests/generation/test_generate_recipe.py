@@ -58,7 +58,7 @@ def test_generate_from_outputs_and_base_plus_adapter(tmp_path):
                      f"adapter={lora / 'epoch_0' / 'adapter'}", *common)
     # Greedy: merged weights, base + tunekit adapter and base + PEFT adapter say the same thing.
     assert _text(merged, prompt) == _text(adapter, prompt) == _text(peft_only, prompt)
-    assert "reached max_new_tokens=12" in merged.stderr or "stopped at EOS (id 2)" in merged.stderr
+    assert "reached max_new_tokens=12" in merged.stderr or "stopped at </s> (EOS, id 2)" in merged.stderr
 
     # The older flat checkpoint layout (weights, adapter_0.pt, recipe_state.pt side by side) reads the same.
     assert str(lora / "epoch_0" / "model") in merged.stderr

@@ -137,12 +137,3 @@ def test_tied_model_refuses_a_stored_output_that_differs_from_the_embedding():
     sd["output.weight"] = sd["tok_embeddings.weight"] + 1.0
     with pytest.raises(RuntimeError, match=r"differs from tok_embeddings.weight, but this model ties"):
         model.load_state_dict(sd)
-
-
-def test_convert_refuses_meta_to_hf_when_the_scaling_factor_is_not_recorded(tmp_path):
-    from tunekit.checkpointing import convert_checkpoint
-
-    src = _meta_dir(tmp_path, tied=True)
-    with pytest.raises(CheckpointError, match=r"declares use_scaled_rope=true but not the scaling's factor"):
-        convert_checkpoint(src, tmp_path / "hf", to="hf", model_type="LLAMA3")
-    assert not (tmp_path / "hf").exists()

@@ -87,6 +87,26 @@ def test_context_window_that_ends_generation_is_reported(tmp_path):
     assert "reached max_new_tokens" not in text
 
 
+# ---- prompt formats: Alpaca input, chat messages ----------------------------------------------
+
+@pytest.mark.parametrize("overrides, needles", [
+    (["input=some numbers"], ["`input`='some numbers' is the input of an Alpaca instruction", "set template=alpaca"]),
+    (["template=alpaca", "messages=[{role: user, content: Hi}]"],
+     ["`messages` and `template`='alpaca' both format the prompt", "keep one"]),
+], ids=["input-without-alpaca", "messages-with-alpaca"])  # fmt: skip
+def test_prompt_settings_that_do_not_go_together(tmp_path, overrides, needles):
+    assert_user_error(_generate(tmp_path, *overrides), *needles)
+
+
+def test_messages_file_that_ends_with_the_assistant(tmp_path):
+    conv = tmp_path / "conv.json"
+    conv.write_text(json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]))
+    before = snapshot(tmp_path)
+    assert_user_error(_generate(tmp_path, f"messages={conv}"), f"messages='{conv}'",
+                      "ends with a 'assistant' message", "end it with one", "messages='[{role: user, content: Hi}]'")
+    assert_unchanged(before, tmp_path, allow_new=True)
+
+
 # ---- sampling settings --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, needles", [

@@ -127,3 +127,27 @@ def test_lora_on_the_tied_output_projection_is_refused(tmp_path):
                       "lora.targets contains 'output'", "ties its output projection", "remove 'output' from lora.targets")
     assert_unchanged(before, ckpt)
     _no_checkpoint_written(tmp_path)
+
+
+# ---- model=auto: the family read from the checkpoint's own JSON ---------------------------------
+
+@pytest.mark.parametrize("family, changes, needles", [
+    ("qwen2", {"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"], "final_logit_softcapping": 30.0},
+     ["model_type='gemma2', which no tunekit model family implements", "supported model_type values: 'llama'",
+      "'qwen2' (qwen2.5)", "also final_logit_softcapping=30.0 (supported: null)",
+      "use a checkpoint of a supported family"]),
+    ("mistral", {"sliding_window": 16}, ["sliding_window=16", "supported: null", "does not implement"]),
+], ids=["auto-gemma", "auto-mistral-sliding-window"])  # fmt: skip
+def test_model_auto_refuses_what_no_family_implements(tmp_path, family, changes, needles):
+    ckpt = _checkpoint(tmp_path, family, **changes)
+    before = snapshot(ckpt)
+    assert_user_error(_lora(tmp_path, ckpt, "model=auto"), str(ckpt / "config.json"), *needles)
+    assert_unchanged(before, ckpt)
+    _no_checkpoint_written(tmp_path)
+
+
+def test_model_auto_without_a_checkpoint_dir(tmp_path):
+    proc = run_recipe("lora_finetune", tmp_path / "run", "model=auto", f"output_dir={tmp_path / 'out'}")
+    assert_user_error(proc, "model=auto", "no config.json / params.json to read the model from",
+                      "set checkpointer.checkpoint_dir=<the model directory>", "model=llama3_1_8b")
+    _no_checkpoint_written(tmp_path)

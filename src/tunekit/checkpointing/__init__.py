@@ -4,6 +4,7 @@ See ``docs/architecture.md`` (Checkpointing) for the contract and ``_checkpointe
 layout of a saved directory.
 """
 
+from tunekit.checkpointing._auto import model_from_checkpoint, model_spec, resolve_model_type
 from tunekit.checkpointing._checkpointer import (
     ADAPTER_FILE,
     PEFT_ADAPTER_DIR,
@@ -44,6 +45,9 @@ from tunekit.checkpointing._resume import (
 from tunekit.checkpointing._settings import check_model_matches
 
 __all__ = [
+    "model_from_checkpoint",
+    "model_spec",
+    "resolve_model_type",
     "INFO_FILE",
     "MODEL_SUBDIR",
     "PEFT_SUBDIR",

@@ -63,7 +63,7 @@ from tunekit.checkpointing._io import (
     parse_size,
 )
 from tunekit.checkpointing._layout import INFO_FILE, MODEL_SUBDIR, PEFT_SUBDIR, STATE_SUBDIR, model_dir, state_dir
-from tunekit.models import ConversionError, ModelType, get_model_type
+from tunekit.models import ConversionError, ModelType
 
 __all__ = [
     "ADAPTER_FILE",
@@ -164,11 +164,13 @@ def _setup(
     resume_from_checkpoint: bool,
     discover: Callable[[Path], list[Path]],
 ) -> _Setup:
-    try:
-        mt = get_model_type(model_type)
-    except ValueError as err:
-        raise CheckpointError(f"checkpointer.model_type: {err}") from None
+    from tunekit.checkpointing._auto import AUTO, resolve_model_type
+
+    auto = str(model_type).lower() == AUTO
+    mt = None if auto else resolve_model_type(model_type, checkpoint_dir)
     given = Path(checkpoint_dir).expanduser()
+    if auto and not given.is_dir():
+        resolve_model_type(model_type, given)  # says what model=auto needs
     out = Path(output_dir).expanduser()
     if given.is_file():
         raise CheckpointFileNotFoundError(
@@ -180,6 +182,8 @@ def _setup(
             f"checkpointer.checkpoint_dir {given} does not exist or is not a directory. {download_hint(given)}"
         )
     ckpt, saved = resolve_checkpoint_dir(given)
+    if mt is None:  # model_type=auto: the family the checkpoint's own config.json / params.json declares
+        mt = resolve_model_type(model_type, ckpt)
     for inner in dict.fromkeys([ckpt, *([saved] if saved is not None else [])]):
         if out.resolve().is_relative_to(inner.resolve()):
             raise CheckpointError(
@@ -344,6 +348,8 @@ class FullModelHFCheckpointer:
         s = _setup(checkpoint_dir, output_dir, checkpoint_files, model_type, adapter_checkpoint,
                    recipe_checkpoint, resume_from_checkpoint, _discover_hf)
         self._s = s
+        #: the family row's name (``model_type="auto"`` resolved from the checkpoint's JSON)
+        self.model_type = s.model_type.name
         self.resume_from_checkpoint = bool(resume_from_checkpoint)
         self.recipe_path, self.adapter_path = s.recipe_path, s.adapter_path
         self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
@@ -437,6 +443,8 @@ class FullModelMetaCheckpointer:
         s = _setup(checkpoint_dir, output_dir, checkpoint_files, model_type, adapter_checkpoint,
                    recipe_checkpoint, resume_from_checkpoint, _discover_meta)
         self._s = s
+        #: the family row's name (``model_type="auto"`` resolved from the checkpoint's JSON)
+        self.model_type = s.model_type.name
         self.resume_from_checkpoint = bool(resume_from_checkpoint)
         self.recipe_path, self.adapter_path = s.recipe_path, s.adapter_path
         self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from tunekit.checkpointing._auto import meta_rope_scaling, resolve_model_type
 from tunekit.checkpointing._checkpointer import (
     _HF_AUX,
     _META_AUX,
@@ -37,8 +38,8 @@ from tunekit.checkpointing._errors import CheckpointError
 from tunekit.checkpointing._formats import hf_config_and_dims, meta_params_and_dims
 from tunekit.checkpointing._io import COMPLETE_MARKER, apply_umask, parse_size, unique_sibling
 from tunekit.checkpointing._layout import INFO_FILE, model_dir
-from tunekit.checkpointing._settings import rope_scaling_type
-from tunekit.models import ConversionError, ModelType, get_model_type
+from tunekit.checkpointing._settings import _rope_scaling_dict, rope_scaling_type
+from tunekit.models import ConversionError, ModelType, meta_llama3_scaling
 
 __all__ = ["CONVERT_MARKER", "FORMATS", "checkpoint_format", "convert_checkpoint", "find_weights_dir"]
 
@@ -115,12 +116,22 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")  # "bfloat16": the name config.json uses
 
 
-def _hf_to_meta_settings(config: dict[str, Any], mt: ModelType, source: Path) -> None:
-    # What Meta's params.json cannot say: refuse rather than write a model that differs.
+def _hf_to_meta_settings(config: dict[str, Any], mt: ModelType, source: Path) -> dict[str, Any] | None:
+    """What Meta's params.json cannot say is refused rather than written as a model that differs;
+    returns the ``llama3`` RoPE scaling to write (``use_scaled_rope``), None for plain RoPE."""
     problems = []
     kind = rope_scaling_type(config)
-    if kind is not None:
+    scaling = None
+    if kind == "llama3":
+        scaling = dict(_rope_scaling_dict(config) or {})
+        try:
+            meta_llama3_scaling(scaling)
+        except ConversionError as err:
+            problems.append(str(err).split(" cannot", 1)[0])
+    elif kind is not None:
         problems.append(f"RoPE scaling {kind!r}")
+    if any(w.meta is None for w in mt.weights):
+        problems.append(f"the {mt.display_name} layout (it has tensors without a Meta name)")
     for key in ("attention_bias", "mlp_bias"):
         if config.get(key):
             problems.append(f"{key}=true")
@@ -129,6 +140,62 @@ def _hf_to_meta_settings(config: dict[str, Any], mt: ModelType, source: Path) ->
     if problems:
         raise CheckpointError(f"{source / 'config.json'} uses {', '.join(problems)}, which Meta's "
                               "params.json cannot express; this checkpoint can only stay in HF format.")
+    return scaling
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: the character a byte-level BPE vocabulary writes -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def tiktoken_ranks_from_tokenizer_json(path: Path) -> str | None:
+    """Meta's ``tokenizer.model`` (``<base64 bytes> <rank>`` lines) for a byte-level BPE
+    ``tokenizer.json`` whose ordinary tokens hold ids ``0..n-1`` and special tokens the ids after
+    them (Llama 3's layout: the ids, hence the embedding rows, stay the same); None otherwise."""
+    import base64
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model = data["model"]
+        vocab: dict[str, int] = model["vocab"]
+        special = {a["content"] for a in data.get("added_tokens", []) if a.get("special")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("pre_tokenizer")):
+        return None
+    ordinary = sorted((i, t) for t, i in vocab.items() if t not in special)
+    if [i for i, _ in ordinary] != list(range(len(ordinary))):
+        return None
+    if any(a["id"] < len(ordinary) for a in data.get("added_tokens", [])):
+        return None
+    decode = _byte_decoder()
+    try:
+        lines = [base64.b64encode(bytes(decode[c] for c in t)).decode() + f" {i}" for i, t in ordinary]
+    except KeyError:  # not GPT-2's byte alphabet
+        return None
+    return "\n".join(lines) + "\n"
+
+
+def _meta_tokenizer_model(src: Path, tmp: Path) -> None:
+    """Give a Meta output of an HF source its ``tokenizer.model``: the source's own, the tiktoken
+    file an HF download of Llama 3 keeps in ``original/``, or one written from a Llama 3 layout
+    ``tokenizer.json`` (same ids)."""
+    if (tmp / "tokenizer.model").exists():
+        return
+    if (src / "original" / "tokenizer.model").is_file():
+        shutil.copy2(src / "original" / "tokenizer.model", tmp / "tokenizer.model")
+    elif (src / "tokenizer.json").is_file():
+        ranks = tiktoken_ranks_from_tokenizer_json(src / "tokenizer.json")
+        if ranks is not None:
+            (tmp / "tokenizer.model").write_text(ranks)
 
 
 def _run_like(d: Path) -> str | None:
@@ -239,7 +306,7 @@ def convert_checkpoint(
     dest: str | Path,
     *,
     to: str,
-    model_type: str = "LLAMA2",
+    model_type: str = "auto",
     dtype: str | None = None,
     max_shard_size: int | str = "5GB",
     model_parallel_size: int | None = None,
@@ -271,16 +338,13 @@ def convert_checkpoint(
     """
     if to not in FORMATS:
         raise CheckpointError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
-    try:
-        mt = get_model_type(model_type)
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
     cast = _dtype(dtype)
     max_shard_bytes = parse_size(max_shard_size)
     if to == "hf" and model_parallel_size is not None:
         raise CheckpointError("model_parallel_size applies to Meta output only (--to meta)")
     src = find_weights_dir(source, what="source")
     fmt = checkpoint_format(src)
+    mt = resolve_model_type(model_type, src)  # "auto": the family src's config.json / params.json declares
     if fmt == "meta" and to == "meta" and max_position_embeddings is not None:
         raise CheckpointError("max_position_embeddings applies to HF output only (--to hf)")
     if fmt == "hf" and max_position_embeddings is not None:
@@ -295,20 +359,14 @@ def convert_checkpoint(
         files = _discover_hf(src)
         config, dims = hf_config_and_dims(src, mt)
         norm_eps, rope_theta = float(config.get("rms_norm_eps", 1e-5)), mt.rope_theta_of(config)
-        if to == "meta":
-            _hf_to_meta_settings(config, mt, src)
+        scaling = _hf_to_meta_settings(config, mt, src) if to == "meta" else None
         sd = read_hf_model(src, files, mt)
     else:
         files = _discover_meta(src)
         params, dims = meta_params_and_dims(src, mt)
-        if to == "hf" and params.get("use_scaled_rope"):
-            # params.json does not record the llama3 scaling's factor (8 for Llama 3.1, 32 for 3.2);
-            # a guessed one would write a config.json that runs a different model.
-            raise CheckpointError(
-                f"{src / 'params.json'} declares use_scaled_rope=true but not the scaling's factor (8 for "
-                f"Llama 3.1, 32 for 3.2), so no exact config.json can be written for it. Use the HF-format "
-                f"files of the same download (the repo's top level, beside original/): their config.json "
-                f"records rope_scaling.")
+        # use_scaled_rope: the factors Meta's code applies (rope_scaling_factor / rope_high_freq_factor
+        # when stated; a config.json of the same download beside original/ wins)
+        scaling = meta_rope_scaling(params, src / "params.json")
         norm_eps, rope_theta = float(params.get("norm_eps", 1e-5)), float(params.get("rope_theta", 10000.0))
         sd = read_meta_model(src, files, mt)
     if dims.vocab_size is None:
@@ -337,12 +395,14 @@ def convert_checkpoint(
                         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
                 else:
                     dtype_out = next(iter(sd.values())).dtype
-                    n_pos = max_position_embeddings or DEFAULT_MAX_POSITION_EMBEDDINGS
+                    n_pos = (max_position_embeddings or params.get("max_seq_len")
+                             or (mt.max_position_embeddings if scaling else DEFAULT_MAX_POSITION_EMBEDDINGS))
                     config = mt.hf_config(dims, norm_eps=norm_eps, rope_theta=rope_theta,
-                                          max_position_embeddings=n_pos, dtype=dtype_out)
+                                          max_position_embeddings=n_pos, dtype=dtype_out, rope_scaling=scaling)
                     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
                     (tmp / "generation_config.json").write_text(json.dumps(
-                        {"bos_token_id": 1, "eos_token_id": 2, "max_length": n_pos}, indent=2) + "\n")
+                        {"bos_token_id": config.get("bos_token_id", 1), "eos_token_id": config.get("eos_token_id", 2),
+                         "max_length": n_pos}, indent=2) + "\n")
                     _copy_aux(src, tmp, _SHARED_AUX)
                     if (tmp / "tokenizer.model").is_file():
                         (tmp / "tokenizer_config.json").write_text(
@@ -354,9 +414,10 @@ def convert_checkpoint(
                 if fmt == "meta":
                     _copy_aux(src, tmp, _META_AUX)
                 else:
-                    params = mt.meta_params(dims, norm_eps=norm_eps, rope_theta=rope_theta)
+                    params = mt.meta_params(dims, norm_eps=norm_eps, rope_theta=rope_theta, rope_scaling=scaling)
                     (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
                     _copy_aux(src, tmp, _SHARED_AUX)
+                    _meta_tokenizer_model(src, tmp)
             record = {"written_by": "tunekit convert", "source": str(src), "source_format": fmt, "format": to,
                       "dtype": dtype, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "files": sorted(f.name for f in tmp.iterdir())}

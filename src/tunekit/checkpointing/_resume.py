@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tunekit.checkpointing._auto import resolve_model_type
 from tunekit.checkpointing._checkpointer import (
     ADAPTER_FILE,
     RECIPE_STATE_FILE,
@@ -18,7 +19,6 @@ from tunekit.checkpointing._checkpointer import (
 from tunekit.checkpointing._errors import CheckpointError, CheckpointFileNotFoundError
 from tunekit.checkpointing._io import COMPLETE_MARKER, is_complete, load_pickle, load_state_file
 from tunekit.checkpointing._layout import model_dir, state_dir
-from tunekit.models import get_model_type
 
 __all__ = ["find_resume_dir", "list_checkpoints", "load_resume_state", "load_training_state", "saved_at"]
 
@@ -124,11 +124,8 @@ def load_resume_state(checkpoint_dir: str | Path, model_type: str = "LLAMA2") ->
     """
     d = Path(checkpoint_dir).expanduser()
     out = load_training_state(d)
-    try:
-        mt = get_model_type(model_type)
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
     md = model_dir(d)
+    mt = resolve_model_type(model_type, md)  # "auto": the family the saved config.json / params.json declares
     if (md / "config.json").is_file():
         out["model"] = read_hf_model(md, _discover_hf(md), mt)
     elif (md / "params.json").is_file():

@@ -96,6 +96,16 @@ def check_supported_hf_config(config: Mapping[str, Any], path: str | Path, mt: A
     Raises:
         CheckpointError: naming the file, every such field with its value, and what is supported.
     """
+    problems = hf_config_problems(config, mt)
+    if problems:
+        raise CheckpointError(
+            f"{path} declares {'; '.join(problems)}, which tunekit's {_family(mt)} model code does not "
+            f"implement: the weights would run as a different model without any error. {_FIX_HF}"
+        )
+
+
+def hf_config_problems(config: Mapping[str, Any], mt: Any) -> list[str]:
+    """Each ``config.json`` field (with its value and what is supported) that ``mt``'s code lacks."""
     family = _family(mt)
     problems: list[str] = []
     kinds = _supported_model_types(mt)
@@ -148,11 +158,7 @@ def check_supported_hf_config(config: Mapping[str, Any], path: str | Path, mt: A
     factor = config.get("partial_rotary_factor")
     if factor is not None and float(factor) != 1.0:
         problems.append(f"partial_rotary_factor={factor!r} (supported: 1.0)")
-    if problems:
-        raise CheckpointError(
-            f"{path} declares {'; '.join(problems)}, which tunekit's {family} model code does not "
-            f"implement: the weights would run as a different model without any error. {_FIX_HF}"
-        )
+    return problems
 
 
 def check_supported_meta_params(params: Mapping[str, Any], path: str | Path, mt: Any) -> None:

@@ -3,6 +3,7 @@
 Examples::
 
     tunekit convert ~/models/Llama-2-7b ~/models/Llama-2-7b-hf --to hf        # Meta -> HF
+    tunekit convert ~/models/meta-llama/Llama-3.1-8B-Instruct /tmp/l31-meta --to meta   # HF -> Meta (use_scaled_rope)
     tunekit convert outputs/run1 /tmp/run1-meta --to meta                      # newest checkpoint of a run
     tunekit convert ~/models/Llama-2-13b-hf /tmp/13b-meta --to meta --model-parallel-size 2
     tunekit convert ~/models/Llama-2-7b-hf /tmp/7b-bf16 --to hf --dtype bf16 --max-shard-size 2GB
@@ -28,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="the new directory (may exist only empty, or as an earlier convert output "
                                 "with --force); never the source, inside it or around it")
     p.add_argument("--to", required=True, choices=["hf", "meta"], help="output format")
-    p.add_argument("--model-type", default="LLAMA2", help="model family (default: LLAMA2)")
+    p.add_argument("--model-type", default="auto",
+                   help="model family (LLAMA2, LLAMA3, MISTRAL, QWEN2, QWEN3); default auto: the one the "
+                        "source's config.json / params.json declares")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="cast the weights (default: keep the checkpoint's dtype)")
     p.add_argument("--max-shard-size", default="5GB", help="largest HF shard, e.g. 5GB (HF output)")
@@ -36,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="consolidated.NN.pth files to write (Meta output; default: the Meta input's "
                         "count, 1 for HF input)")
     p.add_argument("--max-position-embeddings", type=int, default=None,
-                   help="context length for config.json when converting Meta -> HF (default: 4096, "
-                        "Llama 2's; params.json does not record it)")
+                   help="context length for config.json when converting Meta -> HF (default: params.json's "
+                        "max_seq_len, else 131072 with use_scaled_rope (Llama 3.1), else 4096 (Llama 2))")
     p.add_argument("--force", action="store_true",
                    help="replace DEST when it is an earlier output of tunekit convert (marked by "
                         ".tunekit-convert.json); other directories are never replaced")

@@ -389,11 +389,15 @@ class GenerateSchema(_RunSettings):
     )
     adapter: Optional[str] = setting(None, doc="A PEFT/LoRA adapter dir applied on top.")
     prompt: str = setting("Tell me a short story about a llama.")
-    chat: bool = setting(False, doc="Format the prompt as a Llama 2 chat turn ([INST] ... [/INST]).")
+    chat: bool = setting(False, doc="Format the prompt as a chat turn with the checkpoint's own chat template "
+                                    "(Llama 2 [INST] layout without one).")
     template: Optional[str] = setting(
         None, _one_of(("alpaca",)), doc="alpaca = wrap the prompt as an Alpaca instruction."
     )
-    system_prompt: Optional[str] = setting(None, doc="Only with chat=true.")
+    input: Optional[str] = setting(None, doc="With template=alpaca: the instruction's input.")
+    messages: Any = setting(None, doc="A multi-turn chat (list of {role, content}, ending with user) or a "
+                                      ".json/.yaml file of one; formatted with the chat template.")
+    system_prompt: Optional[str] = setting(None, doc="With chat=true or messages.")
     temperature: float = setting(0.8, _at_least(0.0), doc="0 = greedy.")
     top_k: Optional[int] = setting(50, _at_least(1))
     top_p: Optional[float] = setting(None, _in_range(0.0, 1.0, high_inclusive=True))
@@ -414,8 +418,13 @@ class GenerateSchema(_RunSettings):
         problems = []
         if cfg.chat and cfg.template is not None:
             problems.append(f"`chat`=true and `template`={cfg.template!r} both format the prompt; keep one")
-        if cfg.system_prompt is not None and not cfg.chat:
+        if cfg.system_prompt is not None and not cfg.chat and cfg.messages is None:
             problems.append("`system_prompt` is set but `chat`=false; set chat=true or drop it")
+        if cfg.input is not None and cfg.template != "alpaca":
+            problems.append(f"`input`={cfg.input!r} is the input of an Alpaca instruction; set template=alpaca "
+                            "(the instruction is `prompt`) or drop it")
+        if cfg.messages is not None and cfg.template is not None:
+            problems.append(f"`messages` and `template`={cfg.template!r} both format the prompt; keep one")
         for key, what in (("checkpoint", "a run or checkpoint directory"), ("adapter", "an adapter directory")):
             problem = None if cfg[key] is None else not_a_dir(cfg[key], what)
             if problem is not None:

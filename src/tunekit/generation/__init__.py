@@ -17,6 +17,7 @@ from tunekit.generation._loading import (
     resolve_checkpoint,
     weights_checkpointer,
 )
+from tunekit.generation._prompts import Prompt, PromptError, build_prompt, read_messages, stop_token_ids
 from tunekit.generation._sampling import (
     pick_next_token,
     sample_next_token,
@@ -26,6 +27,11 @@ from tunekit.generation._sampling import (
 )
 
 __all__ = [
+    "Prompt",
+    "PromptError",
+    "build_prompt",
+    "read_messages",
+    "stop_token_ids",
     "STOP_CACHE_LEN",
     "STOP_MAX_NEW_TOKENS",
     "STOP_MAX_SEQ_LEN",

@@ -62,6 +62,7 @@ class GenerationResult:
         max_new_tokens: the cap the caller asked for.
         context_len: the positions available to prompt + new tokens (the model's ``max_seq_len``,
             or a caller-installed cache's length).
+        stop_token: per prompt, the stop token id that ended it (None: none did).
     """
 
     tokens: list[list[int]]
@@ -74,6 +75,7 @@ class GenerationResult:
     stop_reason: list[str] = field(default_factory=list)
     max_new_tokens: int = 0
     context_len: int = 0
+    stop_token: list[int | None] = field(default_factory=list)
 
     def describe_stop(self, row: int = 0, *, stop_token_name: str = "a stop token") -> str:
         """One phrase saying what ended row ``row``, with the numbers (for logs and the CLI)."""
@@ -355,16 +357,17 @@ class TokenGenerator:
             model.train(was_training)
 
         stop_set = set(stop_ids)
-        tokens, stopped, steps = [], [], 0
+        tokens, stopped, steps, ended_by = [], [], 0, []
         for row in new:
             cut = next((j for j, t in enumerate(row) if t in stop_set), None)
             tokens.append(row if cut is None else row[:cut])
             stopped.append(cut is not None)
+            ended_by.append(None if cut is None else int(row[cut]))
             steps = max(steps, len(row) if cut is None else cut + 1)
         return GenerationResult(tokens=tokens, stopped=stopped, prompt_len=s, prefill_seconds=t1 - t0,
                                 decode_seconds=t2 - t1, steps=steps, compile_seconds=compile_s,
                                 stop_reason=[STOP_TOKEN if st else cap_reason for st in stopped],
-                                max_new_tokens=max_new_tokens, context_len=limit)
+                                max_new_tokens=max_new_tokens, context_len=limit, stop_token=ended_by)
 
 
 def generate(

@@ -42,6 +42,8 @@ from tunekit.models._layout import (
     permute_from_hf,
     permute_to_hf,
 )
+from tunekit.models._weights import hf_llama3_scaling, meta_llama3_scaling
+from tunekit.models.llama3._tokenizer_config import LLAMA3_TOKENIZER_CONFIG
 
 __all__ = [
     "LLAMA2",
@@ -57,6 +59,8 @@ __all__ = [
     "ModelType",
     "Weight",
     "get_model_type",
+    "hf_llama3_scaling",
+    "meta_llama3_scaling",
     "permute_from_hf",
     "permute_to_hf",
     "register_model_type",
@@ -92,6 +96,7 @@ LLAMA3 = register_model_type(LLAMA2.derive(
     rope_scaling_types=("llama3",), meta_writes_vocab_size=True,
     hf_config_defaults={**_LLAMA_HF, "rope_scaling": None, "tie_word_embeddings": False, "pretraining_tp": 1,
                         "bos_token_id": 128_000, "eos_token_id": 128_001},
+    tokenizer_config=LLAMA3_TOKENIZER_CONFIG,  # Meta's tiktoken tokenizer.model as transformers reads it
     # Meta's params.json rules: 3.2 1B (1.5, 256), 3.2 3B (1.0, 256), 3.1 70B (1.3, 4096), 3.1 8B (1.3, 1024)
     meta_ffn_rules=((1.5, 256), (1.0, 256), (1.3, 4096), (1.3, 1024), *((None, 2**k) for k in range(8, 2, -1))),
 ))

@@ -47,6 +47,8 @@ from tunekit.models._weights import (
     Weight,
     _check_rows,
     _permute_rows,
+    hf_llama3_scaling,
+    meta_llama3_scaling,
     permute_from_hf,
     permute_to_hf,
 )
@@ -417,8 +419,10 @@ class ModelType:
         return float(config.get("rope_theta") or rp.get("rope_theta") or self.rope_theta)
 
     def hf_config(self, d: ModelDims, *, norm_eps: float, rope_theta: float, max_position_embeddings: int,
-                  dtype: torch.dtype) -> dict[str, Any]:
+                  dtype: torch.dtype, rope_scaling: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A ``config.json`` for this family's HF class with these sizes (as HF ships it).
+
+        ``rope_scaling``: the four fields of a ``llama3`` scaling (written as HF's ``rope_scaling``).
 
         Raises:
             ConversionError: when ``d`` lacks the vocabulary or FFN size.
@@ -444,14 +448,19 @@ class ModelType:
             config["head_dim"] = d.head_dim
         if d.tie_word_embeddings:
             config["tie_word_embeddings"] = True
+        if rope_scaling is not None:
+            config["rope_scaling"] = hf_llama3_scaling(rope_scaling)
         return config
 
     def hf_tokenizer_config(self, model_max_length: int) -> dict[str, Any]:
         """``tokenizer_config.json`` for this family's tokenizer."""
         return {**self.tokenizer_config, "model_max_length": model_max_length}
 
-    def meta_params(self, d: ModelDims, *, norm_eps: float, rope_theta: float) -> dict[str, Any]:
+    def meta_params(self, d: ModelDims, *, norm_eps: float, rope_theta: float,
+                    rope_scaling: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A Meta ``params.json`` for these sizes, written as Meta ships it.
+
+        ``rope_scaling`` (``llama3``): ``use_scaled_rope: true`` etc. (``_weights.meta_llama3_scaling``).
 
         ``vocab_size`` is -1 (Meta reads it from the tokenizer); ``n_kv_heads`` and ``rope_theta``
         appear only when they differ from ``n_heads`` and 10000 (Llama 2's reference code rejects
@@ -483,6 +492,8 @@ class ModelType:
         if rope_theta != 10000.0:
             params["rope_theta"] = rope_theta
         params["vocab_size"] = d.vocab_size if self.meta_writes_vocab_size and d.vocab_size else -1
+        if rope_scaling is not None:
+            params.update(meta_llama3_scaling(rope_scaling))
         return params
 
     # ---- LoRA adapters <-> PEFT ------------------------------------------------------------

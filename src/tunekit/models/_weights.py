@@ -109,6 +109,39 @@ _LLAMA2_TOKENIZER_CONFIG: Mapping[str, Any] = MappingProxyType({
 _LLAMA2_FFN_RULES: tuple[tuple[float | None, int], ...] = ((None, 256), (1.3, 4096),
                                                            *((None, 2**k) for k in range(7, 2, -1)))
 
+
+def hf_llama3_scaling(scaling: Mapping[str, Any]) -> dict[str, Any]:
+    """HF's ``rope_scaling`` of type ``llama3`` for ``{factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings}``."""
+    return {"rope_type": "llama3", "factor": float(scaling["factor"]),
+            "low_freq_factor": float(scaling["low_freq_factor"]),
+            "high_freq_factor": float(scaling["high_freq_factor"]),
+            "original_max_position_embeddings": int(scaling["original_max_position_embeddings"])}
+
+
+def meta_llama3_scaling(scaling: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``params.json`` fields for a ``llama3`` RoPE scaling, as Meta writes them.
+
+    ``use_scaled_rope: true`` (Llama 3.1's files); a factor / high-frequency factor other than the
+    8 / 4 Meta's reference code applies goes into ``rope_scaling_factor`` / ``rope_high_freq_factor``
+    (fields of Meta's ``ModelArgs``). Meta's code fixes the other two (1 and 8192).
+
+    Raises:
+        ConversionError: a low-frequency factor or original context Meta's code cannot run.
+    """
+    fixed = {"low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
+    odd = [f"{k}={scaling[k]!r}" for k, v in fixed.items() if float(scaling[k]) != v]
+    if odd:
+        raise ConversionError(f"RoPE scaling with {', '.join(odd)} cannot be written to a Meta params.json: "
+                              f"Meta's code fixes low_freq_factor=1 and original_max_position_embeddings=8192")
+    out: dict[str, Any] = {"use_scaled_rope": True}
+    if float(scaling["factor"]) != 8.0:
+        out["rope_scaling_factor"] = float(scaling["factor"])
+    if float(scaling["high_freq_factor"]) != 4.0:
+        out["rope_high_freq_factor"] = float(scaling["high_freq_factor"])
+    return out
+
+
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
 _HF_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _ADAPTER_RE = re.compile(r"^(.*)\.lora_(?:([ab])\.weight|(magnitude))$")
