@@ -91,6 +91,9 @@ for line in proto_in:
         try:
             os.setpgid(0, 0)
             child(req)
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
             os._exit(70)
     deadline = time.monotonic() + req["timeout"] if req["timeout"] else None
