@@ -4,7 +4,7 @@ Most end-to-end tests run a real entry point (``python -m recipes.lora_finetune 
 ``python -m tunekit.cli.main validate ...``) in a fresh process, as a user types it. Four of the
 five CPU-seconds such a process costs are imports (torch, torch._dynamo, hydra) that are the same
 every time. This module keeps one *server* process per test worker that has imported them once;
-each run is a ``fork()`` of it that sets argv, environment, working directory and standard streams
+each run is a ``fork()`` of it that sets argv, environment, working directory, standard streams
 and umask exactly as ``subprocess.run`` would, then runs the module as ``__main__`` with ``runpy`` (what
 ``python -m`` does) and exits with the status the interpreter would give. Each run is still its
 own process: no state, signal handler, thread or open file survives into the next one.
@@ -91,6 +91,9 @@ for line in proto_in:
         try:
             os.setpgid(0, 0)
             child(req)
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
             os._exit(70)
     deadline = time.monotonic() + req["timeout"] if req["timeout"] else None
@@ -188,7 +191,8 @@ def try_run(args, kwargs: dict) -> subprocess.CompletedProcess | None:
             cwd = str(Path(kwargs.get("cwd") or os.getcwd()).resolve())
             req = {"module": str(args[2]), "args": [str(a) for a in args[3:]], "cwd": cwd, "env": env,
                    "stdin": str(t / "in"), "stdout": str(t / "out"), "stderr": str(t / "err"),
-                   "timeout": kwargs.get("timeout"), "unbuffered": bool(env.get("PYTHONUNBUFFERED"))}
+                   "timeout": kwargs.get("timeout"), "unbuffered": bool(env.get("PYTHONUNBUFFERED")),
+                   "umask": _current_umask()}
             status = server.run(req)
             out, err = (t / "out").read_bytes(), (t / "err").read_bytes()
     if text:
