@@ -22,6 +22,7 @@ __all__ = ["EXTERNAL_COMMANDS", "config_groups", "list_recipes", "main"]
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("tunekit.cli.download", "download a model from the Hugging Face Hub"),
     "convert": ("tunekit.cli.convert", "write a checkpoint in HF or Meta format"),
+    "data": ("tunekit.cli.data", "preview what a recipe trains on: samples with trained tokens marked, counts"),
 }
 
 _EPILOG = """\

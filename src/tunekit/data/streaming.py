@@ -172,6 +172,12 @@ class StreamingDataset:
         if problems:
             raise DataFormatError(format_problems(Path(str(self.source)), self.row_word, problems,
                                                   counter.samples + len(problems)) + " " + self.format.hint)
+        if counter.samples == 0 and self.split == "validation":
+            raise DataSettingError(
+                f"dataset.val_fraction={self.val_fraction} holds out no row of {str(self.source)!r} for "
+                f"validation (a streaming set holds rows out by a seeded hash of their position, so a small "
+                f"file may get none). Raise dataset.val_fraction, or set dataset.val_fraction=0 to train "
+                f"without validation.")
         if counter.samples == 0 and not problems:
             raise DataFormatError(
                 f"Data file {str(self.source)!r} holds no records for the {self.split} split (it is empty, or "
