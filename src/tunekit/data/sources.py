@@ -219,7 +219,7 @@ def _data_files_in(root: Path, label: str, *, data_files: Sequence[str] | None, 
                 f"dataset.data_files={list(data_files)} matches no file in {label!r} ({str(root)!r}). "
                 f"Patterns are relative to it, e.g. dataset.data_files='[data/train-*.parquet]'.")
         return [f for f in files if f.is_file()]
-    candidates = sorted(p for p in root.rglob("*") if p.is_file() and _suffix_kind(p)
+    candidates = sorted(p for p in root.rglob("*") if p.is_file() and _suffix_kind(p) and p.name not in _METADATA
                         and not any(part.startswith(".") for part in p.relative_to(root).parts)
                         and (text_files or _suffix_kind(p) != "text"))
     if subset:
@@ -253,6 +253,8 @@ def _data_files_in(root: Path, label: str, *, data_files: Sequence[str] | None, 
     return by_split[source_split]
 
 
+#: Files of ``datasets.Dataset.save_to_disk`` / Hub repos that describe the data rather than hold it.
+_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json", "dataset_infos.json")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -260,13 +262,16 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
     """The local snapshot of a Hub data set repo, from the Hugging Face cache only (no network)."""
     from huggingface_hub import constants, snapshot_download
 
+    cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME")
+                                                else constants.HF_HUB_CACHE)
     try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True))
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True,
+                                      cache_dir=cache))
     except Exception:
         rev = f" at revision {revision!r}" if revision else ""
         raise DataFormatError(
             f"dataset.source={repo_id!r} is neither a local file or directory nor a data set{rev} in "
-            f"the local Hugging Face cache ({constants.HF_HUB_CACHE}). Fetch it once with `tunekit "
+            f"the local Hugging Face cache ({cache}). Fetch it once with `tunekit "
             f"download {repo_id} --repo-type dataset` (then it is read offline), or point "
             f"dataset.source at a local file: {_read_hint()}.") from None
 

@@ -183,8 +183,8 @@ class StreamingDataset:
                 f"Data file {str(self.source)!r} holds no records for the {self.split} split (it is empty, or "
                 f"dataset.val_fraction leaves none). Point dataset.source at a file with records. {self.format.hint}")
         self._len = total // self.world_size
-        self.data_report = counter.report(source=str(self.source) + ("" if self.split == "all" else
-                                                                     f" ({self.split} split)"),
+        name = repr(str(self.source)) if isinstance(self.source, Path) else str(self.source)
+        self.data_report = counter.report(source=name + ("" if self.split == "all" else f" ({self.split} split)"),
                                           row_word=self.row_word)
         if self.shuffle_buffer > 1:  # the digest must not depend on the epoch's draw: hash epoch 0
             h = hashlib.sha256()
