@@ -1,0 +1,60 @@
+"""Bad input to the data loaders, through ``tunekit data preview`` (the recipe's own data path; it
+fails before any model is built): a CSV without the format's columns, an empty Parquet file, an
+unknown format, a ShareGPT dump with tool turns, a Hub data set that is not in the local cache.
+Each case: exit 1, one paragraph without a traceback naming the file / key / row and the fix, and
+the data files byte-identical afterwards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.reliability._harness import assert_unchanged, assert_user_error, run_tunekit, snapshot
+
+SHAREGPT = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+            {"conversations": [{"from": "human", "value": "Weather?"}, {"from": "function_call", "value": "{}"},
+                               {"from": "gpt", "value": "Sunny."}]}]
+
+# name: (file name, content, dataset option, extra overrides, words that must appear)
+CASES = {
+    "csv_missing_column": (
+        "qa.csv", b"question,answer\nName a colour.,Blue.\nName a fruit.,Apple.\n", "alpaca", [],
+        ["{path}", "has no column 'instruction' or 'output'", "['question', 'answer']",
+         "dataset.column_map='{instruction: question, output: answer}'"]),
+    "empty_parquet": (
+        "data.parquet", b"", "alpaca", [],
+        ["{path}", "is empty (0 bytes)", "Point dataset.source at the data file"]),
+    "unknown_format": (
+        "data.jsonl", b'{"instruction": "x", "output": "y"}\n', "alpaca", ["dataset.format=csv"],
+        ["dataset.format='csv' is not a data format", "instruct, chat, text", "dataset.format=instruct"]),
+    "sharegpt_tool_turn": (
+        "dump.jsonl", "\n".join(json.dumps(r) for r in SHAREGPT).encode(), "chat", [],
+        ["{path}", "line 2: conversations[1].from is 'function_call'", "tool / function-call messages are not "
+         "supported", "drop those turns or rows"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_data_through_preview(tmp_path: Path, case: str) -> None:
+    name, content, dataset, extra, needles = CASES[case]
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / name
+    path.write_bytes(content)
+    before = snapshot(data)
+    proc = run_tunekit("data", "preview", "lora_finetune", f"dataset={dataset}", f"dataset.source={path}", *extra,
+                       env={"TUNEKIT_CACHE": str(tmp_path / "cache")})
+    assert_user_error(proc, *(n.replace("{path}", str(path)) for n in needles))
+    assert_unchanged(before, data)
+
+
+def test_hub_data_set_not_in_the_cache(tmp_path: Path) -> None:
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    proc = run_tunekit("data", "preview", "lora_finetune", "dataset=alpaca", "dataset.source=acme/not-cached",
+                       env={"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"})
+    assert_user_error(proc, "dataset.source='acme/not-cached'", str(hub),
+                      "tunekit download acme/not-cached --repo-type dataset")
+    assert list(hub.iterdir()) == []  # nothing was fetched or written
