@@ -251,3 +251,21 @@ def test_preference_rows_load_with_the_same_loader(tmp_path: Path) -> None:
     assert [r for r, _ in rows] == [1, 2] and rows[0][1]["chosen"] == "4"
     assert check_preference_record(rows[0][1]) is None
     assert "same text" in check_preference_record(rows[1][1])
+
+
+def test_preview_marks_trained_tokens_and_counts(capsys) -> None:
+    from tunekit.cli.data import main, render_sample
+
+    tok = tiny_tokenizer()
+    ids = tok.encode("Q: hi A: yes", add_bos=True, add_eos=True)
+    labels = [-100] * (len(ids) - 3) + ids[-2:] + [-100]  # the last two tokens are trained
+    text = render_sample(tok, ids, labels, color=False)
+    assert text.startswith("<bos>Q:") and text.endswith("]]") and text.count("[[") == 1
+    assert render_sample(tok, ids, labels, color=True).endswith("\033[0m")
+    assert main(["preview", "lora_finetune", "--samples", "2", "--color", "never", "packed=true",
+                 "max_seq_len=256"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- train sample") == 2 and "### Response:\n[[" in out
+    assert "packing efficiency" in out and "samples:" in out and "trained)" in out and "#" in out
+    assert main(["preview", "lora_finetune", "dataset=alpaca", "dataset.source=alpaca_tiny", "dataset.format=csv"]) == 1
+    assert "dataset.format='csv' is not a data format" in capsys.readouterr().err
