@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -82,11 +83,23 @@ class PackedDataset(Dataset):
         self.max_seq_len = max_seq_len
         self.pad_id = int(pad_id)
         self.dropped: list[int] = []
-        self.packs: list[dict[str, list[int]]] = list(
-            pack_stream((dataset[i] for i in range(len(dataset))), max_seq_len, self.pad_id, dropped=self.dropped))
+        # stored compactly (4 bytes a position, not a Python int per list slot): a packed data
+        # set of a million rows stays a few GB instead of tens
+        self._packs: list[tuple[array, array, array, array]] = [
+            (array("i", pk["tokens"]), array("i", pk["labels"]), array("i", pk["input_pos"]),
+             array("i", pk["seq_lens"]))
+            for pk in pack_stream((dataset[i] for i in range(len(dataset))), max_seq_len, self.pad_id,
+                                  dropped=self.dropped)]
+
+    @property
+    def packs(self) -> list[dict[str, list[int]]]:
+        """Every pack as lists (a copy; ``ds[i]`` reads one)."""
+        return [self[i] for i in range(len(self))]
 
     def __len__(self) -> int:
-        return len(self.packs)
+        return len(self._packs)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return self.packs[index]
+        tokens, labels, input_pos, seq_lens = self._packs[index]
+        return {"tokens": tokens.tolist(), "labels": labels.tolist(), "input_pos": input_pos.tolist(),
+                "seq_lens": seq_lens.tolist()}

@@ -212,7 +212,7 @@ def data_report(dataset: Any) -> DataReport:
         return precomputed
     pack_len = None
     inner = dataset
-    if hasattr(dataset, "packs") and hasattr(dataset, "dataset"):  # PackedDataset
+    if hasattr(type(dataset), "packs") and hasattr(dataset, "dataset"):  # PackedDataset
         pack_len, inner = dataset.max_seq_len, dataset.dataset
     source = _describe_source(inner)
     masks_of = getattr(inner, "target_masks", None)
