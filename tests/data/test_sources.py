@@ -269,3 +269,9 @@ def test_preview_marks_trained_tokens_and_counts(capsys) -> None:
     assert "packing efficiency" in out and "samples:" in out and "trained)" in out and "#" in out
     assert main(["preview", "lora_finetune", "dataset=alpaca", "dataset.source=alpaca_tiny", "dataset.format=csv"]) == 1
     assert "dataset.format='csv' is not a data format" in capsys.readouterr().err
+
+
+def test_streaming_digest_is_what_the_loader_serves(tok, files) -> None:
+    for ranks in (1, 5):
+        st = StreamingDataset(tok, files["json"], shuffle_buffer=4, seed=2, rank=ranks - 1, world_size=ranks)
+        assert st.content_digest == data_digest([st[i] for i in range(len(st))])

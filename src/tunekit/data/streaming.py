@@ -158,17 +158,19 @@ class StreamingDataset:
         min_len = min(x for x in (self.max_seq_len, self.pack_len) if x is not None)
         counter = ReportCounter(min_len)
         problems: list[tuple[int, str]] = []
-        total = 0
-        h = hashlib.sha256()
-        kept: list[dict[str, list[int]]] = []
-        for s in self._all_samples(counter, problems):
+        total = mine = 0
+        # the digest is over what this rank's loader serves in epoch 0, in that order (one pass:
+        # the counting pass draws epoch 0's shuffle); ``before`` is the digest without the last
+        # sample, for when that one falls in the tail that does not divide over the ranks
+        h, before = hashlib.sha256(), None
+        for k, s in enumerate(self._shuffled(self._all_samples(counter, problems), 0)):
             if problems:
                 continue  # keep counting problems; the samples are moot
             total += 1
-            kept.append(s)  # digest is over this rank's samples of epoch 0 (what a loader serves)
-            if len(kept) >= self.world_size:
-                self._digest(h, kept[self.rank])
-                kept.clear()
+            if k % self.world_size == self.rank:
+                before = h.copy()
+                self._digest(h, s)
+                mine += 1
         if problems:
             raise DataFormatError(format_problems(Path(str(self.source)), self.row_word, problems,
                                                   counter.samples + len(problems)) + " " + self.format.hint)
@@ -183,13 +185,11 @@ class StreamingDataset:
                 f"Data file {str(self.source)!r} holds no records for the {self.split} split (it is empty, or "
                 f"dataset.val_fraction leaves none). Point dataset.source at a file with records. {self.format.hint}")
         self._len = total // self.world_size
+        if mine > self._len and before is not None:
+            h = before
         name = repr(str(self.source)) if isinstance(self.source, Path) else str(self.source)
         self.data_report = counter.report(source=name + ("" if self.split == "all" else f" ({self.split} split)"),
                                           row_word=self.row_word)
-        if self.shuffle_buffer > 1:  # the digest must not depend on the epoch's draw: hash epoch 0
-            h = hashlib.sha256()
-            for s in self.epoch_samples(0):
-                self._digest(h, s)
         self.content_digest = h.hexdigest()
 
     @staticmethod
