@@ -275,3 +275,23 @@ def test_streaming_digest_is_what_the_loader_serves(tok, files) -> None:
     for ranks in (1, 5):
         st = StreamingDataset(tok, files["json"], shuffle_buffer=4, seed=2, rank=ranks - 1, world_size=ranks)
         assert st.content_digest == data_digest([st[i] for i in range(len(st))])
+
+
+def test_download_repo_type_dataset_fills_the_hub_cache(tmp_path: Path, monkeypatch, capsys) -> None:
+    import huggingface_hub
+
+    from tunekit.cli import download
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kw):
+        calls.append((repo_id, kw))
+        return str(tmp_path / "hub" / "snap")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert download.main(["acme/data", "--repo-type", "dataset", "--revision", "v1"]) == 0
+    (repo, kw), = calls
+    assert repo == "acme/data" and kw["repo_type"] == "dataset" and kw["revision"] == "v1"
+    assert kw["local_dir"] is None and kw["cache_dir"] == str(tmp_path / "hub")  # where dataset.source= reads
+    assert "dataset.source=acme/data" in capsys.readouterr().out

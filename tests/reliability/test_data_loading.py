@@ -58,3 +58,10 @@ def test_hub_data_set_not_in_the_cache(tmp_path: Path) -> None:
     assert_user_error(proc, "dataset.source='acme/not-cached'", str(hub),
                       "tunekit download acme/not-cached --repo-type dataset")
     assert list(hub.iterdir()) == []  # nothing was fetched or written
+
+
+def test_download_of_a_data_set_offline_names_the_data_fix(tmp_path: Path) -> None:
+    proc = run_tunekit("download", "acme/some-data", "--repo-type", "dataset",
+                       env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert_user_error(proc, "acme/some-data", "offline mode is on", "point dataset.source at them")
+    assert "checkpointer.checkpoint_dir" not in proc.stderr
