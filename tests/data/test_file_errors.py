@@ -112,7 +112,7 @@ def test_invalid_json_list_names_line_and_column(tok, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name, content, fmt, words", [
     ("d.json", b"PAR1\x15\x04\x15\x00junk", "Parquet", ["Rename it to d.parquet"]),  # content wins over the name
     ("d.jsonl.gz", b"\x1f\x8b\x08\x00", "gzip", ["Decompress it", ".parquet"]),
-    ("d.xlsx", b"PK\x03\x04", "zip", ["Decompress it", ".csv"]),
+    ("d.xlsx", b"PK\x03\x04", "Excel", ["pandas.read_excel(path).to_parquet", "dataset.source=data.parquet"]),
 ])
 def test_other_formats_say_which_formats_are_read(tok, tmp_path: Path, name, content, fmt, words) -> None:
     p = tmp_path / name

@@ -85,6 +85,8 @@ def _magic_format(head: bytes) -> str | None:
 
 def _other_format(path: Path, head: bytes) -> str | None:
     """The name of a non-JSON format the file recognisably is (by content, then suffix), or None."""
+    if path.suffix.lower() in (".xlsx", ".xls"):  # a zip (or OLE) container by content: say Excel
+        return "Excel"
     return _magic_format(head) or _OTHER_FORMATS.get(path.suffix.lower())
 
 
