@@ -108,7 +108,7 @@ def test_sharegpt_equals_messages_and_tool_turns_are_refused(tok, tmp_path: Path
     assert "line 3: conversations[1].from is 'function_call'" in msg and "tool / function-call" in msg
     bad = [*MSGS[:1], {"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}]}]
     (tmp_path / "t.jsonl").write_text("\n".join(map(json.dumps, bad)))
-    msg = _err(lambda: ChatDataset(tiny_hf_tokenizer(), tmp_path / "t.jsonl", split="all"))
+    msg = _err(lambda: ChatDataset(tok, tmp_path / "t.jsonl", split="all"))  # Llama 2's layout
     assert "line 2: messages[1].role is 'tool'" in msg and "drop those turns or rows" in msg
 
 

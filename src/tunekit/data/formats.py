@@ -101,17 +101,23 @@ def sharegpt_to_messages(conversations: Any) -> tuple[list[dict[str, Any]] | Non
 
 
 def _tool_problem(where: str, role: Any) -> str:
-    return (f"{where} is {role!r}: tool / function-call messages are not supported by tunekit's chat "
-            f"format (their arguments and results have no agreed layout to mask); drop those turns or rows")
+    return (f"{where} is {role!r}: tool / function-call messages are not supported here (ShareGPT's "
+            f"function turns have no agreed layout, and Llama 2's [INST] layout has no place for them; a "
+            f"model chat template that renders 'tool' messages takes OpenAI-style rows with "
+            f"dataset.template=model); drop those turns or rows")
 
 
-def chat_messages(rec: Any) -> tuple[Any, str | None]:
-    """The record's conversation as ``messages`` (OpenAI or ShareGPT), or ``(None, problem)``."""
+def chat_messages(rec: Any, *, allow_tool: bool = False) -> tuple[Any, str | None]:
+    """The record's conversation as ``messages`` (OpenAI or ShareGPT), or ``(None, problem)``.
+
+    ``allow_tool``: leave OpenAI ``tool`` messages and ``tool_calls`` to the model's chat template
+    (which says whether it renders them); Llama 2's layout has no place for them.
+    """
     if not isinstance(rec, Mapping):
         return None, _not_object(rec, "'messages' (or ShareGPT 'conversations')")
     if "messages" in rec:
         msgs = rec["messages"]
-        if isinstance(msgs, list):
+        if isinstance(msgs, list) and not allow_tool:
             for i, m in enumerate(msgs):
                 if isinstance(m, Mapping) and str(m.get("role", "")).lower() in _TOOL_ROLES:
                     return None, _tool_problem(f"messages[{i}].role", m.get("role"))
@@ -132,8 +138,9 @@ def resolve_chat_template(tokenizer: Any, template: str) -> str:
     if template not in CHAT_TEMPLATES:
         raise DataSettingError(
             f"dataset.template={template!r} is not a layout of ChatDataset (format=chat); the valid ones are "
-            f"{', '.join(repr(t) for t in CHAT_TEMPLATES)}. Set dataset.template=auto (the model's own "
-            f"template when the tokenizer carries one, else Llama 2's), model, or llama2_chat.")
+            f"{', '.join(repr(t) for t in CHAT_TEMPLATES)}. Set dataset.template=model (the chat template "
+            f"the tokenizer carries), dataset.template=llama2_chat (Llama 2's [INST] turns) or "
+            f"dataset.template=auto (the first when there is one).")
     if template == "model" and isinstance(tokenizer, Tokenizer) and not tokenizer_chat_template(tokenizer):
         raise DataSettingError(
             f"dataset.template=model uses the chat template the model ships, but the tokenizer "
@@ -161,12 +168,14 @@ def _chat_format(tokenizer: Any, template: str, train_on_input: bool) -> Format:
     layout = resolve_chat_template(tokenizer, template)
     check_msgs = check_chat_messages if layout == "model" else validate_messages
 
+    allow_tool = layout == "model"
+
     def check(rec: Any) -> str | None:
-        msgs, problem = chat_messages(rec)
+        msgs, problem = chat_messages(rec, allow_tool=allow_tool)
         return problem or check_msgs(msgs)
 
     def encode(rec: Any) -> tuple[list[int], list[bool]]:
-        msgs, _ = chat_messages(rec)
+        msgs, _ = chat_messages(rec, allow_tool=allow_tool)
         if layout == "model":
             return chat_tokens(tokenizer, msgs, train_on_input=train_on_input)
         return tokenize_llama2_chat(tokenizer, msgs, train_on_input=train_on_input)
