@@ -90,9 +90,11 @@ def test_bad_rows_of_a_csv_are_numbered(tok, tmp_path: Path) -> None:
     p.write_text("instruction,output\nName a colour.,Blue.\nSay hi.,\n")
     msg = _err(lambda: InstructDataset(tok, p, split="all"))
     assert str(p) in msg and "row 2: field 'output' must be a string, got null" in msg
-    empty = tmp_path / "empty.csv"
-    empty.write_bytes(b"")
-    assert "is empty (0 bytes)" in _err(lambda: InstructDataset(tok, empty, split="all"))
+    for name in ("empty.csv", "empty.parquet"):
+        empty = tmp_path / name
+        empty.write_bytes(b"")
+        msg = _err(lambda p=empty: InstructDataset(tok, p, split="all"))
+        assert str(empty) in msg and "is empty (0 bytes)" in msg and "Point dataset.source at the data file" in msg
 
 
 def test_sharegpt_equals_messages_and_tool_turns_are_refused(tok, tmp_path: Path) -> None:

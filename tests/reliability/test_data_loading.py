@@ -1,6 +1,8 @@
 """Bad input to the data loaders, through ``tunekit data preview`` (the recipe's own data path; it
-fails before any model is built): a CSV without the format's columns, an empty Parquet file, an
-unknown format, a ShareGPT dump with tool turns, a Hub data set that is not in the local cache.
+fails before any model is built): a CSV without the format's columns, a ShareGPT dump with tool
+turns, a Hub data set that is not in the local cache; and a data set download while offline. (An
+empty file and an unknown format are checked in process, tests/data/test_sources.py: each
+subprocess here costs a torch import.)
 Each case: exit 1, one paragraph without a traceback naming the file / key / row and the fix, and
 the data files byte-identical afterwards."""
 
@@ -23,12 +25,6 @@ CASES = {
         "qa.csv", b"question,answer\nName a colour.,Blue.\nName a fruit.,Apple.\n", "alpaca", [],
         ["{path}", "has no column 'instruction' or 'output'", "['question', 'answer']",
          "dataset.column_map='{instruction: question, output: answer}'"]),
-    "empty_parquet": (
-        "data.parquet", b"", "alpaca", [],
-        ["{path}", "is empty (0 bytes)", "Point dataset.source at the data file"]),
-    "unknown_format": (
-        "data.jsonl", b'{"instruction": "x", "output": "y"}\n', "alpaca", ["dataset.format=csv"],
-        ["dataset.format='csv' is not a data format", "instruct, chat, text", "dataset.format=instruct"]),
     "sharegpt_tool_turn": (
         "dump.jsonl", "\n".join(json.dumps(r) for r in SHAREGPT).encode(), "chat", [],
         ["{path}", "line 2: conversations[1].from is 'function_call'", "tool / function-call messages are not "
