@@ -100,6 +100,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--max-seq-len", type=int, default=512)
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--modes", default="memory,fill,cached,stream",
+                   help="comma-separated: memory, fill (cache filled), cached (cache hit), stream (default: all)")
     p.add_argument("--workdir", default=None, help="where the generated file goes (default: a temp dir)")
     p.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -115,7 +117,9 @@ def main() -> None:
               flush=True)
         env = {**os.environ, "TUNEKIT_CACHE": str(Path(tmp) / "cache"), "OMP_NUM_THREADS": "1"}
         results = []
-        for mode in ("in-memory", "in-memory, cached (fill)", "in-memory, cached", "streaming"):
+        names = {"memory": "in-memory", "fill": "in-memory, cached (fill)", "cached": "in-memory, cached",
+                 "stream": "streaming"}
+        for mode in (names[m.strip()] for m in args.modes.split(",")):
             out = subprocess.run([sys.executable, __file__, "--max-seq-len", str(args.max_seq_len),
                                   "--child", mode, str(path)], env=env, capture_output=True, text=True, check=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -43,6 +43,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
     """The same Alpaca rows as JSON and, with other column names, as CSV, TSV, Parquet, Arrow."""
     out = {"json": tmp_path / "a.json"}
     out["json"].write_text(json.dumps(RECS))
+    out["jsonl"] = tmp_path / "a.jsonl"
+    out["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in RECS))
     df = pd.DataFrame([{"question": r["instruction"], "context": r["input"], "answer": r["output"]} for r in RECS])
     out["csv"], out["tsv"], out["parquet"] = tmp_path / "a.csv", tmp_path / "a.tsv", tmp_path / "a.parquet"
     df.to_csv(out["csv"], index=False)
@@ -274,9 +276,10 @@ def test_preview_marks_trained_tokens_and_counts(capsys) -> None:
 
 
 def test_streaming_digest_is_what_the_loader_serves(tok, files) -> None:
-    for ranks in (1, 5):
-        st = StreamingDataset(tok, files["json"], shuffle_buffer=4, seed=2, rank=ranks - 1, world_size=ranks)
+    for ranks in (1, 5):  # JSONL streams line by line
+        st = StreamingDataset(tok, files["jsonl"], shuffle_buffer=4, seed=2, rank=ranks - 1, world_size=ranks)
         assert st.content_digest == data_digest([st[i] for i in range(len(st))])
+    assert _same(StreamingDataset(tok, files["jsonl"]), InstructDataset(tok, files["json"], val_fraction=0))
 
 
 def test_download_repo_type_dataset_fills_the_hub_cache(tmp_path: Path, monkeypatch, capsys) -> None:

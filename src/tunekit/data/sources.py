@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import glob as globlib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -69,6 +70,7 @@ class RowSource:
     row_word: str = "row"
     column_map: dict[str, str] = field(default_factory=dict)
     text_files: bool = False
+    streaming: bool = False
 
     def file_rows(self, path: Path) -> Iterator[tuple[int, Any]]:
         """``(row, raw record)`` of one file, rows numbered within the file (1-based)."""
@@ -77,6 +79,8 @@ class RowSource:
             yield 1, {"text": _read_text(path)}
         elif kind in _HF_BUILDER:
             yield from _hf_rows(path, kind)
+        elif self.streaming and path.suffix.lower() == ".jsonl":
+            yield from _jsonl_rows(path)
         else:
             rows, _ = load_records(path)
             yield from rows
@@ -168,6 +172,31 @@ def _read_text(path: Path) -> str:
             f"Data file {str(path)!r} is not valid UTF-8 at byte offset {e.start} (line {line}): "
             f"tunekit reads UTF-8 text. Re-encode it, e.g. `iconv -f LATIN1 -t UTF-8 {path.name} > "
             f"{path.stem}.utf8.txt`, and point dataset.source at the new file.") from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line, record)`` of a JSONL file read line by line (streaming: never the whole file)."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):  # binary lines split on b"\n" only, like load_records
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(
+                    f"Data file {str(path)!r}, line {lineno}: not valid UTF-8 (column {e.start + 1} holds the bytes "
+                    f"{raw[e.start:e.start + 4].hex(' ')}). tunekit reads UTF-8 text; re-encode the file (e.g. "
+                    f"`iconv -f CP1252 -t UTF-8 {path.name} > {path.stem}.utf8.jsonl`) and point dataset.source "
+                    f"at the new file.") from None
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(
+                    f"Data file {str(path)!r}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}). A .jsonl "
+                    f"file needs one complete JSON object per line (no line breaks inside a record, no trailing "
+                    f"commas); fix or delete that line.") from None
 
 
 def _hf_rows(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
@@ -278,7 +307,8 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
 
 def load_rows(source: str | os.PathLike[str], *, data_files: str | Sequence[str] | None = None,
               subset: str | None = None, source_split: str = "train", revision: str | None = None,
-              column_map: Mapping[str, str] | None = None, text_files: bool = False) -> RowSource:
+              column_map: Mapping[str, str] | None = None, text_files: bool = False,
+              streaming: bool = False) -> RowSource:
     """Resolve ``source`` to its data files (nothing is read yet but what resolving needs).
 
     Args:
@@ -292,6 +322,8 @@ def load_rows(source: str | os.PathLike[str], *, data_files: str | Sequence[str]
         revision: Hub branch, tag or commit (of the cached snapshot).
         column_map: format field -> your column, e.g. ``{"instruction": "question"}``.
         text_files: read ``.txt`` as raw text (``format=text``), one document per file.
+        streaming: read JSONL line by line (a ``.json`` list is parsed whole; CSV, Parquet and
+            Arrow are always read in batches).
 
     Returns:
         A :class:`RowSource`; ``iter(it)`` yields ``(row, record)``; ``check_columns`` refuses a
@@ -335,4 +367,5 @@ def load_rows(source: str | os.PathLike[str], *, data_files: str | Sequence[str]
         word = "record"
     if len(files) > 1:
         word = "document" if text_files and all(_suffix_kind(f) == "text" for f in files) else "row"
-    return RowSource(label=label, files=files, row_word=word, column_map=cmap, text_files=text_files)
+    return RowSource(label=label, files=files, row_word=word, column_map=cmap, text_files=text_files,
+                     streaming=streaming)

@@ -71,7 +71,8 @@ class StreamingDataset:
         self.format = make_format(format, tokenizer, template=template, train_on_input=self.train_on_input)
         self.template = self.format.template
         self.rowsource = load_rows(source, data_files=data_files, subset=subset, source_split=source_split,
-                                   revision=revision, column_map=column_map, text_files=self.format.name == "text")
+                                   revision=revision, column_map=column_map, text_files=self.format.name == "text",
+                                   streaming=True)
         src = self.rowsource
         self.source: Any = src.files[0] if len(src.files) == 1 else src.label
         self.row_word = src.row_word
