@@ -261,6 +261,11 @@ def _data_files_in(root: Path, label: str, *, data_files: Sequence[str] | None, 
                 f"Set dataset.subset to one of them, or dataset.subset=null.")
         candidates = inside
     if not candidates:
+        if label == str(root):  # a local directory (perhaps given by mistake for a file)
+            raise DataFormatError(
+                f"Data source {label!r} is a directory, not a file, and holds no data file ({_read_hint()}). "
+                f"Set dataset.source to the path of a local .json, .jsonl, .csv or .parquet file (or a "
+                f"directory that holds such files), or set dataset.data_files to the files' pattern.")
         raise DataFormatError(
             f"{label!r} ({str(root)!r}) holds no data file: {_read_hint()}. Point dataset.source at a "
             f"file, or set dataset.data_files to the files' pattern.")
