@@ -113,12 +113,14 @@ CASES = {
         "no_reply.jsonl", _jsonl([CHAT_OK, {"messages": [{"role": "system", "content": "Be brief."},
                                                          {"role": "user", "content": "Hi"}]}]),
         (), "chat", ["line 2: 'messages' has no 'assistant' turn", "ending with 'assistant'"]),
+    # CSV and Parquet are read now: a CSV whose columns are not the format's, a damaged Parquet file
     "csv_file": (
-        "data.csv", b"instruction,output\nName a colour.,Blue.\n",
-        (), "alpaca", ["is a CSV file", "reads .json", ".jsonl", "pandas.read_csv", "dataset.source="]),
+        "data.csv", b"question,answer\nName a colour.,Blue.\n",
+        (), "alpaca", ["has no column 'instruction' or 'output'", "['question', 'answer']",
+                       "dataset.column_map='{instruction: question, output: answer}'"]),
     "parquet_file": (
         "data.parquet", b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x00\x00PAR1",
-        (), "alpaca", ["is a Parquet file", "reads .json", ".jsonl", "pandas.read_parquet"]),
+        (), "alpaca", ["cannot be read as Parquet", "Check that the file is complete"]),
     # a weight file given as the data: it used to be "not valid UTF-8 ... re-encode it with iconv"
     "safetensors_given_as_data": (
         "model.json", (40).to_bytes(8, "little") + b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'

@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="download only files matching these glob patterns")
     p.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN",
                    help="skip files matching these glob patterns (added to the defaults)")
+    p.add_argument("--repo-type", choices=("model", "dataset"), default="model",
+                   help="dataset: a data set repo, stored in the Hugging Face cache (HF_HUB_CACHE) where "
+                        "dataset.source=OWNER/NAME reads it offline, or in --output-dir if given")
     p.add_argument("--all-formats", action="store_true",
                    help="do not skip duplicate weight formats (*.bin / *.pth beside *.safetensors)")
     return p
@@ -133,6 +136,7 @@ def download(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     all_formats: bool = False,
+    repo_type: str = "model",
 ) -> Path:
     """Download ``repo_id`` into ``output_dir`` (default: models root / repo_id).
 
@@ -142,6 +146,9 @@ def download(
         :func:`main` turns them into one-paragraph messages.
     """
     check_repo_id(repo_id)
+    if repo_type == "dataset":
+        return _download_dataset(repo_id, output_dir, token=token, revision=revision, include=include,
+                                 exclude=exclude)
     out = Path(output_dir).expanduser() if output_dir is not None else default_models_root() / repo_id
     check_output_dir(out)
     from huggingface_hub import HfApi, snapshot_download
@@ -159,6 +166,25 @@ def download(
         ignore_patterns=ignore or None,
     )
     _honour_umask(Path(path))
+    return Path(path)
+
+
+def _download_dataset(repo_id: str, output_dir: str | Path | None, *, token: str | None, revision: str | None,
+                      include: Sequence[str] | None, exclude: Sequence[str] | None) -> Path:
+    """A data set repo into the Hugging Face cache (read offline by ``dataset.source=repo_id``), or
+    into ``output_dir`` (an empty or new directory) when given."""
+    from huggingface_hub import snapshot_download
+
+    out = None
+    if output_dir is not None:
+        out = Path(output_dir).expanduser()
+        check_output_dir(out)
+    path = snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=out, token=token,
+                             cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                             allow_patterns=list(include) if include else None,
+                             ignore_patterns=list(exclude) if exclude else None)
+    if out is not None:
+        _honour_umask(Path(path))
     return Path(path)
 
 
@@ -249,14 +275,25 @@ def main(argv: list[str] | None = None) -> int:
             include=args.include,
             exclude=args.exclude,
             all_formats=args.all_formats,
+            repo_type=args.repo_type,
         )
     except Exception as err:  # noqa: BLE001 - every failure becomes one readable paragraph
         out = args.output_dir if args.output_dir is not None else None
         msg = " ".join(_explain(err, args.repo_id, out).split())
+        if args.repo_type == "dataset":
+            msg = (msg.replace("copy the model directory onto this machine and point checkpointer.checkpoint_dir "
+                               "at it", "copy the data files onto this machine and point dataset.source at them")
+                   .replace("https://huggingface.co/" + args.repo_id,
+                            "https://huggingface.co/datasets/" + args.repo_id))
         if token:
             msg = msg.replace(token, "***")
         print(f"tunekit download: error: {msg}", file=sys.stderr)
         return 1
+    if args.repo_type == "dataset":
+        where = "" if args.output_dir is not None else " (the Hugging Face cache)"
+        print(f"Downloaded the data set {args.repo_id} to {path}{where}; train on it with "
+              f"dataset.source={args.output_dir or args.repo_id}")
+        return 0
     print(f"Downloaded {args.repo_id} to {path}")
     return 0
 

@@ -67,10 +67,12 @@ _OTHER_FORMATS = {
 _MAGIC = ((b"PAR1", "Parquet"), (b"ARROW1", "Arrow"), (b"\x1f\x8b", "gzip-compressed"),
           (b"PK\x03\x04", "zip"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"BZh", "bzip2-compressed"))
 _CONVERT_HINT = (
-    "tunekit reads .json (a list of records) and .jsonl (one JSON object per line) files; "
-    "convert it first, e.g. with pandas: `pandas.read_{reader}(path).to_json('data.jsonl', "
-    "orient='records', lines=True, force_ascii=False)`, then pass `dataset.source=data.jsonl`."
+    "tunekit reads .json (a list of records), .jsonl, .csv, .tsv, .parquet and .arrow files (and .txt "
+    "as raw text with dataset=text); convert it first, e.g. with pandas: `pandas.read_{reader}(path)"
+    ".to_parquet('data.parquet')`, then pass `dataset.source=data.parquet`."
 )
+#: Formats the loader reads under their own suffix (a file of that kind under another name).
+_SUFFIX_OF = {"CSV": ".csv", "TSV": ".tsv", "Parquet": ".parquet", "Arrow": ".arrow"}
 
 
 def _magic_format(head: bytes) -> str | None:
@@ -83,23 +85,30 @@ def _magic_format(head: bytes) -> str | None:
 
 def _other_format(path: Path, head: bytes) -> str | None:
     """The name of a non-JSON format the file recognisably is (by content, then suffix), or None."""
+    if path.suffix.lower() in (".xlsx", ".xls"):  # a zip (or OLE) container by content: say Excel
+        return "Excel"
     return _magic_format(head) or _OTHER_FORMATS.get(path.suffix.lower())
 
 
 def _refuse_other_format(path: Path, fmt: str) -> DataFormatError:
-    reader = {"CSV": "csv", "TSV": "csv", "Parquet": "parquet", "Arrow": "feather",
-              "Feather": "feather", "Excel": "excel"}.get(fmt, "json")
+    reader = {"Feather": "feather", "Excel": "excel"}.get(fmt, "json")
     what = f"a {fmt} file" if fmt not in ("zip",) else "a zip archive"
     if fmt == "plain text":
         return DataFormatError(
-            f"Data file {str(path)!r} looks like plain text, not JSON. "
-            + _CONVERT_HINT.format(reader="json")
+            f"Data file {str(path)!r} looks like plain text, not JSON. For raw text (continued "
+            f"pre-training) use dataset=text; for records, " + _CONVERT_HINT.format(reader="json")
+        )
+    if fmt in _SUFFIX_OF:
+        return DataFormatError(
+            f"Data file {str(path)!r} is {what}, but its name ends in {path.suffix or '(no suffix)'!r}, "
+            f"and the suffix decides the reader. Rename it to {path.stem}{_SUFFIX_OF[fmt]} (tunekit reads "
+            f"{fmt} files) and point dataset.source at the new name."
         )
     if reader == "json":  # compressed: say so and ask for the uncompressed file
         return DataFormatError(
             f"Data file {str(path)!r} is {what}, which the data loader does not read. Decompress "
-            f"it and pass the .json / .jsonl file inside: tunekit reads .json (a list of records) "
-            f"and .jsonl (one JSON object per line) files."
+            f"it and pass the file inside: tunekit reads .json (a list of records), .jsonl, .csv, "
+            f".tsv, .parquet and .arrow files."
         )
     return DataFormatError(
         f"Data file {str(path)!r} is {what}, which the data loader does not read. "

@@ -1,91 +1,39 @@
-"""Instruction and chat data sets that yield ``{"tokens", "labels"}`` with shifted labels."""
+"""In-memory data sets of every format, yielding ``{"tokens", "labels"}`` with shifted labels.
+
+One loading path for all of them (:class:`FormatDataset`): ``load_rows`` resolves the source,
+the columns are checked, every row is validated (row-numbered errors), one split is kept, and the
+split is tokenized once (or read back from the tokenization cache) into compact arrays.
+"""
 
 from __future__ import annotations
 
-from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
-from tunekit.data._loading import (
-    DataFormatError,
-    DataSettingError,
-    describe_value,
-    format_problems,
-    load_records,
-    resolve_source,
-    split_indices,
+from tunekit.data._loading import DataFormatError, DataSettingError, format_problems, split_indices
+from tunekit.data._tokenized import (
+    CROSS_ENTROPY_IGNORE_IDX,
+    TokenizedSamples,
+    build_sample,
+    cache_key,
+    load_cached,
+    save_cached,
+    tokenizer_fingerprint,
 )
-from tunekit.data.chat_template import ChatTemplateError, chat_tokens, check_chat_messages, tokenizer_chat_template
-from tunekit.data.templates import INSTRUCT_TEMPLATES, tokenize_llama2_chat, validate_messages
-from tunekit.tokenizers import Tokenizer
+from tunekit.data.formats import CHAT_TEMPLATES, Format, encode_or_raise, make_format
+from tunekit.data.sources import RowSource, load_rows
 
-CROSS_ENTROPY_IGNORE_IDX = -100
+__all__ = ["CHAT_TEMPLATES", "CROSS_ENTROPY_IGNORE_IDX", "ChatDataset", "FormatDataset", "InstructDataset",
+           "TextDataset", "build_sample", "check_max_seq_len", "text_chunks", "validated_rows"]
 
-
-def build_sample(tokens: list[int], targets: list[bool], max_seq_len: int) -> dict[str, list[int]]:
-    """Shifted labels from per-token target flags, then truncation to ``max_seq_len``.
-
-    ``labels[i] = tokens[i + 1]`` where token ``i + 1`` is a target, else -100; the last label
-    is -100. Truncation keeps the first ``max_seq_len`` positions and their labels, so the last
-    kept position still learns the true next token; an EOS is never invented at the cut (a
-    model should not learn to stop mid-answer).
-    """
-    labels = [t if keep else CROSS_ENTROPY_IGNORE_IDX for t, keep in zip(tokens[1:], targets[1:])]
-    labels.append(CROSS_ENTROPY_IGNORE_IDX)
-    return {"tokens": tokens[:max_seq_len], "labels": labels[:max_seq_len]}
+#: ``cache="auto"`` caches data sets of at least this many bytes (small ones tokenize in no time).
+AUTO_CACHE_BYTES = 1 << 20
 
 
-class TokenizedSamples:
-    """The tokenized samples of one split, stored compactly, without those left with no target.
-
-    Each sample is kept as its tokens (``array('i')``, cut to ``max_seq_len + 1`` so the last
-    kept position still has its true next token) and its shifted target mask (one byte per
-    position: 1 where ``labels[i] != -100``). The untruncated masks of every sample, dropped ones
-    included, stay available to :func:`tunekit.data.data_report` (one byte per token).
-
-    A sample whose targets all fall beyond ``max_seq_len`` would train on nothing (a batch of
-    them gives loss 0, and a validation set of them nan); it is dropped here and counted.
-
-    Args:
-        encoded: ``(tokens, targets)`` per sample, as the ``tokenize_*`` templates return them.
-        rows: the 1-based source row of each sample.
-        max_seq_len: samples are cut to this many positions.
-    """
-
-    def __init__(self, encoded: Iterable[tuple[list[int], list[bool]]], rows: Sequence[int],
-                 max_seq_len: int) -> None:
-        self.max_seq_len = max_seq_len
-        self.all_rows: list[int] = list(rows)
-        self.full_masks: list[bytes] = []
-        self.rows: list[int] = []
-        self.dropped_rows: list[int] = []
-        self._tokens: list[array] = []
-        self._masks: list[bytes] = []
-        for row, (tokens, targets) in zip(self.all_rows, encoded):
-            mask = bytes(targets[1:]) + b"\x00"  # shifted: position i predicts token i + 1
-            self.full_masks.append(mask)
-            if b"\x01" not in mask[:max_seq_len]:
-                self.dropped_rows.append(row)
-                continue
-            self.rows.append(row)
-            self._tokens.append(array("i", tokens[: max_seq_len + 1]))
-            self._masks.append(mask[:max_seq_len])
-
-    def __len__(self) -> int:
-        return len(self._tokens)
-
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        tokens, mask = self._tokens[index], self._masks[index]
-        n = len(mask)
-        labels = [t if m else CROSS_ENTROPY_IGNORE_IDX for t, m in zip(tokens[1:n + 1], mask)]
-        labels += [CROSS_ENTROPY_IGNORE_IDX] * (n - len(labels))
-        return {"tokens": tokens[:n].tolist(), "labels": labels}
-
-
-def _check_max_seq_len(max_seq_len: Any) -> None:
+def check_max_seq_len(max_seq_len: Any) -> None:
     if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
         raise DataSettingError(
             f"max_seq_len={max_seq_len!r} must be an integer >= 2 (the longest sample, in tokens, "
@@ -93,139 +41,128 @@ def _check_max_seq_len(max_seq_len: Any) -> None:
         )
 
 
-def load_split(source: str | Path, check: Callable[[Any], str | None], hint: str, *, split: str,
-               val_fraction: float, split_seed: int) -> tuple[Path, str, list[int], list[Any]]:
-    """Read ``source``, validate every row with ``check``, and keep one split.
-
-    Returns:
-        (path, row_word, rows, records): the resolved file, how its rows are numbered
-        (``"record"`` or ``"line"``), the 1-based source row numbers (record position or
-        JSONL line) of the split in file order, and the records.
-    """
-    path = resolve_source(source)
-    rows, row_word = load_records(path)
+def validated_rows(src: RowSource, fmt: Format) -> list[tuple[int, Any]]:
+    """Every ``(row, record)`` of ``src``, checked against ``fmt``; bad rows in one paragraph."""
+    src.check_columns(fmt.required, fmt.optional, alternatives=fmt.alternatives, fmt=fmt.name)
+    rows = list(src)
+    label = str(src.files[0]) if len(src.files) == 1 else src.label
     if not rows:
         raise DataFormatError(
-            f"Data file {str(path)!r} holds no records (an empty list). Point dataset.source at "
-            f"a file with at least one record. {hint}")
-    problems = [(row, msg) for row, rec in rows if (msg := check(rec))]
+            f"Data file {label!r} holds no records (it is empty, or an empty list). Point "
+            f"dataset.source at a file with at least one record. {fmt.hint}")
+    problems = [(row, msg) for row, rec in rows if (msg := fmt.check(rec))]
     if problems:
-        raise DataFormatError(format_problems(path, row_word, problems, len(rows)) + " " + hint)
-    idx = split_indices(len(rows), split, val_fraction, split_seed, path, row_word)
-    return path, row_word, [rows[i][0] for i in idx], [rows[i][1] for i in idx]
+        raise DataFormatError(format_problems(Path(label), src.row_word, problems, len(rows)) + " " + fmt.hint)
+    return rows
 
 
-def check_instruct_record(rec: Any) -> str | None:
-    """What is wrong with an Alpaca record, or None."""
-    if not isinstance(rec, Mapping):
-        return f"expected an object with 'instruction' and 'output', got {describe_value(rec)}"
-    for key in ("instruction", "output"):
-        if key not in rec:
-            return f"missing the field '{key}' (it has {sorted(rec)})"
-        if not isinstance(rec[key], str):
-            return f"field '{key}' must be a string, got {describe_value(rec[key])}"
-    if rec.get("input") is not None and not isinstance(rec["input"], str):
-        return f"field 'input' must be a string, got {describe_value(rec['input'])}"
-    return None
+def text_chunks(docs: Iterable[tuple[int, list[int]]], max_seq_len: int) -> Iterator[tuple[int, list[int]]]:
+    """Documents (already with BOS/EOS) joined and cut into windows of ``max_seq_len + 1`` tokens
+    that overlap by one, so every position of a window has its true next token as target.
+
+    Yields ``(row of the document the window starts in, tokens)``; a last window of one token
+    (nothing to predict) is not yielded.
+    """
+    buf: list[int] = []
+    pos = 0  # start of the next window in buf
+    starts: list[tuple[int, int]] = []  # (offset in buf where a document starts, its row)
+    for row, ids in docs:
+        starts.append((len(buf), row))
+        buf += ids
+        while len(buf) - pos >= max_seq_len + 1:
+            while len(starts) > 1 and starts[1][0] <= pos:
+                starts.pop(0)
+            yield starts[0][1], buf[pos: pos + max_seq_len + 1]
+            pos += max_seq_len
+        if pos > (1 << 16):  # drop what every later window is past
+            buf, starts = buf[pos:], [(off - pos, r) for off, r in starts]
+            pos = 0
+    if len(buf) - pos >= 2:
+        while len(starts) > 1 and starts[1][0] <= pos:
+            starts.pop(0)
+        yield starts[0][1], buf[pos:]
 
 
-def check_chat_record(rec: Any) -> str | None:
-    """What is wrong with a chat record, or None."""
-    if not isinstance(rec, Mapping):
-        return f"expected an object with 'messages', got {describe_value(rec)}"
-    if "messages" not in rec:
-        return f"missing the field 'messages' (it has {sorted(rec)})"
-    return validate_messages(rec["messages"])
-
-
-def check_model_chat_record(rec: Any) -> str | None:
-    """What is wrong with a chat record for the model's own template, or None."""
-    if not isinstance(rec, Mapping):
-        return f"expected an object with 'messages', got {describe_value(rec)}"
-    if "messages" not in rec:
-        return f"missing the field 'messages' (it has {sorted(rec)})"
-    return check_chat_messages(rec["messages"])
-
-
-#: Layouts ``ChatDataset(template=...)`` accepts.
-CHAT_TEMPLATES = ("llama2_chat", "model")
-
-
-def _check_has_chat_template(tokenizer: Tokenizer) -> None:
-    if not tokenizer_chat_template(tokenizer):
-        raise DataSettingError(
-            f"dataset.template=model uses the chat template the model ships, but the tokenizer "
-            f"{str(getattr(tokenizer, 'path', type(tokenizer).__name__))!r} carries none (a "
-            f"SentencePiece tokenizer.model never does). Use a tokenizer.json with its "
-            f"tokenizer_config.json (tokenizer=hf), or set dataset.template=llama2_chat.")
-
-
-def _model_chat_samples(tokenizer: Tokenizer, records: Sequence[Any], rows: Sequence[int], path: Path,
-                        row_word: str, train_on_input: bool) -> Iterable[tuple[list[int], list[bool]]]:
-    """``chat_tokens`` per record; a record the template refuses is named by file and row."""
-    for row, rec in zip(rows, records):
-        try:
-            yield chat_tokens(tokenizer, rec["messages"], train_on_input=train_on_input)
-        except ChatTemplateError as e:
-            raise DataFormatError(f"Data file {str(path)!r}, {row_word} {row}: {e}") from None
-
-
-class InstructDataset(Dataset):
-    """Alpaca-style instruction data (``instruction``, optional ``input``, ``output``).
-
-    Every record of the split is tokenized once, here; samples whose response is cut away
-    entirely by ``max_seq_len`` are dropped (``dropped_rows``) and the rest kept compactly.
-    :func:`tunekit.data.data_report` summarises what truncation did.
+class FormatDataset(Dataset):
+    """A split of any format (instruct, chat, text), tokenized once into compact arrays.
 
     Args:
-        tokenizer: the tokenizer (``encode``, ``bos_id``, ``eos_id``).
-        source: path of a local ``.json`` (list of records) or ``.jsonl`` file, or a bundled
-            name (``"alpaca_tiny"``).
-        template: ``"alpaca"`` (Stanford Alpaca prompt) or ``"llama2_chat"`` (the record as one
-            ``[INST]`` turn).
-        max_seq_len: samples are cut to this many tokens.
-        train_on_input: also take the loss on the prompt; by default only on the response
-            and its EOS.
-        split: ``"train"``, ``"validation"`` (alias ``"val"``) or ``"all"``.
-        val_fraction: share of rows held out for validation (0: no validation set).
-        split_seed: seed of the deterministic split.
+        tokenizer: the tokenizer.
+        source: a file, directory, glob, bundled name or cached Hub data set id (see
+            :func:`tunekit.data.load_rows`).
+        format: ``instruct`` | ``chat`` | ``text``.
+        template: the instruct template (``alpaca``, ``llama2_chat``) or chat layout (``auto``,
+            ``model``, ``llama2_chat``).
+        max_seq_len: samples are cut to this many tokens (text: the window length).
+        train_on_input: also take the loss on the prompt (instruct, chat).
+        split / val_fraction / split_seed: the deterministic train/validation holdout.
+        column_map, data_files, subset, source_split, revision: passed to ``load_rows``.
+        cache: ``True`` / ``False`` / ``"auto"`` (data of 1 MiB or more): keep the tokenized
+            split in the tokenization cache (``TUNEKIT_CACHE``).
 
     Attributes:
         rows: the 1-based source rows of the samples (``ds[i]`` comes from ``rows[i]``).
         dropped_rows: source rows of the split left with no target token after truncation.
-        source: the resolved file; ``row_word``: ``"record"`` (JSON list) or ``"line"`` (JSONL).
-
-    Raises:
-        FileNotFoundError: ``source`` does not exist.
-        DataFormatError: the file or a row is malformed (names the file, row and field), or a
-            setting cannot work (``DataSettingError``: template, split, val_fraction).
+        source: the resolved file (or the directory / glob / repo); ``row_word``: how rows are
+            numbered; ``cache_hit``: the split was read from the cache.
     """
 
-    hint = "Each record needs string fields 'instruction' and 'output', and may have 'input'."
+    format_name = ""
 
-    def __init__(self, tokenizer: Tokenizer, source: str | Path, *, template: str = "alpaca",
-                 max_seq_len: int = 512, train_on_input: bool = False, split: str = "train",
-                 val_fraction: float = 0.1, split_seed: int = 0) -> None:
-        if template not in INSTRUCT_TEMPLATES:
-            raise DataSettingError(
-                f"dataset.template={template!r} is not a template of InstructDataset; the valid "
-                f"ones are {', '.join(repr(t) for t in sorted(INSTRUCT_TEMPLATES))}. Set e.g. "
-                f"dataset.template=alpaca (the Stanford Alpaca prompt) or "
-                f"dataset.template=llama2_chat (the record as one [INST] turn).")
-        _check_max_seq_len(max_seq_len)
+    def __init__(self, tokenizer: Any, source: str | Path, *, format: str | None = None,
+                 template: str | None = None, max_seq_len: int = 512, train_on_input: bool = False,
+                 split: str = "train", val_fraction: float = 0.1, split_seed: int = 0,
+                 column_map: Mapping[str, str] | None = None, data_files: str | Sequence[str] | None = None,
+                 subset: str | None = None, source_split: str = "train", revision: str | None = None,
+                 cache: bool | str = "auto") -> None:
+        check_max_seq_len(max_seq_len)
         self.tokenizer = tokenizer
-        self.template = template
         self.max_seq_len = max_seq_len
         self.train_on_input = bool(train_on_input)
         self.split = split
-        tokenize: Callable[..., tuple[list[int], list[bool]]] = INSTRUCT_TEMPLATES[template]
-        self.source, self.row_word, rows, records = load_split(
-            source, check_instruct_record, self.hint,
-            split=split, val_fraction=val_fraction, split_seed=split_seed)
-        self._samples = TokenizedSamples(
-            (tokenize(tokenizer, r["instruction"], r.get("input") or "", r["output"],
-                      train_on_input=self.train_on_input) for r in records),
-            rows, max_seq_len)
+        self.format = make_format(format or self.format_name, tokenizer, template=template,
+                                  train_on_input=self.train_on_input)
+        self.template = self.format.template
+        src = load_rows(source, data_files=data_files, subset=subset, source_split=source_split,
+                        revision=revision, column_map=column_map, text_files=self.format.name == "text")
+        self.rowsource = src
+        self.source: Any = src.files[0] if len(src.files) == 1 else src.label
+        self.row_word = src.row_word
+        key = self._cache_key(src, cache, split=split, val_fraction=val_fraction, split_seed=split_seed)
+        self.cache_hit = False
+        if key is not None and (cached := load_cached(key)) is not None:
+            self._samples, self.cache_hit = cached, True
+            return
+        rows = validated_rows(src, self.format)
+        idx = split_indices(len(rows), split, val_fraction, split_seed, Path(str(self.source)), self.row_word)
+        picked = [rows[i] for i in idx]
+        self._samples = self._tokenize(src, picked)
+        if key is not None:
+            save_cached(key, self._samples)
+
+    def _cache_key(self, src: RowSource, cache: bool | str, **split: Any) -> str | None:
+        if cache not in (True, False, "auto"):
+            raise DataSettingError(f"dataset.cache={cache!r} must be true, false or auto (cache data of 1 MiB "
+                                   f"or more).")
+        if cache is False:
+            return None
+        if cache == "auto" and sum(f.stat().st_size for f in src.files) < AUTO_CACHE_BYTES:
+            return None
+        tok = tokenizer_fingerprint(self.tokenizer)
+        if tok is None:
+            return None
+        return cache_key(data=src.fingerprint(), tokenizer=tok, format=self.format.name, template=self.template,
+                         train_on_input=self.train_on_input, max_seq_len=self.max_seq_len, **split)
+
+    def _tokenize(self, src: RowSource, picked: list[tuple[int, Any]]) -> TokenizedSamples:
+        fmt = self.format
+        if fmt.name == "text":
+            docs = ((row, fmt.encode(rec)[0]) for row, rec in picked)
+            chunks = list(text_chunks(docs, self.max_seq_len))
+            return TokenizedSamples(((ids, [True] * len(ids)) for _, ids in chunks),
+                                    [row for row, _ in chunks], self.max_seq_len)
+        encoded = (encode_or_raise(fmt, rec, src.where(row)) for row, rec in picked)
+        return TokenizedSamples(encoded, [row for row, _ in picked], self.max_seq_len)
 
     @property
     def rows(self) -> list[int]:
@@ -251,84 +188,51 @@ class InstructDataset(Dataset):
         return self._samples[index]
 
 
-class ChatDataset(Dataset):
-    """Chat data (``{"messages": [{"role", "content"}, ...]}``) in the Llama 2 chat format, or in
-    the model's own chat template (``template="model"``).
+class InstructDataset(FormatDataset):
+    """Alpaca-style instruction data (``instruction``, optional ``input``, ``output``).
 
-    Tokenized once, here; conversations whose every assistant token is cut away by
-    ``max_seq_len`` are dropped (``dropped_rows``), as in :class:`InstructDataset`.
-
-    Args:
-        tokenizer: the tokenizer.
-        source: path of a local ``.jsonl`` (or ``.json`` list) file, or ``"chat_tiny"``.
-        template: ``"llama2_chat"`` (``[INST]`` turns, the default) or ``"model"``: the Jinja
-            chat template the tokenizer carries (``tokenizer_config.json`` /
-            ``chat_template.jinja``), tokens equal to transformers' ``apply_chat_template``;
-            the assistant turns are found by rendering prefixes
-            (:func:`tunekit.data.chat_tokens`).
-        max_seq_len: samples are cut to this many tokens.
-        train_on_input: also take the loss on the system/user turns; by default only on the
-            assistant replies and their EOS (or the template's end-of-turn tokens).
-        split: ``"train"``, ``"validation"`` (alias ``"val"``) or ``"all"``.
-        val_fraction: share of rows held out for validation (0: no validation set).
-        split_seed: seed of the deterministic split.
-
-    Raises:
-        FileNotFoundError: ``source`` does not exist.
-        DataFormatError: the file or a row is malformed (names the file, row and field).
+    Loss on the response and its EOS (``train_on_input``: every token but BOS). ``template``:
+    ``"alpaca"`` (Stanford Alpaca prompt) or ``"llama2_chat"`` (the record as one ``[INST]``
+    turn). Other arguments as :class:`FormatDataset`.
     """
 
+    format_name = "instruct"
+    hint = "Each record needs string fields 'instruction' and 'output', and may have 'input'."
+
+    def __init__(self, tokenizer: Any, source: str | Path, *, template: str = "alpaca", **kwargs: Any) -> None:
+        kwargs.pop("format", None)
+        super().__init__(tokenizer, source, format="instruct", template=template, **kwargs)
+
+
+class ChatDataset(FormatDataset):
+    """Chat data: OpenAI ``messages`` (``role``/``content``) or ShareGPT ``conversations``
+    (``from``/``value``, human/gpt), rendered by the model's chat template or Llama 2's layout.
+
+    ``template``: ``"auto"`` (the default: the model's template when the tokenizer carries one,
+    Llama 2's ``[INST]`` layout otherwise), ``"model"`` or ``"llama2_chat"``. Loss on each
+    assistant reply and its end-of-turn tokens (``train_on_input``: every token but BOS);
+    tool / function-call messages are refused. Other arguments as :class:`FormatDataset`.
+    """
+
+    format_name = "chat"
     hint = ("Each row needs 'messages': an optional 'system' message, then 'user' and "
             "'assistant' messages alternating, each {'role': ..., 'content': ...}, ending with 'assistant'.")
 
-    def __init__(self, tokenizer: Tokenizer, source: str | Path, *, template: str = "llama2_chat",
-                 max_seq_len: int = 512, train_on_input: bool = False, split: str = "train",
-                 val_fraction: float = 0.1, split_seed: int = 0) -> None:
-        if template not in CHAT_TEMPLATES:
-            raise DataSettingError(
-                f"dataset.template={template!r} is not a layout of ChatDataset; the valid ones are "
-                f"{', '.join(repr(t) for t in CHAT_TEMPLATES)}. Set dataset.template=model to use the "
-                f"model's own chat template, or dataset.template=llama2_chat for Llama 2's [INST] turns.")
-        _check_max_seq_len(max_seq_len)
-        self.tokenizer = tokenizer
-        self.template = template
-        self.max_seq_len = max_seq_len
-        self.train_on_input = bool(train_on_input)
-        self.split = split
-        model = template == "model"
-        if model and isinstance(tokenizer, Tokenizer):  # a setting problem: named before the data
-            _check_has_chat_template(tokenizer)
-        self.source, self.row_word, rows, records = load_split(
-            source, check_model_chat_record if model else check_chat_record, self.hint,
-            split=split, val_fraction=val_fraction, split_seed=split_seed)
-        if model:
-            _check_has_chat_template(tokenizer)
-            encoded = _model_chat_samples(tokenizer, records, rows, self.source, self.row_word,
-                                          self.train_on_input)
-        else:
-            encoded = (tokenize_llama2_chat(tokenizer, r["messages"], train_on_input=self.train_on_input)
-                       for r in records)
-        self._samples = TokenizedSamples(encoded, rows, max_seq_len)
+    def __init__(self, tokenizer: Any, source: str | Path, *, template: str = "auto", **kwargs: Any) -> None:
+        kwargs.pop("format", None)
+        super().__init__(tokenizer, source, format="chat", template=template, **kwargs)
 
-    @property
-    def rows(self) -> list[int]:
-        return self._samples.rows
 
-    @property
-    def dropped_rows(self) -> list[int]:
-        return self._samples.dropped_rows
+class TextDataset(FormatDataset):
+    """Raw text for continued pre-training: a ``text`` column, or ``.txt`` files (one document per
+    file). Documents are tokenized with BOS and EOS, joined, and cut into windows of
+    ``max_seq_len`` positions; the loss is on every token. The validation holdout is by document.
+    Other arguments as :class:`FormatDataset`.
+    """
 
-    @property
-    def split_rows(self) -> list[int]:
-        """Source rows of every sample of the split, dropped ones included (``target_masks`` order)."""
-        return self._samples.all_rows
+    format_name = "text"
 
-    def target_masks(self) -> list[bytes]:
-        """Untruncated shifted target masks of every sample of the split (dropped ones too)."""
-        return self._samples.full_masks
-
-    def __len__(self) -> int:
-        return len(self._samples)
-
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return self._samples[index]
+    def __init__(self, tokenizer: Any, source: str | Path, **kwargs: Any) -> None:
+        kwargs.pop("format", None)
+        kwargs.pop("template", None)
+        super().__init__(tokenizer, source, format="text", **kwargs)

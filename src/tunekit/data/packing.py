@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from torch.utils.data import Dataset
 
 CROSS_ENTROPY_IGNORE_IDX = -100
+
+
+def _pad(pack: dict[str, list[int]], max_seq_len: int, pad_id: int) -> dict[str, list[int]]:
+    n = max_seq_len - len(pack["tokens"])
+    if n:
+        pack["tokens"] += [pad_id] * n
+        pack["labels"] += [CROSS_ENTROPY_IGNORE_IDX] * n
+        pack["input_pos"] += list(range(n))
+        pack["seq_lens"].append(n)
+    return pack
+
+
+def pack_stream(samples: Iterable[Mapping[str, Any]], max_seq_len: int, pad_id: int, *,
+                dropped: list[int] | None = None) -> Iterator[dict[str, list[int]]]:
+    """Greedy packing of a stream of samples, one pack at a time (what :class:`PackedDataset`
+    stores and what a streaming data set yields): the same packs in the same order.
+
+    ``dropped`` collects the indices of samples left without a target label after the cut.
+    """
+    cur: dict[str, list[int]] = {"tokens": [], "labels": [], "input_pos": [], "seq_lens": []}
+    for i, sample in enumerate(samples):
+        tokens = list(sample["tokens"])[:max_seq_len]
+        labels = list(sample["labels"])[:max_seq_len]
+        if len(tokens) != len(labels):
+            raise ValueError(f"sample {i} has {len(tokens)} tokens but {len(labels)} labels")
+        if not tokens:
+            continue
+        if all(lab == CROSS_ENTROPY_IGNORE_IDX for lab in labels):
+            if dropped is not None:
+                dropped.append(i)
+            continue
+        if len(cur["tokens"]) + len(tokens) > max_seq_len:
+            yield _pad(cur, max_seq_len, pad_id)
+            cur = {"tokens": [], "labels": [], "input_pos": [], "seq_lens": []}
+        cur["tokens"] += tokens
+        cur["labels"] += labels
+        cur["input_pos"] += list(range(len(tokens)))
+        cur["seq_lens"].append(len(tokens))
+    if cur["tokens"]:
+        yield _pad(cur, max_seq_len, pad_id)
 
 
 class PackedDataset(Dataset):
@@ -42,44 +83,23 @@ class PackedDataset(Dataset):
         self.max_seq_len = max_seq_len
         self.pad_id = int(pad_id)
         self.dropped: list[int] = []
-        self.packs: list[dict[str, list[int]]] = []
-        cur: dict[str, list[int]] = self._empty()
-        for i in range(len(dataset)):
-            sample: Mapping[str, Any] = dataset[i]
-            tokens = list(sample["tokens"])[:max_seq_len]
-            labels = list(sample["labels"])[:max_seq_len]
-            if len(tokens) != len(labels):
-                raise ValueError(f"sample {i} has {len(tokens)} tokens but {len(labels)} labels")
-            if not tokens:
-                continue
-            if all(lab == CROSS_ENTROPY_IGNORE_IDX for lab in labels):
-                self.dropped.append(i)
-                continue
-            if len(cur["tokens"]) + len(tokens) > max_seq_len:
-                self.packs.append(self._pad(cur))
-                cur = self._empty()
-            cur["tokens"] += tokens
-            cur["labels"] += labels
-            cur["input_pos"] += list(range(len(tokens)))
-            cur["seq_lens"].append(len(tokens))
-        if cur["tokens"]:
-            self.packs.append(self._pad(cur))
+        # stored compactly (4 bytes a position, not a Python int per list slot): a packed data
+        # set of a million rows stays a few GB instead of tens
+        self._packs: list[tuple[array, array, array, array]] = [
+            (array("i", pk["tokens"]), array("i", pk["labels"]), array("i", pk["input_pos"]),
+             array("i", pk["seq_lens"]))
+            for pk in pack_stream((dataset[i] for i in range(len(dataset))), max_seq_len, self.pad_id,
+                                  dropped=self.dropped)]
 
-    @staticmethod
-    def _empty() -> dict[str, list[int]]:
-        return {"tokens": [], "labels": [], "input_pos": [], "seq_lens": []}
-
-    def _pad(self, pack: dict[str, list[int]]) -> dict[str, list[int]]:
-        n = self.max_seq_len - len(pack["tokens"])
-        if n:
-            pack["tokens"] += [self.pad_id] * n
-            pack["labels"] += [CROSS_ENTROPY_IGNORE_IDX] * n
-            pack["input_pos"] += list(range(n))
-            pack["seq_lens"].append(n)
-        return pack
+    @property
+    def packs(self) -> list[dict[str, list[int]]]:
+        """Every pack as lists (a copy; ``ds[i]`` reads one)."""
+        return [self[i] for i in range(len(self))]
 
     def __len__(self) -> int:
-        return len(self.packs)
+        return len(self._packs)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return self.packs[index]
+        tokens, labels, input_pos, seq_lens = self._packs[index]
+        return {"tokens": tokens.tolist(), "labels": labels.tolist(), "input_pos": input_pos.tolist(),
+                "seq_lens": seq_lens.tolist()}

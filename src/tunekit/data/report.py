@@ -10,12 +10,13 @@ much of its targets (:meth:`DataReport.warnings`) before it builds an optimizer.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataReport", "TRUNCATION_WARN_SHARE", "data_report"]
+__all__ = ["DataReport", "ReportCounter", "TRUNCATION_WARN_SHARE", "data_report"]
 
 CROSS_ENTROPY_IGNORE_IDX = -100
 #: Share of truncated samples from which :meth:`DataReport.warnings` speaks up.
@@ -134,27 +135,43 @@ def _describe_source(ds: Any) -> str:
     return f"{name} ({split} split)" if split and split != "all" else name
 
 
+class ReportCounter:
+    """Accumulates a :class:`DataReport` one target mask at a time (a stream never holds them all)."""
+
+    def __init__(self, max_seq_len: int) -> None:
+        self.max_seq_len = max_seq_len
+        self.samples = self.truncated = self.dropped = self.target_tokens = self.total_tokens = 0
+        self.dropped_rows: list[int] = []
+        self.needed = array("i")
+
+    def add(self, row: int, mask: bytes) -> None:
+        need = _needed_length(mask)
+        self.samples += 1
+        self.needed.append(need)
+        kept = mask.count(b"\x01", 0, self.max_seq_len)
+        if need > self.max_seq_len:
+            self.truncated += 1
+        if kept == 0:
+            self.dropped += 1
+            if len(self.dropped_rows) < 1000:
+                self.dropped_rows.append(row)
+            return
+        self.target_tokens += kept
+        self.total_tokens += min(len(mask), self.max_seq_len)
+
+    def report(self, *, source: str, row_word: str) -> DataReport:
+        return DataReport(samples=self.samples, truncated=self.truncated, dropped=self.dropped,
+                          target_tokens=self.target_tokens, total_tokens=self.total_tokens,
+                          max_seq_len=self.max_seq_len, len_for_95pct=_percentile_len(self.needed),
+                          source=source, row_word=row_word, dropped_rows=tuple(self.dropped_rows))
+
+
 def _from_masks(masks: Sequence[bytes], rows: Sequence[int], max_seq_len: int, *, source: str,
                 row_word: str) -> DataReport:
-    truncated = dropped = target_tokens = total_tokens = 0
-    dropped_rows: list[int] = []
-    needed: list[int] = []
+    counter = ReportCounter(max_seq_len)
     for row, mask in zip(rows, masks):
-        need = _needed_length(mask)
-        needed.append(need)
-        kept = mask.count(b"\x01", 0, max_seq_len)
-        if need > max_seq_len:
-            truncated += 1
-        if kept == 0:
-            dropped += 1
-            dropped_rows.append(row)
-            continue
-        target_tokens += kept
-        total_tokens += min(len(mask), max_seq_len)
-    return DataReport(samples=len(masks), truncated=truncated, dropped=dropped,
-                      target_tokens=target_tokens, total_tokens=total_tokens,
-                      max_seq_len=max_seq_len, len_for_95pct=_percentile_len(needed),
-                      source=source, row_word=row_word, dropped_rows=tuple(dropped_rows))
+        counter.add(row, mask)
+    return counter.report(source=source, row_word=row_word)
 
 
 def _from_samples(ds: Any, max_seq_len: int | None, *, source: str) -> DataReport:
@@ -190,9 +207,12 @@ def data_report(dataset: Any) -> DataReport:
         The :class:`DataReport`; ``problems()`` is non-empty when nothing is left to learn,
         ``warnings()`` when truncation cuts many samples.
     """
+    precomputed = getattr(dataset, "data_report", None)
+    if isinstance(precomputed, DataReport):  # a streaming data set counts while it streams
+        return precomputed
     pack_len = None
     inner = dataset
-    if hasattr(dataset, "packs") and hasattr(dataset, "dataset"):  # PackedDataset
+    if hasattr(type(dataset), "packs") and hasattr(dataset, "dataset"):  # PackedDataset
         pack_len, inner = dataset.max_seq_len, dataset.dataset
     source = _describe_source(inner)
     masks_of = getattr(inner, "target_masks", None)

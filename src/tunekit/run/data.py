@@ -6,10 +6,56 @@ import sys
 from functools import partial
 from typing import Any, Callable
 
-from tunekit.data import DataFormatError, DataSettingError, PackedDataset, data_report, packed_collate, padded_collate
-from tunekit.training.data_loading import build_dataloader
+import torch
+from torch.utils.data import DataLoader
 
-__all__ = ["build_datasets", "build_loaders", "check_learnable"]
+from tunekit.data import (
+    DataFormatError,
+    DataSettingError,
+    PackedDataset,
+    StreamingDataset,
+    data_report,
+    packed_collate,
+    padded_collate,
+)
+from tunekit.distributed import get_rank, get_world_size
+from tunekit.training.data_loading import StatefulSampler, build_dataloader
+
+__all__ = ["StreamSampler", "build_datasets", "build_loaders", "check_learnable", "is_streaming"]
+
+
+class StreamSampler(StatefulSampler):
+    """The resumable sampler over a :class:`~tunekit.data.StreamingDataset`: index
+    ``epoch * n + i`` is sample ``i`` of ``epoch`` of this rank (the data set shards itself, so
+    ``num_samples`` is the per-rank count). Saved and restored like any ``StatefulSampler``: the
+    position is the number of samples consumed in the epoch; a changed stream (other count) or
+    number of ranks is refused on resume.
+    """
+
+    def __init__(self, num_samples: int, *, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None) -> None:
+        super().__init__(num_samples, shuffle=False, seed=seed, rank=rank, world_size=world_size)
+
+    def _per_rank(self) -> int:
+        return self.num_samples
+
+    def epoch_indices(self) -> list[int]:
+        return list(range(self.epoch * self.num_samples, (self.epoch + 1) * self.num_samples))
+
+    def __iter__(self):  # type: ignore[override]
+        start, self.start_index = self.start_index, 0
+        return iter(range(self.epoch * self.num_samples + start, (self.epoch + 1) * self.num_samples))
+
+
+def is_streaming(make_dataset: Any) -> bool:
+    """Whether the configured data set streams (``dataset.streaming=true``)."""
+    return getattr(make_dataset, "keywords", {}).get("streaming") is True
+
+
+def _stream_loader(ds: Any, batch_size: int, collate: Any, *, seed: int, pin_memory: bool) -> DataLoader:
+    sampler = StreamSampler(len(ds), seed=seed, rank=ds.rank, world_size=ds.world_size)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=0,
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
 
 
 def check_learnable(dataset: Any, *, announce: bool = True) -> None:
@@ -34,6 +80,14 @@ def build_datasets(make_dataset: Callable[..., Any], tokenizer: Any, *, validati
 
     Each split is checked with :func:`check_learnable` before anything trains.
     """
+    if is_streaming(make_dataset):  # packed on the fly, sharded by rank, counted in one pass
+        shard = {"rank": get_rank(), "world_size": get_world_size(), "pad_id": tokenizer.pad_id}
+        train_ds = make_dataset(tokenizer, split="train", pack=max_seq_len if packed else None, **shard)
+        check_learnable(train_ds)
+        val_ds = make_dataset(tokenizer, split="validation", **shard) if validation else None
+        if val_ds is not None:
+            check_learnable(val_ds)
+        return train_ds, val_ds
     train_ds = make_dataset(tokenizer, split="train")
     if len(train_ds) and "chosen_tokens" in train_ds[0]:  # preference pairs: another objective
         raise DataSettingError(
@@ -58,6 +112,12 @@ def build_loaders(train_ds: Any, val_ds: Any, *, batch_size: int, packed: bool, 
     ``non_blocking`` host-to-device copies overlap with compute.
     """
     padded = partial(padded_collate, pad_id=pad_id)
+    if isinstance(train_ds, StreamingDataset):
+        train_loader = _stream_loader(train_ds, batch_size, packed_collate if packed else padded, seed=seed,
+                                      pin_memory=pin_memory)
+        val_loader = (_stream_loader(val_ds, batch_size, padded, seed=seed, pin_memory=pin_memory)
+                      if val_ds is not None else None)
+        return train_loader, val_loader
     train_loader = build_dataloader(train_ds, batch_size, packed_collate if packed else padded,
                                     shuffle=True, seed=seed, rank=rank, world_size=world_size,
                                     pin_memory=pin_memory)

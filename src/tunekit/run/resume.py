@@ -95,6 +95,8 @@ def _file_digest(path: str | Path | None) -> str | None:
 
 def data_digest(dataset: Any) -> str:
     """sha256 of every training sample's token ids and labels, in order (data content + template)."""
+    if isinstance(getattr(dataset, "content_digest", None), str):  # a stream computed it while counting
+        return dataset.content_digest
     h = hashlib.sha256()
     for i in range(len(dataset)):
         sample = dataset[i]
