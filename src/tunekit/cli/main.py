@@ -22,6 +22,7 @@ __all__ = ["EXTERNAL_COMMANDS", "config_groups", "list_recipes", "main"]
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("tunekit.cli.download", "download a model from the Hugging Face Hub"),
     "convert": ("tunekit.cli.convert", "write a checkpoint in HF or Meta format"),
+    "plot": ("tunekit.cli.plot", "draw loss, learning rate, grad norm and tokens/s of runs as PNGs"),
 }
 
 _EPILOG = """\
