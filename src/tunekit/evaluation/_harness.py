@@ -131,7 +131,8 @@ def flat_metrics(results: Mapping[str, Any], prefix: str = "eval/") -> dict[str,
     for task, metrics in results.get("results", {}).items():
         for key, value in metrics.items():
             name = key.replace(",none", "")
-            if "_stderr" in name or name == "sample_len" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            if "_stderr" in name or name == "sample_len" or isinstance(value, bool) \
+                    or not isinstance(value, (int, float)):
                 continue
             flat[f"{prefix}{task}/{name}"] = float(value)
     for key, value in results.get("perplexity", {}).items():
