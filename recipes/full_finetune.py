@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.eval_tasks:  # an unknown task or a bad task file fails now, not after training
         from tunekit.evaluation import load_task_specs
 
-        load_task_specs(list(cfg.eval_tasks))
+        load_task_specs(list(cfg.eval_tasks), "eval_tasks")
     train_ds, val_ds = data.build_datasets(
         instantiate(cfg.dataset), tokenizer, validation=cfg.dataset.val_fraction > 0,
         packed=cfg.packed, max_seq_len=cfg.max_seq_len)

@@ -172,6 +172,17 @@ class LoRAConfig:
         return problems
 
 
+def task_file_problems(tasks: Any, key: str) -> list[str]:
+    """Task entries that name a YAML file that is not there (harness names are checked at run time)."""
+    problems = []
+    for i, task in enumerate(tasks or []):
+        task = str(task)
+        if task.endswith((".yaml", ".yml")) and not os.path.isfile(os.path.expanduser(task)):
+            problems.append(f"`{key}[{i}]`={task!r}: no such task file; give the path of a harness task"
+                            " YAML (relative to the working directory) or a harness task name")
+    return problems
+
+
 @dataclass
 class _RunSettings:
     """Settings shared by every recipe."""
@@ -257,6 +268,7 @@ class _TrainSettings(_RunSettings):
                 f"`eval_every_n_steps`={cfg.eval_every_n_steps} would never evaluate: `dataset.val_fraction`=0 holds"
                 " out no validation rows; set dataset.val_fraction=0.1 (for example) or unset eval_every_n_steps"
             )
+        problems += task_file_problems(cfg.eval_tasks, "eval_tasks")
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
             # Only step_N checkpoints are pruned; epoch_N ones are always kept.
             problems.append(
@@ -368,11 +380,7 @@ class EvaluateSchema(_RunSettings):
             problem = None if cfg[key] is None else not_a_dir(cfg[key], what)
             if problem is not None:
                 problems.append(f"`{key}`={cfg[key]!r}: not an existing directory; it {problem}")
-        for i, task in enumerate(cfg.tasks):
-            task = str(task)
-            if task.endswith((".yaml", ".yml")) and not os.path.isfile(os.path.expanduser(task)):
-                problems.append(f"`tasks[{i}]`={task!r}: no such task file; give the path of a harness task"
-                                " YAML (relative to the working directory) or a harness task name")
+        problems += task_file_problems(cfg.tasks, "tasks")
         source = cfg.perplexity.source
         if source is not None and source != "dataset" and not os.path.isfile(os.path.expanduser(source)):
             problems.append(f"`perplexity.source`={source!r}: no such file; give a .txt/.jsonl/.json file or"

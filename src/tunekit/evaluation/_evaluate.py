@@ -39,7 +39,7 @@ def evaluate_model(model: torch.nn.Module, tokenizer: Any, *, output_dir: str | 
                    batch_size: int = 8, max_length: int | None = None, max_gen_toks: int = 256, seed: int = 0,
                    perplexity_documents: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
                    perplexity_source: str | None = None, stride: int | None = None,
-                   write: bool = True) -> dict[str, Any]:
+                   write: bool = True, task_key: str = "tasks") -> dict[str, Any]:
     """Score ``model`` on harness ``tasks`` and/or ``perplexity_documents``; write the results.
 
     Returns:
@@ -52,7 +52,7 @@ def evaluate_model(model: torch.nn.Module, tokenizer: Any, *, output_dir: str | 
         results: dict[str, Any] = {}
         if tasks:
             lm = make_lm(model, tokenizer, batch_size=batch_size, max_length=max_length, max_gen_toks=max_gen_toks)
-            results = dict(run_tasks(lm, tasks, num_fewshot=num_fewshot, limit=limit, seed=seed))
+            results = dict(run_tasks(lm, tasks, num_fewshot=num_fewshot, limit=limit, seed=seed, key=task_key))
         if perplexity_documents is not None:
             ppl = perplexity(model, perplexity_documents, max_length=max_length, stride=stride,
                              batch_size=batch_size)
@@ -77,7 +77,8 @@ def evaluate_after_training(model: torch.nn.Module, tokenizer: Any, *, tasks: Se
 
     results = evaluate_model(model, tokenizer, tasks=tasks, output_dir=Path(output_dir) / "eval", limit=limit,
                              seed=seed, info={"weights": f"{output_dir} (end of training, step {step})",
-                                              "tasks": list(tasks), "limit": limit}, write=rank_zero)
+                                              "tasks": list(tasks), "limit": limit}, write=rank_zero,
+                             task_key="eval_tasks")
     if rank_zero and metric_logger is not None:
         metric_logger.log_dict(flat_metrics(results), step=step)
     return results_table(results) + f"(eval_tasks results in {results.get('path', '-')})\n"

@@ -45,11 +45,10 @@ def _resolve_data_files(files: Any, base: Path, where: str) -> Any:
     return str(p)
 
 
-def _task_file_spec(spec: str, index: int) -> dict[str, Any]:
+def _task_file_spec(spec: str, where: str) -> dict[str, Any]:
     from lm_eval.tasks._yaml_loader import load_yaml
 
     path = Path(spec).expanduser()
-    where = f"`tasks[{index}]`={spec!r}"
     if not path.is_file():
         raise EvaluationError(f"{where}: no such task file. Give a harness task name (e.g. hellaswag) or the "
                               f"path of a task YAML file. {_TASK_FILE_HINT}")
@@ -68,9 +67,14 @@ def _task_file_spec(spec: str, index: int) -> dict[str, Any]:
     return cfg
 
 
-def load_task_specs(tasks: Sequence[str]) -> tuple[list[Any], Any]:
+def load_task_specs(tasks: Sequence[str], key: str = "tasks") -> tuple[list[Any], Any]:
     """The harness specs for ``tasks`` (names stay names, files become config dicts) and a
-    ``TaskManager`` that knows them; unknown names are refused with close matches."""
+    ``TaskManager`` that knows them; unknown names are refused with close matches.
+
+    Args:
+        tasks: harness task names and/or task YAML paths.
+        key: the config key they come from, for the messages (``tasks``, ``eval_tasks``).
+    """
     from lm_eval.tasks import TaskManager
 
     from tunekit.config.errors import close_matches
@@ -79,7 +83,7 @@ def load_task_specs(tasks: Sequence[str]) -> tuple[list[Any], Any]:
     names = []
     for i, spec in enumerate(tasks):
         if _is_path(str(spec)):
-            specs.append(_task_file_spec(str(spec), i))
+            specs.append(_task_file_spec(str(spec), f"`{key}[{i}]`={str(spec)!r}"))
         else:
             specs.append(str(spec))
             names.append((i, str(spec)))
@@ -89,19 +93,19 @@ def load_task_specs(tasks: Sequence[str]) -> tuple[list[Any], Any]:
         if name not in known:
             hits = close_matches(name, sorted(known))
             raise EvaluationError(
-                f"`tasks[{i}]`={name!r}: not a task of lm-evaluation-harness"
+                f"`{key}[{i}]`={name!r}: not a task of lm-evaluation-harness"
                 f"{' (did you mean: ' + ', '.join(hits) + '?)' if hits else ''}. Give a harness task name "
                 f"(`lm-eval ls tasks` lists them) or the path of a local task YAML file. {_TASK_FILE_HINT}")
     return specs, manager
 
 
 def run_tasks(lm: Any, tasks: Sequence[str], *, num_fewshot: int | None = None, limit: float | None = None,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, key: str = "tasks") -> dict[str, Any]:
     """Evaluate ``lm`` on ``tasks`` with the harness; returns its results dict (``results``,
     ``samples``, ``n-samples``, ``configs``, ``versions``...)."""
     import lm_eval
 
-    specs, manager = load_task_specs(tasks)
+    specs, manager = load_task_specs(tasks, key)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     try:
         import datasets
@@ -116,7 +120,7 @@ def run_tasks(lm: Any, tasks: Sequence[str], *, num_fewshot: int | None = None, 
             torch_random_seed=seed, fewshot_random_seed=seed)
     except (ConnectionError, OSError) as err:
         raise EvaluationError(
-            f"`tasks`={list(tasks)}: the harness could not load a task's data ({' '.join(str(err).split())}). "
+            f"`{key}`={list(tasks)}: the harness could not load a task's data ({' '.join(str(err).split())}). "
             "Harness tasks read their data set from the Hugging Face Hub, or from the local data sets cache "
             "(HF_DATASETS_CACHE) when offline: download it once on a machine with internet, or use a local "
             f"task file. {_TASK_FILE_HINT}") from err
