@@ -138,9 +138,9 @@ def run(cfg: DictConfig) -> float | None:
     tokenizer = instantiate(cfg.tokenizer)
     documents, described = _perplexity_documents(cfg, tokenizer)  # bad files fail before loading weights
     if cfg.tasks:
-        from tunekit.evaluation import load_task_specs
+        from tunekit.evaluation import check_tasks
 
-        load_task_specs(list(cfg.tasks))  # unknown task names / bad task files fail before loading weights
+        check_tasks(list(cfg.tasks))  # unknown task names / bad task files fail before loading weights
     model, info = load_model(cfg)
     note = check_tokenizer_fits(tokenizer, model)
     if note:

@@ -63,9 +63,9 @@ def run(cfg: DictConfig) -> float | None:
     # ---- data, and what this run trains with (checked against any checkpoint it resumes)
     tokenizer = instantiate(cfg.tokenizer)
     if cfg.eval_tasks:  # an unknown task or a bad task file fails now, not after training
-        from tunekit.evaluation import load_task_specs
+        from tunekit.evaluation import check_tasks
 
-        load_task_specs(list(cfg.eval_tasks), "eval_tasks")
+        check_tasks(list(cfg.eval_tasks), "eval_tasks")
     train_ds, val_ds = data.build_datasets(
         instantiate(cfg.dataset), tokenizer, validation=cfg.dataset.val_fraction > 0,
         packed=cfg.packed, max_seq_len=cfg.max_seq_len)

@@ -87,7 +87,6 @@ def test_tunekit_plot_overlays_runs_and_keeps_an_existing_file(tmp_path, capsys)
     assert "one label per run" in capsys.readouterr().err
     assert plot_cli.main([str(a), str(tmp_path / "nope")]) == 1
     assert "no such run directory" in capsys.readouterr().err
-    assert plot_cli.main([str(a)]) == 0 and _is_png(a / "plots" / "loss.png")
 
 
 def test_a_sweep_writes_its_comparison_next_to_summary_md(tmp_path, capsys):

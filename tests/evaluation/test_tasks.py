@@ -11,6 +11,7 @@ pytest.importorskip("lm_eval")
 from tests.evaluation.conftest import write_task  # noqa: E402
 from tunekit.evaluation import (  # noqa: E402
     EvaluationError,
+    check_tasks,
     flat_metrics,
     load_task_specs,
     results_table,
@@ -47,21 +48,27 @@ def test_a_misspelt_harness_task_is_refused_with_close_matches(monkeypatch):
     assert "`eval_tasks[1]`='helaswag'" in text and "did you mean: hellaswag" in text and "task YAML" in text
 
 
-def test_a_task_file_reads_its_data_beside_it_and_names_what_is_wrong(tmp_path, monkeypatch):
+@pytest.mark.parametrize("check", [load_task_specs, check_tasks], ids=["harness-loader", "early-check"])
+def test_a_task_file_reads_its_data_beside_it_and_names_what_is_wrong(tmp_path, monkeypatch, check):
     task = write_task(tmp_path / "tasks")
+    (tmp_path / "tasks" / "child.yaml").write_text(
+        "include: tiny_mc.yaml\ntask: child\nprocess_docs: !function utils.process\n")
     monkeypatch.chdir(tmp_path)  # relative to the YAML, not to the working directory
-    (spec,), manager = load_task_specs([str(task)])
-    assert spec["task"] == "tiny_mc"
-    assert spec["dataset_kwargs"]["data_files"]["test"] == str(tmp_path / "tasks" / "data" / "tiny_mc.jsonl")
+    if check is load_task_specs:
+        (spec,), _ = load_task_specs([str(task)])
+        assert spec["task"] == "tiny_mc"
+        assert spec["dataset_kwargs"]["data_files"]["test"] == str(tmp_path / "tasks" / "data" / "tiny_mc.jsonl")
+    else:  # include merged, !function left to the harness; nothing to refuse
+        assert check_tasks([str(task), str(tmp_path / "tasks" / "child.yaml")]) is None
     (tmp_path / "tasks" / "data" / "tiny_mc.jsonl").unlink()
     with pytest.raises(EvaluationError, match=r"data_files.*\.test='data/tiny_mc.jsonl': no such file"):
-        load_task_specs([str(task)])
+        check([str(task)])
     (tmp_path / "notask.yaml").write_text("dataset_path: json\n")
-    with pytest.raises(EvaluationError, match="has no `task:` name"):
-        load_task_specs(["notask.yaml"])
+    with pytest.raises(EvaluationError, match="`tasks\\[0\\]`='notask.yaml'.*has no `task:` name"):
+        check(["notask.yaml"])
     (tmp_path / "broken.yaml").write_text("task: [unclosed\n")
     with pytest.raises(EvaluationError, match="cannot read the task file"):
-        load_task_specs(["broken.yaml"])
+        check(["broken.yaml"])
 
 
 def test_results_table_metrics_for_the_logger_and_files_never_overwritten(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from _harness import FAST, assert_unchanged, assert_user_error, run_recipe, run_tunekit, snapshot
 
 TASK = """\
@@ -33,21 +32,17 @@ def _task(root: Path, data: str = "data/rows.jsonl", *, name: str = "task.yaml")
     return root / name
 
 
-@pytest.mark.parametrize(
-    ("overrides", "needles"),
-    [
-        (["perplexity.source=null"], ["nothing to evaluate", "`tasks` is empty", "perplexity.source="]),
-        (["tasks=[no/such/task.yaml]"], ["`tasks[0]`='no/such/task.yaml'", "no such task file",
-                                         "harness task name"]),
-        (["perplexity.source=no_such_text.txt"], ["`perplexity.source`='no_such_text.txt'", "no such file",
-                                                  "dataset"]),
-        (["perplexity.stride=64", "max_length=32"], ["`perplexity.stride`=64", "`max_length`=32",
-                                                     "stride <= max_length"]),
-    ],
-    ids=["nothing-to-evaluate", "missing-task-file", "missing-text-file", "stride-over-window"],
-)
-def test_validate_evaluate_names_the_setting(overrides, needles):
-    assert_user_error(run_tunekit("validate", "--no-build", "evaluate", *overrides), *needles)
+def test_validate_evaluate_with_nothing_to_evaluate():
+    proc = run_tunekit("validate", "--no-build", "evaluate", "perplexity.source=null")
+    assert_user_error(proc, "nothing to evaluate", "`tasks` is empty", "perplexity.source=")
+
+
+def test_validate_evaluate_names_every_missing_file_and_bad_setting_at_once():
+    proc = run_tunekit("validate", "--no-build", "evaluate", "tasks=[no/such/task.yaml]",
+                       "perplexity.source=no_such_text.txt", "perplexity.stride=64", "max_length=32")
+    assert_user_error(proc, "`tasks[0]`='no/such/task.yaml'", "no such task file", "harness task name",
+                      "`perplexity.source`='no_such_text.txt'", "no such file",
+                      "`perplexity.stride`=64", "`max_length`=32", "stride <= max_length")
 
 
 def test_validate_finetune_names_a_missing_eval_task_file():

@@ -8,12 +8,20 @@ YAML files with it; ``perplexity`` scores text files or data set splits with no 
 
 from tunekit.evaluation._errors import EvaluationError
 from tunekit.evaluation._evaluate import evaluate_after_training, evaluate_model, make_lm
-from tunekit.evaluation._harness import flat_metrics, load_task_specs, results_table, run_tasks, write_results
+from tunekit.evaluation._harness import (
+    check_tasks,
+    flat_metrics,
+    load_task_specs,
+    results_table,
+    run_tasks,
+    write_results,
+)
 from tunekit.evaluation._perplexity import PerplexityResult, perplexity, read_texts, text_documents
 
 __all__ = [
     "EvaluationError",
     "PerplexityResult",
+    "check_tasks",
     "evaluate_after_training",
     "evaluate_model",
     "flat_metrics",

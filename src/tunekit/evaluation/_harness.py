@@ -19,7 +19,7 @@ from typing import Any
 
 from tunekit.evaluation._errors import EvaluationError
 
-__all__ = ["flat_metrics", "load_task_specs", "results_table", "run_tasks", "write_results"]
+__all__ = ["check_tasks", "flat_metrics", "load_task_specs", "results_table", "run_tasks", "write_results"]
 
 _TASK_FILE_HINT = ("A local task is a harness task YAML, e.g. `task: my_task`, `dataset_path: json`, "
                    "`dataset_kwargs: {data_files: {test: my_data.jsonl}}`, `test_split: test`, "
@@ -45,15 +45,45 @@ def _resolve_data_files(files: Any, base: Path, where: str) -> Any:
     return str(p)
 
 
-def _task_file_spec(spec: str, where: str) -> dict[str, Any]:
-    from lm_eval.tasks._yaml_loader import load_yaml
+def _light_yaml(path: Path, seen: frozenset[Path] = frozenset()) -> Any:
+    """A task YAML as data without importing the harness: ``include:`` merged (the file's own keys
+    win), ``!function`` tags kept as text. The harness reads the file again to run it."""
+    import yaml
 
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, tag, node: f"!{tag} {getattr(node, 'value', '')}")
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"include cycle at {path}")
+    with path.open("rb") as f:
+        cfg = yaml.load(f, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    if not isinstance(cfg, dict) or "include" not in cfg:
+        return cfg
+    merged: dict[str, Any] = {}
+    includes = cfg.pop("include")
+    for inc in includes if isinstance(includes, list) else [includes]:
+        inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
+        if not inc_path.is_file():
+            raise ValueError(f"its include {inc!r} is not a file ({inc_path})")
+        included = _light_yaml(inc_path, seen | {path})
+        merged.update(included if isinstance(included, dict) else {})
+    return {**merged, **cfg}
+
+
+def _task_file_spec(spec: str, where: str, *, light: bool = False) -> dict[str, Any]:
     path = Path(spec).expanduser()
     if not path.is_file():
         raise EvaluationError(f"{where}: no such task file. Give a harness task name (e.g. hellaswag) or the "
                               f"path of a task YAML file. {_TASK_FILE_HINT}")
     try:
-        cfg = load_yaml(path)
+        if light:
+            cfg = _light_yaml(path)
+        else:
+            from lm_eval.tasks._yaml_loader import load_yaml
+
+            cfg = load_yaml(path)
     except Exception as err:  # noqa: BLE001 - a YAML error, a missing include or !function target
         raise EvaluationError(f"{where}: cannot read the task file {path}: {' '.join(str(err).split())}. "
                               f"{_TASK_FILE_HINT}") from err
@@ -65,6 +95,18 @@ def _task_file_spec(spec: str, where: str) -> dict[str, Any]:
         cfg["dataset_kwargs"] = {**kwargs, "data_files": _resolve_data_files(
             kwargs["data_files"], path.parent, f"`dataset_kwargs.data_files` of {path}")}
     return cfg
+
+
+def check_tasks(tasks: Sequence[str], key: str = "tasks") -> None:
+    """Refuse unusable ``tasks`` before any weight is read or step is trained: task files are read
+    and their data files found without importing the harness; names are looked up in the
+    harness's task index (building it imports lm_eval and reads its task YAML files)."""
+    names = [str(t) for t in tasks if not _is_path(str(t))]
+    for i, spec in enumerate(tasks):
+        if _is_path(str(spec)):
+            _task_file_spec(str(spec), f"`{key}[{i}]`={str(spec)!r}", light=True)
+    if names:
+        load_task_specs(tasks, key)
 
 
 def load_task_specs(tasks: Sequence[str], key: str = "tasks") -> tuple[list[Any], Any]:
