@@ -12,8 +12,8 @@ import json
 import math
 
 import pytest
+from _eval_helpers import ROWS, write_task
 
-from tests.evaluation.conftest import ROWS, write_task
 from tests.reliability._harness import FAST, assert_ok, run_recipe, run_tunekit
 
 pytest.importorskip("lm_eval")

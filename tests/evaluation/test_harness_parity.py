@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from tests.evaluation.conftest import ROWS, write_task  # noqa: E402
+from _eval_helpers import ROWS, write_task  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,9 @@ def test_a_sweep_writes_its_comparison_next_to_summary_md(tmp_path, capsys):
     SweepPlots().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     assert (sweep / "summary.md").is_file() and _is_png(sweep / COMPARISON_FILE)
     assert f"sweep comparison plot in {sweep / COMPARISON_FILE}" in capsys.readouterr().out
+    (sweep / COMPARISON_FILE).unlink()
+    SweepPlots().on_multirun_end(OmegaConf.create({"plots": False, "hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert not (sweep / COMPARISON_FILE).exists()  # plots=false for the sweep: no picture
     assert plot_cli.main([str(sweep), "-o", str(tmp_path / "again.png")]) == 0  # a sweep dir: its jobs
     assert _is_png(tmp_path / "again.png")
 

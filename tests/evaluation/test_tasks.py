@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from tests.evaluation.conftest import write_task  # noqa: E402
+from _eval_helpers import write_task  # noqa: E402
+
 from tunekit.evaluation import (  # noqa: E402
     EvaluationError,
     check_tasks,

@@ -3,7 +3,8 @@
 ``SweepPlots`` is a Hydra callback listed after ``SweepSummary`` in the fine-tuning YAMLs'
 ``hydra.callbacks``, so the picture lands next to ``summary.md``. Jobs are labelled by their
 overrides (secrets redacted); jobs without a metrics file (failed before training) are left out.
-Without matplotlib it prints one line and the sweep is unaffected. No torch import.
+Without matplotlib it prints one line and the sweep is unaffected; ``plots=false`` given to the
+whole sweep skips it. No torch import.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SweepPlots(Callback):
     """After a multirun, overlay the jobs' curves next to ``summary.md`` (see the module docstring)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "plots", default=True) is False:  # plots=false for the whole sweep
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             out = plot_sweep(sweep_dir)
