@@ -68,6 +68,10 @@ def run(cfg: DictConfig) -> float | None:
 
     # ---- data, and what this run trains with (checked against any checkpoint it resumes)
     tokenizer = instantiate(cfg.tokenizer)
+    if cfg.eval_tasks:  # an unknown task or a bad task file fails now, not after training
+        from tunekit.evaluation import check_tasks
+
+        check_tasks(list(cfg.eval_tasks), "eval_tasks")
     train_ds, val_ds = data.build_datasets(
         instantiate(cfg.dataset), tokenizer, validation=cfg.dataset.val_fraction > 0,
         packed=cfg.packed, max_seq_len=cfg.max_seq_len)
@@ -144,7 +148,18 @@ def run(cfg: DictConfig) -> float | None:
             net, optimizer, device=get_device(settings.device), gradients_freed_in_backward=cfg.optimizer_in_backward,
             logits_bytes=cfg.batch_size * cfg.max_seq_len * net.output.out_features * 4
             // getattr(loss_fn, "num_chunks", 1))), flush=True)
+    if cfg.eval_tasks and not result.interrupted:  # scored on every rank (sharded forward), logged by rank 0
+        from tunekit.evaluation import evaluate_after_training
+
+        table = evaluate_after_training(net, tokenizer, tasks=list(cfg.eval_tasks), output_dir=cfg.output_dir,
+                                        metric_logger=metric_logger, step=result.global_step,
+                                        limit=cfg.eval_limit, seed=cfg.seed, rank_zero=rank == 0)
+        print(table if rank == 0 else "", end="", flush=True)
     metric_logger.close()
+    if cfg.plots and rank == 0:  # never fails the run (no matplotlib: a note)
+        from tunekit.reporting import plots_after_run
+
+        print(f"tunekit {RECIPE}: {plots_after_run(cfg.output_dir)}", flush=True)
     return records.report_result(RECIPE, cfg.output_dir, result, overrides=overrides,
                                  seconds=time.perf_counter() - t_start, rank_zero=rank == 0)
 

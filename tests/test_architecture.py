@@ -29,10 +29,13 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"distributed", "models", "modules"},
     "generation": {"checkpointing", "config", "data", "distributed", "models", "modules", "tokenizers"},
     "export": {"checkpointing", "config", "distributed", "generation", "models", "modules", "tokenizers"},
+    "evaluation": {"checkpointing", "config", "data", "distributed", "generation", "models", "modules",
+                   "tokenizers", "training"},
+    "reporting": {"config"},
     "run": ALL - {"cli", "run"},
     "cli": ALL - {"cli"},
 }
-TORCH_FREE_AT_IMPORT = {"config", "cli"}  # `--cfg job`, `--help`, `tunekit ls` stay fast
+TORCH_FREE_AT_IMPORT = {"config", "cli", "reporting"}  # `--cfg job`, `--help`, `tunekit ls` stay fast
 MAX_FUNCTION_LINES = 150
 MAX_FILE_LINES = 600
 

@@ -42,7 +42,7 @@ CASES = _cases()
 def test_discovery_found_every_group():
     groups = {g for _, g, _ in CASES}
     assert {"model", "checkpointer", "tokenizer", "dataset", "optimizer", "lr_scheduler"} <= groups
-    assert {r for r, _, _ in CASES} == {"lora_finetune", "full_finetune", "generate", "lora_dpo", "full_dpo"}
+    assert {r for r, _, _ in CASES} == {"lora_finetune", "full_finetune", "generate", "lora_dpo", "full_dpo", "evaluate"}
 
 
 def _missing_keys(node, prefix=""):

@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 # Small and fast everywhere: a few optimizer steps of short samples, no per-step stdout lines.
-FAST = ["epochs=1", "max_steps_per_epoch=3", "batch_size=4", "log_every_n_steps=1",
+FAST = ["epochs=1", "max_steps_per_epoch=3", "batch_size=4", "log_every_n_steps=1", "plots=false",
         "metric_logger.also_stdout=false"]
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 # A few optimizer steps of short samples: enough to reach every code path a run has.
-FAST = ["epochs=1", "max_steps_per_epoch=2", "batch_size=4", "log_every_n_steps=1",
+FAST = ["epochs=1", "max_steps_per_epoch=2", "batch_size=4", "log_every_n_steps=1", "plots=false",
         "metric_logger.also_stdout=false"]
 
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s+File \".*\", line \d+", re.M)

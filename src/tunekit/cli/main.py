@@ -26,6 +26,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("tunekit.cli.export", "write a model, checkpoint or run as one GGUF file for llama.cpp"),
     "import-torchtune": ("tunekit.cli.import_torchtune", "translate a torchtune recipe config into a tunekit one"),
     "data": ("tunekit.cli.data", "preview what a recipe trains on: samples with trained tokens marked, counts"),
+    "plot": ("tunekit.cli.plot", "draw loss, learning rate, grad norm and tokens/s of runs as PNGs"),
 }
 
 _EPILOG = """\

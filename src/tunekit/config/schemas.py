@@ -27,6 +27,7 @@ __all__ = [
     "AC_POLICIES",
     "DEVICES",
     "DTYPES",
+    "EvaluateSchema",
     "LORA_TARGETS",
     "SCHEMAS",
     "DPOConfig",
@@ -188,6 +189,17 @@ class LoRAConfig:
         return problems
 
 
+def task_file_problems(tasks: Any, key: str) -> list[str]:
+    """Task entries that name a YAML file that is not there (harness names are checked at run time)."""
+    problems = []
+    for i, task in enumerate(tasks or []):
+        task = str(task)
+        if task.endswith((".yaml", ".yml")) and not os.path.isfile(os.path.expanduser(task)):
+            problems.append(f"`{key}[{i}]`={task!r}: no such task file; give the path of a harness task"
+                            " YAML (relative to the working directory) or a harness task name")
+    return problems
+
+
 @dataclass
 class _RunSettings:
     """Settings shared by every recipe."""
@@ -238,6 +250,13 @@ class _TrainSettings(_RunSettings):
             " sdpa = dense [b, s, s] mask; flex; varlen.",
     )
     train_on_input: bool = setting(False, doc="Also take the loss on the prompt tokens.")
+    eval_tasks: List[str] = setting(
+        [], doc="lm-evaluation-harness task names or local task YAML files scored after training"
+                " (results in <run>/eval/ and logged with the metrics); [] = none.",
+    )
+    eval_limit: Optional[float] = setting(None, _positive, doc="With eval_tasks: samples per task (<1: a fraction).")
+    plots: bool = setting(True, doc="Draw <run>/plots/*.png (loss, lr, grad norm, tokens/s) at the end; needs"
+                                    " matplotlib (tunekit[plot]), else a note and no plots.")
     resume: Optional[str] = setting(None, _dir_or_auto, doc='A run/epoch dir or "auto".')
     resume_accept: List[str] = setting(
         [], _each_one_of(RESUME_FINGERPRINT_FIELDS),
@@ -297,6 +316,7 @@ class _TrainSettings(_RunSettings):
                 f"{cfg.clip_grad_norm} (both need every gradient of a step at once); set gradient_accumulation_steps=1"
                 " (raise batch_size instead) and clip_grad_norm=null, or optimizer_in_backward=false"
             )
+        problems += task_file_problems(cfg.eval_tasks, "eval_tasks")
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
             # Only step_N checkpoints are pruned; epoch_N ones are always kept.
             problems.append(
@@ -434,12 +454,72 @@ class GenerateSchema(_RunSettings):
         return problems
 
 
+@dataclass
+class PerplexityConfig:
+    """``evaluate``'s built-in perplexity (no harness)."""
+
+    source: Optional[str] = setting(
+        None, doc='A .txt file (one document), a .jsonl/.json file of {"text": ...} records, or "dataset"'
+                  " (the dataset group's split); null = no perplexity.",
+    )
+    split: str = setting("validation", _one_of(("train", "validation", "all")), doc="With source=dataset.")
+    text_field: str = setting("text", _non_empty, doc="The field holding the text in .jsonl/.json records.")
+    stride: Optional[int] = setting(None, _at_least(1), doc="Window advance; null = max_length (disjoint).")
+
+
+@dataclass
+class EvaluateSchema(_RunSettings):
+    """``evaluate`` recipe."""
+
+    checkpoint: Optional[str] = setting(
+        None, doc="A run dir or epoch_/step_ dir to evaluate; None = the checkpointer's base model."
+    )
+    adapter: Optional[str] = setting(None, doc="A PEFT/LoRA adapter dir applied on top.")
+    tasks: List[str] = setting([], doc="lm-evaluation-harness task names or local task YAML files.")
+    num_fewshot: Optional[int] = setting(None, _at_least(0), doc="null = each task's own default.")
+    limit: Optional[float] = setting(None, _positive, doc="Samples per task (<1: a fraction); null = all.")
+    batch_size: int = setting(8, _at_least(1))
+    max_length: Optional[int] = setting(None, _at_least(2), doc="Context used; null = the model's max_seq_len.")
+    max_gen_toks: int = setting(256, _at_least(1), doc="New tokens per generate_until request by default.")
+    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    max_seq_len: int = setting(512, _at_least(2), doc="The dataset group's max_seq_len (perplexity.source=dataset).")
+    train_on_input: bool = setting(False, doc="The dataset group's: also score the prompt tokens.")
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model_info: ModelInfo = field(default_factory=ModelInfo)
+    model: Any = None
+    checkpointer: Any = None
+    tokenizer: Any = None
+    dataset: Any = None
+
+    @staticmethod
+    def cross_checks(cfg: DictConfig, prefix: str) -> list[str]:
+        """Rules that involve several evaluation settings."""
+        problems = []
+        if not cfg.tasks and cfg.perplexity.source is None:
+            problems.append("nothing to evaluate: `tasks` is empty and `perplexity.source` is null; set"
+                            " tasks=[<harness task or task.yaml>] and/or perplexity.source=<text file or dataset>")
+        for key, what in (("checkpoint", "a run or checkpoint directory"), ("adapter", "an adapter directory")):
+            problem = None if cfg[key] is None else not_a_dir(cfg[key], what)
+            if problem is not None:
+                problems.append(f"`{key}`={cfg[key]!r}: not an existing directory; it {problem}")
+        problems += task_file_problems(cfg.tasks, "tasks")
+        source = cfg.perplexity.source
+        if source is not None and source != "dataset" and not os.path.isfile(os.path.expanduser(source)):
+            problems.append(f"`perplexity.source`={source!r}: no such file; give a .txt/.jsonl/.json file or"
+                            " `dataset` (the dataset group's split)")
+        if cfg.perplexity.stride is not None and cfg.max_length is not None and cfg.perplexity.stride > cfg.max_length:
+            problems.append(f"`perplexity.stride`={cfg.perplexity.stride} exceeds `max_length`={cfg.max_length}:"
+                            " windows would skip tokens; use a stride <= max_length")
+        return problems
+
+
 SCHEMAS: dict[str, type] = {
     "lora_finetune": LoraFinetuneSchema,
     "full_finetune": FullFinetuneSchema,
     "lora_dpo": LoraDpoSchema,
     "full_dpo": FullDpoSchema,
     "generate": GenerateSchema,
+    "evaluate": EvaluateSchema,
 }
 
 
