@@ -26,6 +26,7 @@ __all__ = [
     "AC_POLICIES",
     "DEVICES",
     "DTYPES",
+    "ExamplesConfig",
     "LORA_TARGETS",
     "SCHEMAS",
     "FullFinetuneSchema",
@@ -172,6 +173,15 @@ class LoRAConfig:
 
 
 @dataclass
+class ExamplesConfig:
+    """Held-out examples answered before and after training (tunekit.run.examples); 0 and 0 = off."""
+
+    show: int = setting(0, _at_least(0), doc="Held-out rows printed: answer before, after, expected.")
+    score: int = setting(0, _at_least(0), doc="Held-out rows scored by exact match before and after.")
+    max_new_tokens: int = setting(32, _at_least(1), doc="Cap on each greedy answer.")
+
+
+@dataclass
 class _RunSettings:
     """Settings shared by every recipe."""
 
@@ -216,6 +226,7 @@ class _TrainSettings(_RunSettings):
         doc="Fingerprint fields a resumed checkpoint may differ in (e.g. [data, batch_size]).",
     )
     keep_last_n: Optional[int] = setting(None, _at_least(1), doc="step_N checkpoints kept (epoch_N: all).")
+    examples: ExamplesConfig = field(default_factory=ExamplesConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     model_info: ModelInfo = field(default_factory=ModelInfo)
     model: Any = None
@@ -248,6 +259,12 @@ class _TrainSettings(_RunSettings):
             problems.append(
                 f"`eval_every_n_steps`={cfg.eval_every_n_steps} would never evaluate: `dataset.val_fraction`=0 holds"
                 " out no validation rows; set dataset.val_fraction=0.1 (for example) or unset eval_every_n_steps"
+            )
+        asked = [f"examples.{k}={cfg.examples[k]}" for k in ("show", "score") if cfg.examples[k]]
+        if asked and isinstance(val_fraction, (int, float)) and val_fraction == 0:
+            problems.append(
+                f"`{' '.join(asked)}` answers held-out rows, but `dataset.val_fraction`=0 holds out none; set"
+                " dataset.val_fraction=0.1 (for example) or examples.show=0 examples.score=0"
             )
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
             # Only step_N checkpoints are pruned; epoch_N ones are always kept.
