@@ -121,7 +121,7 @@ def run(cfg: DictConfig) -> float | None:
 
     # `examples`: held-out rows answered before training and after it (off unless configured)
     probe = examples.probe_for_run(cfg.examples, val_ds, tokenizer, world_size=world_size,
-                                   resumed_at=None if start is None else start.global_step)
+                                   resumed_at=None if start is None else start.global_step, rank=rank)
     if probe is not None:
         probe.record_before(net)
     result = train(net, optimizer=optimizer, lr_scheduler=lr_scheduler, loss_fn=loss_fn,

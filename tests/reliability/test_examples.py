@@ -23,9 +23,6 @@ from tests.reliability._harness import assert_user_error, run_recipe, run_tuneki
         # examples on (the default task's) but nothing held out to answer
         (["dataset.val_fraction=0"], ["examples.show=4 examples.score=64", "`dataset.val_fraction`=0",
                                       "dataset.val_fraction=0.1", "examples.show=0 examples.score=0"]),
-        # other data turns the examples off; asking for them again still needs held-out rows
-        (["dataset=alpaca_tiny", "dataset.val_fraction=0", "examples.score=10"],
-         ["examples.score=10", "`dataset.val_fraction`=0", "examples.show=0 examples.score=0"]),
     ],
 )
 def test_bad_examples_settings_are_refused_by_validate(overrides, needles):

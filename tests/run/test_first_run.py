@@ -169,3 +169,25 @@ def test_a_default_run_ends_with_the_examples_and_writes_them(short_run):
     rows = json.loads(DATA.read_text(encoding="utf-8"))
     for e in record["examples"]:
         assert e["expected"] == rows[e["row"] - 1]["output"]
+
+
+def test_probe_for_run_is_off_by_default_and_says_why_it_cannot_run(capsys):
+    from omegaconf import OmegaConf
+
+    from tunekit.run.examples import probe_for_run
+
+    tok = tiny_tokenizer()
+    val = InstructDataset(tok, str(DATA), template="llama2_chat", split="validation")
+    off = OmegaConf.create({"show": 0, "score": 0, "max_new_tokens": 8})
+    on = OmegaConf.create({"show": 2, "score": 5, "max_new_tokens": 8})
+    assert probe_for_run(off, val, tok, world_size=1, resumed_at=None) is None
+    assert capsys.readouterr().err == ""
+    assert probe_for_run(on, None, tok, world_size=1, resumed_at=None) is None
+    assert "skipped: the data set has no validation split (dataset.val_fraction=0)" in capsys.readouterr().err
+    assert probe_for_run(on, val, tok, world_size=2, resumed_at=None, rank=1) is None
+    assert capsys.readouterr().err == ""  # one note per run: rank 0's
+    assert "sharded over 2 ranks" in (probe_for_run(on, val, tok, world_size=2, resumed_at=None) or
+                                      capsys.readouterr().err)
+    fresh = probe_for_run(on, val, tok, world_size=1, resumed_at=None)
+    resumed = probe_for_run(on, val, tok, world_size=1, resumed_at=120)
+    assert len(fresh.examples) == 5 and fresh.before_label == "base" and resumed.before_label == "step 120"

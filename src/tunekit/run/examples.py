@@ -215,7 +215,7 @@ def _free_name(directory: Path, stem: str, suffix: str) -> Path:
 
 
 def probe_for_run(examples_cfg: Any, val_ds: Any, tokenizer: Any, *, world_size: int,
-                  resumed_at: int | None) -> ExampleProbe | None:
+                  resumed_at: int | None, rank: int = 0) -> ExampleProbe | None:
     """The recipes' entry: a probe when ``examples.show``/``score`` ask for one, else None.
 
     Prints why none is made when one was asked for but cannot run (no validation split, or
@@ -230,7 +230,8 @@ def probe_for_run(examples_cfg: Any, val_ds: Any, tokenizer: Any, *, world_size:
     elif world_size > 1:
         why = f"the model is sharded over {world_size} ranks; run `recipes.generate` on the checkpoint instead"
     if why is not None:
-        print(f"tunekit: note: examples.show/examples.score skipped: {why}.", file=sys.stderr, flush=True)
+        if rank == 0:
+            print(f"tunekit: note: examples.show/examples.score skipped: {why}.", file=sys.stderr, flush=True)
         return None
     probe = ExampleProbe.create(val_ds, tokenizer, show=show, score=score,
                                 max_new_tokens=int(examples_cfg.max_new_tokens))
