@@ -4,7 +4,7 @@ The task: "Sort the letters: d b a c" -> "a b c d". Three to five distinct lette
 20 lowercase letters that the bundled tokenizer (``assets/tokenizer/tokenizer.model``) holds as one
 ``"▁x"`` piece each, so every letter is one token in the prompt and in the answer. The bundled
 tiny base model (pre-trained on plain English text) cannot do it (0 of 64 held-out rows right);
-a LoRA fine-tune of about 340 steps on these rows does it on held-out rows (see docs/recipes.md).
+the default LoRA run (507 steps on these rows) gets 63 of 64 right (see docs/recipes.md).
 
 Every row is unique; the recipe's validation split (``dataset.val_fraction``) holds out rows whose
 inputs training never sees, and the run's before/after examples come from there.
