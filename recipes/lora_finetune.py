@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> float | None:
 def run(cfg: DictConfig) -> float | None:
     """Build everything `cfg` names, train, and return the final validation (else train) loss."""
     from tunekit.modules.peft import LoRASpec
-    from tunekit.run import data, model, process, records, resume
+    from tunekit.run import data, examples, model, process, records, resume
     from tunekit.run.saver import CheckpointSaver, merge_drift
     from tunekit.run.settings import schedule_warnings, train_settings
     from tunekit.training import num_training_steps, prepare_loss, prepare_model, train
@@ -133,6 +133,11 @@ def run(cfg: DictConfig) -> float | None:
             total_steps=total_steps, resume=res, resume_auto=cfg.resume == "auto",
             notes=[n for n in (run_note, note) if n] + schedule_warnings(lr_scheduler, total_steps))
 
+    # `examples`: held-out rows answered before training and after it (off unless configured)
+    probe = examples.probe_for_run(cfg.examples, val_ds, tokenizer, world_size=world_size,
+                                   resumed_at=None if start is None else start.global_step, rank=rank)
+    if probe is not None:
+        probe.record_before(net)
     result = train(net, optimizer=optimizer, lr_scheduler=lr_scheduler, loss_fn=loss_fn,
                    train_loader=train_loader, val_loader=val_loader, saver=saver,
                    metric_logger=metric_logger, settings=settings, start=start, progress=rank == 0)
@@ -160,8 +165,11 @@ def run(cfg: DictConfig) -> float | None:
         from tunekit.reporting import plots_after_run
 
         print(f"tunekit {RECIPE}: {plots_after_run(cfg.output_dir)}", flush=True)
-    return records.report_result(RECIPE, cfg.output_dir, result, overrides=overrides,
-                                 seconds=time.perf_counter() - t_start, rank_zero=rank == 0)
+    value = records.report_result(RECIPE, cfg.output_dir, result, overrides=overrides,
+                                  seconds=time.perf_counter() - t_start, rank_zero=rank == 0)
+    if probe is not None and not result.interrupted:
+        probe.finish(net, cfg.output_dir)
+    return value
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_cp_primary_group_option_and_recipe(tmp_path):
     assert bad.returncode == 1 and "Did you mean: model/llama2_7b" in bad.stderr
     # the copy runs with --config-dir/--config-name
     (tmp_path / "mine/my_lora.yaml").write_text(
-        (tmp_path / "mine/my_lora.yaml").read_text().replace("batch_size: 2", "batch_size: 5")
+        (tmp_path / "mine/my_lora.yaml").read_text().replace("batch_size: 16", "batch_size: 5")
     )
     run = tunekit("run", "lora_finetune", "--config-dir", "mine", "--config-name", "my_lora", "--cfg", "job", cwd=tmp_path)
     assert run.returncode == 0 and "batch_size: 5" in run.stdout

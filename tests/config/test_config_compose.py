@@ -107,8 +107,8 @@ def test_tiny_model_points_at_bundled_assets():
 def test_precedence_schema_then_yaml_then_cli():
     cfg = compose("lora_finetune")
     assert cfg.gradient_accumulation_steps == 1  # schema default, not in the YAML
-    assert cfg.batch_size == 2  # YAML (2) beats the schema default (4)
-    assert cfg.optimizer.lr == 3.0e-4  # primary YAML beats the group option (2e-5)
+    assert cfg.batch_size == 16  # YAML (16) beats the schema default (4)
+    assert cfg.optimizer.lr == 5.0e-3  # primary YAML beats the group option (2e-5)
     cfg = compose("lora_finetune", ["batch_size=8", "optimizer.lr=0.123", "gradient_accumulation_steps=3"])
     assert (cfg.batch_size, cfg.optimizer.lr, cfg.gradient_accumulation_steps) == (8, 0.123, 3)
 

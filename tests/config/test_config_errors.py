@@ -40,7 +40,7 @@ def strict(x: int, scale: float = 1.0, mode: str = "a") -> tuple:
 def test_required_value_hidden_by_a_default_is_reported(tmp_path):
     d = tmp_path
     src = Path(__file__).resolve().parents[2] / "conf" / "lora_finetune.yaml"
-    (d / "my.yaml").write_text(src.read_text().replace("epochs: 3", "epochs: ???").replace("  lr: 3.0e-04", "  lr: ???"))
+    (d / "my.yaml").write_text(src.read_text().replace("epochs: 3", "epochs: ???").replace("  lr: 5.0e-03", "  lr: ???"))
     cfg, hydra_node = compose_with_hydra("lora_finetune", user_config_dir=d, config_name="my")
     assert cfg.epochs == 1  # OmegaConf kept the schema default underneath the ???
     problems = config_problems(cfg, "lora_finetune", hydra_node)

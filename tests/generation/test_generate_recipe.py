@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["epochs=1", "max_steps_per_epoch=4", "batch_size=4", "metric_logger.also_stdout=false",
-        "optimizer.lr=3e-3"]
+        "optimizer.lr=3e-3", "examples.show=0", "examples.score=0"]
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:

@@ -50,7 +50,8 @@ def test_one_lora_step_output_loads_in_transformers_and_peft(tmp_path, name):
     args = [sys.executable, "-m", "recipes.lora_finetune", f"hydra.run.dir={run}", "model=auto",
             f"checkpointer={fmt}", f"checkpointer.checkpoint_dir={train_from}",
             "epochs=1", "max_steps_per_epoch=1", "batch_size=2", "max_seq_len=256", "metric_logger.also_stdout=false",
-            "dtype=fp32", "lr_scheduler.num_warmup_steps=0", "optimizer.lr=1e-2"]
+            "dtype=fp32", "lr_scheduler.num_warmup_steps=0", "optimizer.lr=1e-2", "examples.show=0",
+            "examples.score=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]

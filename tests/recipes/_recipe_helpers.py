@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Small and fast everywhere: a few optimizer steps of short samples, no per-step stdout lines.
 FAST = ["epochs=1", "max_steps_per_epoch=3", "batch_size=4", "log_every_n_steps=1", "plots=false",
-        "metric_logger.also_stdout=false"]
+        "metric_logger.also_stdout=false",
+        "examples.show=0", "examples.score=0"]  # the default task's before/after answers: tests/run
 
 
 def run_recipe(recipe: str, run_dir: Path | None, *overrides: str, check: bool = True,

@@ -26,7 +26,8 @@ def _first_batch_loss_with_transformers(batch_size: int, max_seq_len: int) -> fl
     from tunekit.training import StatefulSampler
 
     tok = SentencePieceTokenizer(ASSETS / "hf" / "tokenizer.model")
-    ds = InstructDataset(tok, "alpaca_tiny", max_seq_len=max_seq_len, split="train")
+    data = Path(__file__).resolve().parents[2] / "src" / "tunekit" / "assets" / "data" / "sort_letters.json"
+    ds = InstructDataset(tok, str(data), template="llama2_chat", max_seq_len=max_seq_len, split="train")  # the default
     order = StatefulSampler(len(ds), shuffle=True, seed=0, rank=0, world_size=1).epoch_indices()
     batch = padded_collate([ds[i] for i in order[:batch_size]], pad_id=tok.pad_id)
     model = transformers.LlamaForCausalLM.from_pretrained(str(ASSETS / "hf"), dtype=torch.float32)

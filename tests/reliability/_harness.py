@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # A few optimizer steps of short samples: enough to reach every code path a run has.
 FAST = ["epochs=1", "max_steps_per_epoch=2", "batch_size=4", "log_every_n_steps=1", "plots=false",
-        "metric_logger.also_stdout=false"]
+        "metric_logger.also_stdout=false",
+        "examples.show=0", "examples.score=0"]  # the default task's before/after answers: tests/run
 
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s+File \".*\", line \d+", re.M)
 

@@ -56,7 +56,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_required_values_in_user_yaml_stop_the_recipe(user_cfg, tmp_path):
     _edit(user_cfg, "epochs: 3", "epochs: ???")
-    _edit(user_cfg, "  lr: 3.0e-04", "  lr: ???")
+    _edit(user_cfg, "  lr: 5.0e-03", "  lr: ???")
     run_dir = tmp_path / "run"
     proc = run_recipe("lora_finetune", run_dir, "--config-dir", str(tmp_path), "--config-name", "my")
     text = assert_user_error(proc, "`epochs` is required", "`optimizer.lr` is required",
@@ -66,7 +66,7 @@ def test_required_values_in_user_yaml_stop_the_recipe(user_cfg, tmp_path):
 
 
 def test_required_value_in_user_yaml_stops_validate(user_cfg, tmp_path):
-    _edit(user_cfg, "batch_size: 2", "batch_size: ???")
+    _edit(user_cfg, "batch_size: 16", "batch_size: ???")
     proc = run_tunekit("validate", "lora_finetune", "--config-dir", str(tmp_path), "--config-name", "my")
     assert_user_error(proc, "`batch_size` is required", "`batch_size=...`")
 

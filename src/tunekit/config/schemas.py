@@ -28,6 +28,7 @@ __all__ = [
     "DEVICES",
     "DTYPES",
     "EvaluateSchema",
+    "ExamplesConfig",
     "LORA_TARGETS",
     "SCHEMAS",
     "DPOConfig",
@@ -201,6 +202,15 @@ def task_file_problems(tasks: Any, key: str) -> list[str]:
 
 
 @dataclass
+class ExamplesConfig:
+    """Held-out examples answered before and after training (tunekit.run.examples); 0 and 0 = off."""
+
+    show: int = setting(0, _at_least(0), doc="Held-out rows printed: answer before, after, expected.")
+    score: int = setting(0, _at_least(0), doc="Held-out rows scored by exact match before and after.")
+    max_new_tokens: int = setting(32, _at_least(1), doc="Cap on each greedy answer.")
+
+
+@dataclass
 class _RunSettings:
     """Settings shared by every recipe."""
 
@@ -267,6 +277,7 @@ class _TrainSettings(_RunSettings):
         False, doc="Step each parameter in backward and free its gradient at once (no accumulation/clipping).")
     activation_offloading: bool = setting(
         False, doc="Keep saved activations in CPU memory (copies overlapped on CUDA streams); with AC.")
+    examples: ExamplesConfig = field(default_factory=ExamplesConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     model_info: ModelInfo = field(default_factory=ModelInfo)
     model: Any = None
@@ -317,6 +328,12 @@ class _TrainSettings(_RunSettings):
                 " (raise batch_size instead) and clip_grad_norm=null, or optimizer_in_backward=false"
             )
         problems += task_file_problems(cfg.eval_tasks, "eval_tasks")
+        asked = [f"examples.{k}={cfg.examples[k]}" for k in ("show", "score") if cfg.examples[k]]
+        if asked and isinstance(val_fraction, (int, float)) and val_fraction == 0:
+            problems.append(
+                f"`{' '.join(asked)}` answers held-out rows, but `dataset.val_fraction`=0 holds out none; set"
+                " dataset.val_fraction=0.1 (for example) or examples.show=0 examples.score=0"
+            )
         if cfg.keep_last_n is not None and cfg.save_every_n_steps is None:
             # Only step_N checkpoints are pruned; epoch_N ones are always kept.
             problems.append(

@@ -36,7 +36,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from tunekit.data._loading import DataFormatError, DataSettingError, describe_value
+from tunekit.data._loading import (
+    DataFormatError,
+    DataSettingError,
+    describe_value,
+    format_problems,
+    load_records,
+    resolve_source,
+    split_indices,
+)
 from tunekit.data.chat_template import (
     ChatTemplateError,
     chat_generation_tokens,
@@ -45,7 +53,6 @@ from tunekit.data.chat_template import (
     tokenizer_chat_template,
 )
 from tunekit.data.collate import padded_collate
-from tunekit.data.datasets import load_split
 from tunekit.data.templates import (
     _bos,
     _encode_pair,
@@ -69,7 +76,17 @@ def load_rows(source: str | Path, check: Any, hint: str, *, split: str, val_frac
 
     Every record is validated with ``check`` first (all problems named by row at once).
     """
-    return load_split(source, check, hint, split=split, val_fraction=val_fraction, split_seed=split_seed)
+    path = resolve_source(source)
+    rows, row_word = load_records(path)
+    if not rows:
+        raise DataFormatError(
+            f"Data file {str(path)!r} holds no records (an empty list). Point dataset.source at "
+            f"a file with at least one record. {hint}")
+    problems = [(row, msg) for row, rec in rows if (msg := check(rec))]
+    if problems:
+        raise DataFormatError(format_problems(path, row_word, problems, len(rows)) + " " + hint)
+    idx = split_indices(len(rows), split, val_fraction, split_seed, path, row_word)
+    return path, row_word, [rows[i][0] for i in idx], [rows[i][1] for i in idx]
 
 
 def _reply_text(value: Any) -> str | None:
