@@ -9,6 +9,7 @@ builds them (``optimizer_in_backward=true``, ``optimizer=adamw8bit``, ``activati
     baseline    fused AdamW (bf16 states), AC on, clip 1.0            (docs/benchmarks.md: 50.4 GiB)
     lowmem      optimizer in backward + 8-bit AdamW, AC on            (no clipping: refused)
     lowmem+off  the same + activations offloaded to pinned CPU memory
+    cpu-adamw   AdamW states and step in host memory, gradients moved there in backward, AC on
 
     python benchmarks/full_lowmem_7b.py                      # 7B, batch 2 x 2048 (torchtune's 7B_full_low_memory)
     python benchmarks/full_lowmem_7b.py --rows lowmem,lowmem+off
@@ -48,13 +49,14 @@ ROWS = {
     "baseline": dict(optimizer="adamw", in_bwd=False, offload=False),
     "lowmem": dict(optimizer="adamw8bit", in_bwd=True, offload=False),
     "lowmem+off": dict(optimizer="adamw8bit", in_bwd=True, offload=True),
+    "cpu-adamw": dict(optimizer="adamw_cpu_offload", in_bwd=False, offload=False),
 }
 
 
 def train_row(cfg: dict) -> dict:
     from tunekit.run.settings import train_settings
     from tunekit.training import ChunkedCrossEntropyLoss, build_dataloader, prepare_loss, prepare_model, train
-    from tunekit.training.low_memory import adamw8bit, low_memory_setup
+    from tunekit.training.low_memory import adamw8bit, adamw_cpu_offload, low_memory_setup
     from tunekit.training.lr_schedulers import cosine_with_warmup
     from tunekit.training.memory import format_memory_budget, memory_budget
 
@@ -65,10 +67,12 @@ def train_row(cfg: dict) -> dict:
     settings = train_settings(
         epochs=1, max_steps_per_epoch=total, device=device, dtype="bf16", compile=cfg["compile"],
         activation_checkpointing=True, log_every_n_steps=total, handle_signals=False,
-        clip_grad_norm=None if row["in_bwd"] else 1.0)
+        clip_grad_norm=None if row["in_bwd"] or row["optimizer"] == "adamw_cpu_offload" else 1.0)
     prepare_model(model, settings)
     if row["optimizer"] == "adamw8bit":
         factory = functools.partial(adamw8bit, lr=1e-5, weight_decay=0.01)
+    elif row["optimizer"] == "adamw_cpu_offload":
+        factory = functools.partial(adamw_cpu_offload, lr=1e-5, weight_decay=0.01)
     else:
         factory = functools.partial(torch.optim.AdamW, lr=1e-5, weight_decay=0.01, fused=device.startswith("cuda"))
     loss_fn = prepare_loss(ChunkedCrossEntropyLoss(num_chunks=8), settings)
@@ -89,7 +93,8 @@ def train_row(cfg: dict) -> dict:
                 progress=False, on_step_end=on_step_end)
     dt = (marks[total] - marks[cfg["warmup"]]) / cfg["steps"]
     budget = format_memory_budget(memory_budget(
-        model, opt, device=torch.device(device), gradients_freed_in_backward=row["in_bwd"],
+        model, opt, device=torch.device(device),
+        gradients_freed_in_backward=row["in_bwd"] or row["optimizer"] == "adamw_cpu_offload",
         logits_bytes=cfg["batch"] * cfg["seq"] * shape["vocab_size"] * 4 // 8))
     return {"step_s": dt, "tokens_per_s": cfg["batch"] * cfg["seq"] / dt, "peak_gib": peak_gib(device),
             "loss": res.final_train_loss, "n_params": base_param_count(shape), "budget": budget}

@@ -150,7 +150,8 @@ def run(cfg: DictConfig) -> float | None:
             metric_logger.log_dict(drift, step=result.global_step)
     if rank == 0:  # where the memory went, and what would lower it
         print(format_memory_budget(memory_budget(
-            net, optimizer, device=get_device(settings.device), gradients_freed_in_backward=cfg.optimizer_in_backward,
+            net, optimizer, device=get_device(settings.device),
+            gradients_freed_in_backward=cfg.optimizer_in_backward or getattr(optimizer, "tunekit_prescale_loss", False),
             logits_bytes=cfg.batch_size * cfg.max_seq_len * net.output.out_features * 4
             // getattr(loss_fn, "num_chunks", 1))), flush=True)
     if cfg.eval_tasks and not result.interrupted:  # scored on every rank (sharded forward), logged by rank 0

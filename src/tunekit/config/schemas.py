@@ -317,9 +317,8 @@ class _TrainSettings(_RunSettings):
         elif cfg.fp8_base and cfg.lora.use_dora:
             problems.append("`fp8_base`=true does not support DoRA (`lora.use_dora`=true): set one of them to false")
         if cfg.fp8_base and "lora" in cfg and cfg.lora.get("quantize_base"):
-            problems.append(f"`fp8_base`=true and `lora.quantize_base`={cfg.lora.quantize_base} both replace the frozen"
-                            " base weights (FP8 copies vs NF4 storage): set one of them (fp8_base=false or"
-                            " lora.quantize_base=null)")
+            problems.append("`fp8_base`=true and `lora.quantize_base` both replace the frozen base weights: set"
+                            " fp8_base=false or lora.quantize_base=null")
         if cfg.optimizer_in_backward and (cfg.gradient_accumulation_steps != 1 or cfg.clip_grad_norm is not None):
             problems.append(
                 f"`optimizer_in_backward`=true steps each parameter as soon as its gradient is ready, so it cannot run"
@@ -327,6 +326,10 @@ class _TrainSettings(_RunSettings):
                 f"{cfg.clip_grad_norm} (both need every gradient of a step at once); set gradient_accumulation_steps=1"
                 " (raise batch_size instead) and clip_grad_norm=null, or optimizer_in_backward=false"
             )
+        if str(OmegaConf.select(cfg, "optimizer._component_", default="")).endswith("cpu_offload") and (
+                cfg.gradient_accumulation_steps != 1 or cfg.clip_grad_norm is not None or cfg.optimizer_in_backward):
+            problems.append("`optimizer`=adamw_cpu_offload frees each gradient on the GPU during backward: set"
+                            " gradient_accumulation_steps=1 clip_grad_norm=null optimizer_in_backward=false")
         problems += task_file_problems(cfg.eval_tasks, "eval_tasks")
         asked = [f"examples.{k}={cfg.examples[k]}" for k in ("show", "score") if cfg.examples[k]]
         if asked and isinstance(val_fraction, (int, float)) and val_fraction == 0:

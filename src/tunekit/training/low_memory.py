@@ -15,6 +15,11 @@
   wraps the loss function with it. Off CUDA the tensors are kept as they are (``force_copy``
   round-trips them through a CPU copy, to test the path).
 - :func:`adamw8bit`: torchao's blockwise 8-bit AdamW (``optimizer=adamw8bit``).
+- :func:`adamw_cpu_offload`: AdamW whose states and step live in host memory (torchao's
+  ``CPUOffloadOptimizer``, ``optimizer=adamw_cpu_offload``): each gradient is copied to pinned
+  host memory on a side CUDA stream as soon as it is ready and freed on the GPU, so the GPU holds
+  the weights and activations only. The loss is pre-scaled by the step's token count
+  (:func:`prescaled_loss`) because the loop's division of the gradients finds them gone.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from torch import nn
 from tunekit.distributed import all_reduce_sum, get_world_size, is_distributed
 from tunekit.modules.peft import quiet_torchao_import
 from tunekit.training.metric_logging import MissingExtraError
+from tunekit.training.settings import SettingUnsupportedHere
 
-__all__ = ["OffloadActivations", "OptimizerInBackward", "adamw8bit", "low_memory_setup", "offload_activations"]
+__all__ = ["OffloadActivations", "OptimizerInBackward", "adamw8bit", "adamw_cpu_offload", "low_memory_setup",
+           "offload_activations", "prescaled_loss"]
 
 LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -54,6 +61,60 @@ def adamw8bit(params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float
         ) from None
     return AdamW8bit(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                      block_size=block_size, bf16_stochastic_round=bf16_stochastic_round)
+
+
+def adamw_cpu_offload(params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                      eps: float = 1e-8, weight_decay: float = 0.01) -> torch.optim.Optimizer:
+    """AdamW with its states and its step in host memory (torchao's ``CPUOffloadOptimizer``, fused
+    CPU AdamW), gradients moved to pinned host memory as soon as they are ready and freed on the GPU.
+
+    The GPU keeps only the weights and the activations (a 7B full fine-tune: 12.6 GiB of bf16
+    weights instead of weights + gradients + states). The host holds a copy of the weights and the
+    states in the parameters' dtype. One process and one GPU; gradient accumulation and clipping
+    need the gradients on the GPU and are refused by ``tunekit validate``.
+
+    Raises:
+        SettingUnsupportedHere: no CUDA GPU, or several processes.
+        MissingExtraError: torchao is not installed.
+    """
+    if not torch.cuda.is_available():
+        raise SettingUnsupportedHere(
+            "optimizer=adamw_cpu_offload keeps AdamW's states in host memory and copies each gradient there on "
+            "a side CUDA stream, so it needs a CUDA GPU, and this machine has none: choose optimizer=adamw (or "
+            "optimizer=adamw8bit) here")
+    if is_distributed():
+        raise SettingUnsupportedHere(
+            "optimizer=adamw_cpu_offload runs in one process on one GPU (each rank would keep a full host copy "
+            "and FSDP2 shards the weights already): choose optimizer=adamw or optimizer=adamw8bit under torchrun")
+    try:
+        with quiet_torchao_import():
+            from torchao.optim import CPUOffloadOptimizer
+    except ImportError as err:
+        raise MissingExtraError(
+            f"optimizer=adamw_cpu_offload is torchao's CPUOffloadOptimizer, but torchao is not installed ({err}). "
+            "Install it with: pip install \"tunekit[qlora]\" (or choose optimizer=adamw)."
+        ) from None
+    # minimal_size=0: every parameter goes to the host, so no gradient stays on the GPU for the
+    # loop to scale a second time (the loss is pre-scaled instead: prescaled_loss).
+    optimizer = CPUOffloadOptimizer(list(params), torch.optim.AdamW, offload_gradients=True, minimal_size=0,
+                                    lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    optimizer.tunekit_prescale_loss = True
+    return optimizer
+
+
+def prescaled_loss(loss_fn: LossFn) -> LossFn:
+    """``loss_fn`` whose backward gives gradients already divided by the step's token count
+    (times the world size, as the loop does), while the returned value stays the token sum the
+    loop logs. For optimizers that take the gradients away during backward."""
+
+    def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_sum, tokens = loss_fn(model, batch)
+        total = tokens.detach().clone()
+        all_reduce_sum(total)
+        scaled = loss_sum * (get_world_size() / total.clamp(min=1).float())
+        return scaled + (loss_sum - scaled).detach(), tokens
+
+    return loss
 
 
 class OptimizerInBackward(torch.optim.Optimizer):
@@ -259,6 +320,8 @@ def low_memory_setup(model: nn.Module, optimizer_factory: Callable[[list], torch
         loss_fn = optimizer.wrap_loss(loss_fn)
     else:
         optimizer = optimizer_factory(params)
+        if getattr(optimizer, "tunekit_prescale_loss", False):
+            loss_fn = prescaled_loss(loss_fn)
     if activation_offloading:
         loss_fn = offload_activations(loss_fn, model)
     return optimizer, loss_fn
