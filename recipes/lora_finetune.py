@@ -152,7 +152,7 @@ def run(cfg: DictConfig) -> float | None:
         print(format_memory_budget(memory_budget(
             net, optimizer, device=get_device(settings.device),
             gradients_freed_in_backward=cfg.optimizer_in_backward or getattr(optimizer, "tunekit_prescale_loss", False),
-            logits_bytes=cfg.batch_size * cfg.max_seq_len * net.output.out_features * 4
+            logits_bytes=cfg.batch_size * cfg.max_seq_len * net.tok_embeddings.num_embeddings * 4
             // getattr(loss_fn, "num_chunks", 1))), flush=True)
     if cfg.eval_tasks and not result.interrupted:  # scored on every rank (sharded forward), logged by rank 0
         from tunekit.evaluation import evaluate_after_training

@@ -267,7 +267,7 @@ def test_preview_marks_trained_tokens_and_counts(capsys) -> None:
     assert text.startswith("<bos>Q:") and text.endswith("]]") and text.count("[[") == 1
     assert render_sample(tok, ids, labels, color=True).endswith("\033[0m")
     assert main(["preview", "lora_finetune", "--samples", "2", "--color", "never", "packed=true",
-                 "max_seq_len=256"]) == 0
+                 "max_seq_len=256", "dataset=alpaca_tiny"]) == 0
     out = capsys.readouterr().out
     assert out.count("--- train sample") == 2 and "### Response:\n[[" in out
     assert "packing efficiency" in out and "samples:" in out and "trained)" in out and "#" in out

@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_recipe")
     task = write_task(root / "task")
     fast = [o for o in FAST if o != "plots=false"]
-    train = run_recipe("lora_finetune", root / "run", *fast, f"eval_tasks=[{task}]")
+    train = run_recipe("lora_finetune", root / "run", *fast, "dataset=alpaca_tiny", f"eval_tasks=[{task}]")
     assert_ok(train, "| tiny_mc | acc |", "plots of loss")
     evaluate = run_tunekit("run", "evaluate", f"hydra.run.dir={root / 'eval'}", f"checkpoint={root / 'run'}",
                            f"tasks=[{task}]", "perplexity.source=dataset", "max_seq_len=256", "batch_size=4")

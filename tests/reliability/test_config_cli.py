@@ -158,7 +158,7 @@ def test_all_unknown_keys_of_a_user_yaml_at_once(user_cfg, tmp_path):
 def test_unknown_group_option(tmp_path):
     proc = run_recipe("lora_finetune", tmp_path / "run", "model=llama9")
     assert_user_error(proc, "config group `model` has no option `llama9`", "Did you mean: llama2_7b",
-                      "Valid options for `model`: llama2_13b, llama2_70b, llama2_7b, llama3_1_70b")
+                      "Valid options for `model`: auto, llama2_13b, llama2_70b, llama2_7b, llama3_1_70b")
 
 
 def test_misspelt_override_without_plus(tmp_path):
@@ -264,7 +264,7 @@ def test_cp_into_a_directory_refuses_to_overwrite(tmp_path):
 def test_run_of_an_unknown_recipe():
     proc = run_tunekit("run", "lora_finetun", "epochs=1")
     assert_user_error(proc, "unknown recipe `lora_finetun`", "Did you mean: lora_finetune",
-                      "Valid recipes: full_dpo, full_finetune, generate, lora_dpo, lora_finetune")
+                      "Valid recipes: evaluate, full_dpo, full_finetune, generate, lora_dpo, lora_finetune")
 
 
 def test_cp_of_an_unknown_name(tmp_path):

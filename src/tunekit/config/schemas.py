@@ -491,6 +491,7 @@ class PerplexityConfig:
 class EvaluateSchema(_RunSettings):
     """``evaluate`` recipe."""
 
+    examples: ExamplesConfig = field(default_factory=ExamplesConfig)  # dataset=sort_letters sets it; unused
     checkpoint: Optional[str] = setting(
         None, doc="A run dir or epoch_/step_ dir to evaluate; None = the checkpointer's base model."
     )
