@@ -42,7 +42,7 @@ def _first_batch_loss_with_transformers(batch_size: int, max_seq_len: int) -> fl
 def test_lora_first_step_loss_matches_transformers_and_loss_falls(tmp_path):
     run = tmp_path / "lora"
     run_recipe("lora_finetune", run, *FAST, "max_steps_per_epoch=12", "optimizer.lr=3e-3",
-               "lr_scheduler.num_warmup_steps=2", "eval_every_n_steps=1")
+               "lr_scheduler.num_warmup_steps=2", "eval_every_n_steps=1", "max_eval_batches=12")
     losses = step_losses(run)
     assert sorted(losses) == list(range(1, 13))
     expected = _first_batch_loss_with_transformers(batch_size=4, max_seq_len=256)
