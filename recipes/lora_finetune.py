@@ -50,7 +50,6 @@ def run(cfg: DictConfig) -> float | None:
     from tunekit.training import num_training_steps, prepare_loss, prepare_model, train
     from tunekit.training.device import get_device
     from tunekit.training.low_memory import low_memory_setup
-    from tunekit.training.memory import format_memory_budget, memory_budget
     from tunekit.training.seed import set_seed
 
     t_start = time.perf_counter()
@@ -148,29 +147,9 @@ def run(cfg: DictConfig) -> float | None:
                             max_batches=settings.max_eval_batches)
         if drift and rank == 0:
             metric_logger.log_dict(drift, step=result.global_step)
-    if rank == 0:  # where the memory went, and what would lower it
-        print(format_memory_budget(memory_budget(
-            net, optimizer, device=get_device(settings.device),
-            gradients_freed_in_backward=cfg.optimizer_in_backward or getattr(optimizer, "tunekit_prescale_loss", False),
-            logits_bytes=cfg.batch_size * cfg.max_seq_len * net.tok_embeddings.num_embeddings * 4
-            // getattr(loss_fn, "num_chunks", 1))), flush=True)
-    if cfg.eval_tasks and not result.interrupted:  # scored on every rank (sharded forward), logged by rank 0
-        from tunekit.evaluation import evaluate_after_training
-
-        table = evaluate_after_training(net, tokenizer, tasks=list(cfg.eval_tasks), output_dir=cfg.output_dir,
-                                        metric_logger=metric_logger, step=result.global_step,
-                                        limit=cfg.eval_limit, seed=cfg.seed, rank_zero=rank == 0)
-        print(table if rank == 0 else "", end="", flush=True)
-    metric_logger.close()
-    if cfg.plots and rank == 0:  # never fails the run (no matplotlib: a note)
-        from tunekit.reporting import plots_after_run
-
-        print(f"tunekit {RECIPE}: {plots_after_run(cfg.output_dir)}", flush=True)
-    value = records.report_result(RECIPE, cfg.output_dir, result, overrides=overrides,
-                                  seconds=time.perf_counter() - t_start, rank_zero=rank == 0)
-    if probe is not None and not result.interrupted:
-        probe.finish(net, cfg.output_dir)
-    return value
+    return records.finish_run(RECIPE, cfg, net=net, optimizer=optimizer, loss_fn=loss_fn, tokenizer=tokenizer,
+                              metric_logger=metric_logger, result=result, probe=probe,
+                              device=get_device(settings.device), rank=rank, overrides=overrides, t_start=t_start)
 
 
 if __name__ == "__main__":

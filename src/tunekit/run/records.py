@@ -27,6 +27,7 @@ __all__ = [
     "RUN_INFO_FILE",
     "announce_run",
     "check_run_dir",
+    "finish_run",
     "package_versions",
     "report_result",
     "write_result",
@@ -255,3 +256,36 @@ def write_result(output_dir: str | Path, result: Any, *, overrides: Sequence[str
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / RESULT_FILE, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def finish_run(recipe: str, cfg: Any, *, net: torch.nn.Module, optimizer: Any, loss_fn: Any, tokenizer: Any,
+               metric_logger: Any, result: Any, probe: Any, device: torch.device, rank: int,
+               overrides: Sequence[str], t_start: float) -> Any:
+    """What a fine-tuning recipe does after ``train()``: print the memory budget (rank 0), score
+    ``eval_tasks``, close the logger, draw ``plots/``, write and print the result, and answer the
+    ``examples`` after training. Returns what the recipe returns (the Hydra sweeper's value)."""
+    from tunekit.training.memory import format_memory_budget, memory_budget
+
+    if rank == 0:  # where the memory went, and what would lower it
+        freed = cfg.optimizer_in_backward or getattr(optimizer, "tunekit_prescale_loss", False)
+        logits = cfg.batch_size * cfg.max_seq_len * net.tok_embeddings.num_embeddings * 4
+        print(format_memory_budget(memory_budget(
+            net, optimizer, device=device, gradients_freed_in_backward=freed,
+            logits_bytes=logits // getattr(loss_fn, "num_chunks", 1))), flush=True)
+    if cfg.eval_tasks and not result.interrupted:  # scored on every rank (sharded forward), logged by rank 0
+        from tunekit.evaluation import evaluate_after_training
+
+        table = evaluate_after_training(net, tokenizer, tasks=list(cfg.eval_tasks), output_dir=cfg.output_dir,
+                                        metric_logger=metric_logger, step=result.global_step,
+                                        limit=cfg.eval_limit, seed=cfg.seed, rank_zero=rank == 0)
+        print(table if rank == 0 else "", end="", flush=True)
+    metric_logger.close()
+    if cfg.plots and rank == 0:  # never fails the run (no matplotlib: a note)
+        from tunekit.reporting import plots_after_run
+
+        print(f"tunekit {recipe}: {plots_after_run(cfg.output_dir)}", flush=True)
+    value = report_result(recipe, cfg.output_dir, result, overrides=overrides,
+                          seconds=time.perf_counter() - t_start, rank_zero=rank == 0)
+    if probe is not None and not result.interrupted:
+        probe.finish(net, cfg.output_dir)
+    return value
