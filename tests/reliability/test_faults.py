@@ -161,7 +161,9 @@ def test_ctrl_c_while_the_data_is_tokenized_is_one_paragraph(tmp_path):
     out, err = proc.communicate(timeout=120)
     if "received SIGINT" in err:
         pytest.skip("the data was tokenized before the signal arrived (machine too fast)")
-    assert proc.returncode == 130, err[-3000:]
+    # 130, or ended by SIGINT itself after the paragraph (-2; a shell shows both as 130): seen once in
+    # ~10 runs when the signal lands inside the data loader's native reading code.
+    assert proc.returncode in (130, -signal.SIGINT), err[-3000:]
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
     assert "interrupted (Ctrl-C)" in err and "resume=auto" in err
     assert not list(run.glob("epoch_*")) and not list(run.glob(".tmp-*"))
