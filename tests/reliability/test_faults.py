@@ -183,7 +183,7 @@ def test_ctrl_c_of_a_tunekit_command_is_one_line(tmp_path):
     out, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("validate finished before the signal arrived (machine too fast)")
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode in (130, -signal.SIGINT), err[-3000:]  # see the test above
     assert "Traceback" not in out + err and "tunekit validate: interrupted (Ctrl-C)" in err
 
 
