@@ -113,12 +113,19 @@ def test_precedence_schema_then_yaml_then_cli():
     assert (cfg.batch_size, cfg.optimizer.lr, cfg.gradient_accumulation_steps) == (8, 0.123, 3)
 
 
-def test_output_dir_is_the_run_dir():
-    # One resolution of the whole config: the run id is time-based, so two separate reads could
-    # straddle a second boundary.
-    cfg = OmegaConf.to_container(compose("lora_finetune"), resolve=True)
+def test_output_dir_is_the_run_dir(monkeypatch):
+    # The run id is time-based: make every clock read a new second, so `output_dir`, the log dir
+    # and the checkpointer's dir must come from one read (CI once saw them straddle a second).
+    import tunekit.config.resolvers as resolvers
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(resolvers.time, "strftime", lambda fmt, *a: f"2026-01-01_00-00-{next(ticks):02d}")
+    raw = compose("lora_finetune")
+    cfg = OmegaConf.to_container(raw, resolve=True)
     assert Path(cfg["output_dir"]).is_absolute() and "outputs/lora_finetune/" in cfg["output_dir"]
     assert cfg["metric_logger"]["log_dir"] == cfg["output_dir"] + "/logs"
+    assert cfg["checkpointer"]["output_dir"] == cfg["output_dir"]
+    assert raw.metric_logger.log_dir == raw.output_dir + "/logs"  # node by node, too
 
 
 def test_misspelt_key_suggests_nearest_and_plus():

@@ -65,9 +65,18 @@ def run_dir() -> str:
     out = OmegaConf.select(hydra_cfg, "runtime.output_dir", throw_on_missing=False)
     if out:
         return str(out)
-    # The user config (hydra's parent) may no longer hold the `hydra` key: re-root a copy.
+    # The user config (hydra's parent) may no longer hold the `hydra` key: re-root a copy. The
+    # copy's time-based run id is its own, so resolve it once per Hydra config: `output_dir` and
+    # every `${output_dir}/...` must name the same directory even across a second boundary.
+    global _detached_run_dir
+    if _detached_run_dir is not None and _detached_run_dir[0] is hydra_cfg:
+        return _detached_run_dir[1]
     detached = OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg, resolve=False)})
-    return str(Path(detached.hydra.run.dir).resolve())
+    _detached_run_dir = (hydra_cfg, str(Path(detached.hydra.run.dir).resolve()))
+    return _detached_run_dir[1]
+
+
+_detached_run_dir: tuple[object, str] | None = None
 
 
 def _process_start_time(pid: int) -> float | None:
