@@ -21,7 +21,7 @@ from tunekit.checkpointing import FullModelHFCheckpointer
 from tunekit.config.resolvers import asset_path
 from tunekit.models.llama2 import llama2_tiny
 from tunekit.modules.peft import LoRASpec, set_trainable_params
-from tunekit.run.resume import load_checkpoint_dir, restore
+from tunekit.run.resume import check_resume_fits, load_checkpoint_dir, restore
 from tunekit.run.saver import CheckpointSaver
 from tunekit.run.settings import train_settings
 from tunekit.training import build_dataloader, prepare_model, shard_model, train
@@ -79,11 +79,33 @@ def build(lora: bool, world_size: int) -> torch.nn.Module:
     return model
 
 
+QLORA = LoRASpec(rank=4, alpha=8.0, targets=["q_proj", "v_proj", "output"], quantize_base="nf4")
+
+
+def build_qlora(world_size: int) -> torch.nn.Module:
+    """QLoRA through the recipes' builder: the bundled tiny checkpoint as the base, fresh adapters
+    (seeded). One process quantizes with the 2-rank NF4 format (scaler blocks that split in two),
+    so the two runs hold the same 4-bit weights."""
+    from functools import partial
+
+    from tunekit.modules.peft import quantize_base_
+    from tunekit.run.model import build_training_model
+
+    torch.manual_seed(5)
+    settings = train_settings(epochs=1, device="cpu", dtype="fp32")
+    model = build_training_model(partial(llama2_tiny), lambda: FullModelHFCheckpointer(HF_DIR, "/tmp").load_checkpoint()["model"],
+                                 settings=settings, lora=QLORA, world_size=world_size, rank=D.get_rank())
+    if world_size == 1:
+        quantize_base_(model, shards=2)
+    return model
+
+
 def run(name: str, out: Path, *, lora: bool = False, batch_size: int, ga: int = 1, steps: int = 4,
         save_every: int | None = None, resume_from: str | None = None, kill_at: int | None = None,
-        ckpt_dir: Path | None = None) -> dict[str, Any]:
+        ckpt_dir: Path | None = None, qlora: bool = False) -> dict[str, Any]:
     world_size = D.get_world_size()
-    model = build(lora, world_size)
+    lora = lora or qlora
+    model = build_qlora(world_size) if qlora else build(lora, world_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
     scheduler = constant_with_warmup(optimizer, num_warmup_steps=2)
@@ -93,10 +115,12 @@ def run(name: str, out: Path, *, lora: bool = False, batch_size: int, ga: int = 
                               save_every_n_steps=save_every, seed=0, handle_signals=kill_at is not None,
                               device="cpu", clip_grad_norm=1.0, log_every_n_steps=1)
     spec = LoRASpec(rank=4, alpha=8.0, targets=["q_proj", "v_proj", "output"]) if lora else None
+    spec = QLORA if qlora else spec
     prepare_model(model, settings)
     start = None
     if resume_from:
         res = load_checkpoint_dir(Path(resume_from), lora=lora)
+        check_resume_fits(model, res, lora=lora)
         start = restore(res, model=model, optimizer=optimizer, lr_scheduler=scheduler, train_loader=loader,
                         settings=settings, lora=lora)
     saver = CheckpointSaver(checkpointer, model=model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -121,6 +145,8 @@ def main(out: Path) -> None:
     run("full", out, batch_size=2, steps=4, save_every=2)
     run("lora", out, lora=True, batch_size=1, ga=2, steps=3)
     run("sigterm", out, batch_size=2, steps=4, kill_at=2)
+    run("qlora", out, qlora=True, batch_size=1, ga=2, steps=3, save_every=2)
+    run("qlora_resumed", out, qlora=True, batch_size=1, ga=2, steps=3, resume_from=str(out / "qlora/step_2"))
     D.destroy_distributed()
 
 

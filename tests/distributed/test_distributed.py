@@ -96,6 +96,44 @@ def test_sharded_step_checkpoint_resumes_on_one_process(two_ranks, tmp_path):
     assert resumed["losses"] == pytest.approx(two["losses"][2:], rel=RTOL)
 
 
+def _safetensors(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(d.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_qlora_two_ranks_match_one_process(two_ranks, tmp_path):
+    # QLoRA under FSDP2: NF4 base weights sharded as 4-bit data, adapters trained; the same
+    # losses, adapter and merged weights as one process holding the same NF4 weights.
+    pytest.importorskip("torchao")
+    two = _record(two_ranks, "qlora")
+    assert two["world_size"] == 2 and _record(two_ranks, "qlora", 1)["losses"] == two["losses"]
+    one = W.run("qlora_ref", tmp_path, qlora=True, batch_size=2, ga=2, steps=3, save_every=2)
+    assert two["losses"] == pytest.approx(one["losses"], rel=RTOL)
+    a, b = two_ranks / "qlora/epoch_0", tmp_path / "qlora_ref/epoch_0"
+    merged_two, merged_one = _safetensors(a / "model"), _safetensors(b / "model")
+    assert merged_two.keys() == merged_one.keys() and "model.layers.0.self_attn.q_proj.weight" in merged_two
+    for k in merged_one:
+        torch.testing.assert_close(merged_two[k], merged_one[k], rtol=1e-4, atol=1e-5)
+    adapter_two, adapter_one = _safetensors(a / "adapter"), _safetensors(b / "adapter")
+    assert adapter_two.keys() == adapter_one.keys() and len(adapter_one) == 2 * 4 * 2 + 2
+    for k in adapter_one:
+        torch.testing.assert_close(adapter_two[k], adapter_one[k], rtol=1e-4, atol=1e-6)
+
+
+def test_qlora_sharded_step_checkpoint_leaves_the_nf4_base_out_and_resumes_exactly(two_ranks):
+    from tunekit.checkpointing import read_checkpoint_info, sharded_model_shapes
+
+    step2 = two_ranks / "qlora/step_2"
+    assert read_checkpoint_info(step2)["base_weights"] == "base checkpoint"
+    saved = sharded_model_shapes(step2)
+    assert "layers.0.attn.q_proj.lora_a.weight" in saved and "tok_embeddings.weight" in saved
+    assert not any(k.endswith(("q_proj.weight", "v_proj.weight", "k_proj.weight", "w1.weight", "output.weight"))
+                   for k in saved)  # the 4-bit base is read again from the base checkpoint
+    resumed, full = _record(two_ranks, "qlora_resumed"), _record(two_ranks, "qlora")
+    assert resumed["global_step"] == 3 and resumed["losses"] == full["losses"][2:]  # bit-exact
+
+
 def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
     for rank in (0, 1):
         rec = _record(two_ranks, "sigterm", rank)

@@ -24,9 +24,11 @@ from tunekit.checkpointing._checkpointer import RECIPE_STATE_FILE
 from tunekit.checkpointing._io import COMPLETE_MARKER, atomic_checkpoint_dir
 from tunekit.checkpointing._layout import INFO_FILE, STATE_SUBDIR, state_dir
 from tunekit.distributed import barrier, broadcast_object, get_world_size, is_rank_zero
+from tunekit.modules.peft import is_sharded_nf4
 
 __all__ = [
     "SHARDED_DIR",
+    "holds_nf4_base",
     "sharded_dir",
     "is_sharded_checkpoint",
     "load_sharded_checkpoint",
@@ -38,9 +40,17 @@ SHARDED_DIR = "dcp"  # under state/: the DCP files of a sharded step checkpoint
 
 
 def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The model's and optimizer's sharded state, without QLoRA's frozen NF4 base weights (a
+    resume reads them again from the base checkpoint, as one process does)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    weights = {k: v for k, v in get_model_state_dict(model).items() if not is_sharded_nf4(v)}
+    return {"model": weights, "optimizer": get_optimizer_state_dict(model, optimizer)}
+
+
+def holds_nf4_base(model: nn.Module) -> bool:
+    """Whether a sharded model has NF4 base weights (QLoRA), which step checkpoints leave out."""
+    return any(is_sharded_nf4(p) for p in model.parameters())
 
 
 def _prune_steps(output_dir: Path, keep_last_n: int | None) -> None:
@@ -70,6 +80,8 @@ def save_sharded_checkpoint(output_dir: str | Path, name: str, *, model: nn.Modu
     state = _dcp_state(model, optimizer)
     extra = {**extra, "sharded_checkpoint": str((final / STATE_SUBDIR / SHARDED_DIR).resolve())}
     marker = {**info, "format": "dcp", "world_size": get_world_size()}
+    if holds_nf4_base(model):
+        marker["base_weights"] = "base checkpoint"  # the NF4 base is not saved: read it again
     if is_rank_zero():
         with atomic_checkpoint_dir(output_dir, name, marker) as tmp:
             broadcast_object(str(tmp))
@@ -96,9 +108,11 @@ def load_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch
             f"resume: {path} is not a sharded checkpoint (no .metadata): the step directory may have "
             "been moved or copied only in part; resume from the step directory itself"
         )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
     state = _dcp_state(model, optimizer)  # templates: this run's shapes and shards
     dcp.load(state, checkpoint_id=str(path))
-    set_model_state_dict(model, state["model"])
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=not holds_nf4_base(model)))
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"])
 
 

@@ -7,7 +7,7 @@ model in one process, so callers never branch on sharding themselves. Only torch
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import torch
 from torch import nn
@@ -60,14 +60,15 @@ def _init_buffers(model: nn.Module, device: torch.device) -> None:
 
 
 def load_full_state_dict(model: nn.Module, full_sd: Mapping[str, torch.Tensor], *,
-                         strict: bool = True) -> None:
+                         strict: bool = True, skip: Collection[str] = ()) -> None:
     """Load a full (unsharded) state dict; each rank keeps only its shards.
 
     Only rank 0 needs the tensors: other ranks may pass ``{}`` (rank 0 broadcasts each tensor,
     every rank keeps its slice). A meta-device model is allocated first when ``strict`` (every
     parameter is then overwritten); with ``strict=False`` the model must already hold values
     for what ``full_sd`` lacks (``tunekit.training.prepare.materialize_random`` gives fresh ones).
-    RoPE buffers are rebuilt afterwards.
+    ``skip``: keys the caller fills itself afterwards (QLoRA's NF4 shards): not read from
+    ``full_sd`` and not counted as missing. RoPE buffers are rebuilt afterwards.
 
     Raises:
         ValueError: a meta-device model with ``strict=False``.
@@ -90,28 +91,42 @@ def load_full_state_dict(model: nn.Module, full_sd: Mapping[str, torch.Tensor], 
     device = mesh_device(model)
     if meta:
         model.to_empty(device=device)
+    skip = set(skip)
     result = set_model_state_dict(
-        model, dict(full_sd) if is_rank_zero() else {},
-        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict),
+        model, {k: v for k, v in full_sd.items() if k not in skip} if is_rank_zero() else {},
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict and not skip),
     )
-    if strict and result is not None and (result.missing_keys or result.unexpected_keys):
-        raise RuntimeError(f"load_full_state_dict: missing keys {result.missing_keys[:5]}, "
-                           f"unexpected {result.unexpected_keys[:5]}")
+    missing = [k for k in getattr(result, "missing_keys", None) or [] if k not in skip]
+    unexpected = list(getattr(result, "unexpected_keys", None) or [])
+    if strict and (missing or unexpected):
+        raise RuntimeError(f"load_full_state_dict: missing keys {missing[:5]}, unexpected {unexpected[:5]}")
     _init_buffers(model, device)
 
 
-def gather_full_model(model: nn.Module) -> dict[str, torch.Tensor] | None:
+def gather_full_model(model: nn.Module, skip: Collection[str] = ()) -> dict[str, torch.Tensor] | None:
     """Every parameter gathered to rank 0's CPU (a collective); None on other ranks.
 
     Parameters are gathered one at a time, so no GPU holds more than one full parameter beyond
-    its shards. A plain model gives its own (detached) state dict.
+    its shards. A plain model gives its own (detached) state dict. ``skip``: keys left out
+    (the caller gathers them its own way: QLoRA's NF4 shards).
     """
     if not is_sharded(model):
-        return {k: v.detach() for k, v in model.state_dict().items()}
+        return {k: v.detach() for k, v in model.state_dict().items() if k not in skip}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return sd if is_rank_zero() else None
+    if not skip:
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if is_rank_zero() else None
+    DTensor = _dtensor_cls()
+    out = {}
+    for key, value in get_model_state_dict(model).items():  # the local shards, by clean names
+        if key in skip:
+            continue
+        full = value.full_tensor() if isinstance(value, DTensor) else value
+        if is_rank_zero():
+            out[key] = full.detach().cpu()
+        del full
+    return out if is_rank_zero() else None
 
 
 def gather_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:

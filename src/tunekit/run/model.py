@@ -16,7 +16,15 @@ from torch import nn
 from tunekit.checkpointing import CheckpointError, check_model_matches
 from tunekit.config import ConfigError
 from tunekit.distributed import broadcast_object, load_full_state_dict
-from tunekit.modules.peft import QUANTIZE_ATTR, LoRALinear, is_adapter_key, set_trainable_params
+from tunekit.modules.peft import (
+    QUANTIZE_ATTR,
+    LoRALinear,
+    is_adapter_key,
+    load_nf4_shard,
+    quantize_base_,
+    quantized_base_names,
+    set_trainable_params,
+)
 from tunekit.training.precision import get_dtype
 from tunekit.training.prepare import cast_params_, materialize_empty, shard_model
 
@@ -147,14 +155,19 @@ def build_training_model(make_model: Callable[..., nn.Module],
         if quantize:  # QLoRA: prepare_model quantizes the frozen base once it is placed
             setattr(model, QUANTIZE_ATTR, quantize)
         return model
-    if quantize:
-        raise ConfigError(
-            f"lora.quantize_base={quantize} (QLoRA) runs on one process in this version; this launch has "
-            f"{world_size} ranks. Run it without torchrun on one GPU (70B QLoRA needs about 42 GiB: "
-            "docs/benchmarks.md), or set lora.quantize_base=null for sharded LoRA."
-        )
-
     cast_params_(model, get_dtype(settings.dtype))
+    nf4_names: list[str] = []
+    if quantize:  # QLoRA: NF4 on the meta device, so FSDP2 shards the 4-bit data itself
+        set_trainable_params(model)
+        try:
+            quantize_base_(model, shards=world_size)
+        except ValueError as err:
+            raise ConfigError(
+                f"lora.quantize_base={quantize} over {world_size} ranks: {err}. FSDP2 splits every NF4 "
+                f"weight into {world_size} row shards of whole 64-value blocks; use a number of GPUs "
+                "that divides the model's layer widths (published models: 2, 4 or 8)."
+            ) from None
+        nf4_names = [f"{n}.weight" for n in quantized_base_names(model)]
     shard_model(
         model, dtype=settings.dtype, activation_checkpointing=settings.activation_checkpointing,
         ac_every_k_layers=settings.ac_every_k_layers, ac_policy=settings.ac_policy,
@@ -175,7 +188,12 @@ def build_training_model(make_model: Callable[..., nn.Module],
             if error is not None:
                 raise error
             raise CheckpointError(f"(rank 0) {message}")
-        load_full_state_dict(model, full, strict=True)
+        load_full_state_dict(model, full, strict=True, skip=nf4_names)
+        if nf4_names:  # rank 0 quantizes each whole weight, every rank keeps its rows
+            params = dict(model.named_parameters())
+            shards = {k: nn.Parameter(load_nf4_shard(params[k], full.get(k) if rank == 0 else None),
+                                      requires_grad=False) for k in nf4_names}
+            model.load_state_dict(shards, strict=False, assign=True)
         del full
     if lora is not None:
         set_trainable_params(model)

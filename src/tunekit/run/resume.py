@@ -43,7 +43,7 @@ from tunekit.checkpointing import (
     state_dir,
 )
 from tunekit.distributed import get_world_size, is_sharded, load_full_state_dict, load_optimizer_state_dict
-from tunekit.modules.peft import is_adapter_key
+from tunekit.modules.peft import is_adapter_key, quantized_base_names
 from tunekit.run.errors import RunError
 from tunekit.training import ResumePoint, StatefulSampler, TrainSettings
 
@@ -279,6 +279,8 @@ def _load_dir(ckpt: Path, *, lora: bool, model_type: str, rank: int) -> tuple[di
         state = load_training_state(ckpt)
         state["sharded_checkpoint"] = str(sharded_dir(ckpt).resolve())
         state["sharded_shapes"] = sharded_model_shapes(ckpt)
+        # QLoRA: the NF4 base was not saved; the base checkpoint supplies it again
+        state["base_from_checkpointer"] = read_checkpoint_info(ckpt).get("base_weights") == "base checkpoint"
         return state, None
     if lora or rank != 0:
         return load_training_state(ckpt), None
@@ -382,9 +384,11 @@ def model_weights(res: Resume | None, checkpointer: Any) -> tuple[Callable[[], A
 
     A fresh run and a LoRA run read the base model through the checkpointer; a full fine-tune
     resumes from the weights it saved; a sharded step checkpoint supplies every weight itself
-    (None: the parameters are only allocated, :func:`restore` fills them).
+    (None: the parameters are only allocated, :func:`restore` fills them), except QLoRA's NF4
+    base, which is read again from the base checkpoint.
     """
-    if res is None or (res.weights is None and not res.sharded and "adapter" in res.state):
+    if res is None or (res.weights is None and not res.sharded and "adapter" in res.state) or (
+            res.sharded and res.state.get("base_from_checkpointer")):
         return (lambda: checkpointer.load_checkpoint()["model"]), str(checkpointer.checkpoint_dir)
     if res.sharded:
         return None, str(res.source)
@@ -444,6 +448,9 @@ def check_resume_fits(model: nn.Module, res: Resume, *, lora: bool) -> None:
     if saved is None:
         return
     own = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    if res.state.get("base_from_checkpointer"):  # QLoRA: the NF4 base is read from the base checkpoint
+        nf4 = {f"{name}.weight" for name in quantized_base_names(model)}
+        own = {k: v for k, v in own.items() if k not in nf4}
     if own != dict(saved):
         diff = sorted(k for k in set(own) | set(saved) if own.get(k) != saved.get(k))
         raise CheckpointError(

@@ -28,6 +28,7 @@ from tunekit.modules.peft import (
     LoRALinear,
     NF4Linear,
     dequantize,
+    gather_nf4_shards,
     get_adapter_state_dict,
     get_merged_state_dict,
     is_adapter_key,
@@ -93,9 +94,17 @@ def model_states(model: nn.Module, adapter_config: Any,
             merged = get_merged_state_dict(model)
         return {"model": merged, "adapter": get_adapter_state_dict(model),
                 "adapter_config": _adapter_config_dict(adapter_config)}
-    full = gather_full_model(model)
+    nf4 = [f"{name}.weight" for name in quantized_base_names(model)]
+    full = gather_full_model(model, skip=nf4)
+    params = dict(model.named_parameters())
+    bases = {k: gather_nf4_shards(params[k]) for k in nf4}  # QLoRA: the dequantized NF4 bases
     if full is None:
         return {}
+    full.update(bases)
+    if nf4 and original is not None and _merge_base(adapter_config) == "original":
+        weights = original()
+        full.update({k: weights[k].to(full[k].dtype) for k in nf4})
+        del weights
     if adapter_config is None:
         return {"model": full}
     return {"model": _merge_full(model, full), "adapter": {k: v for k, v in full.items() if is_adapter_key(k)},

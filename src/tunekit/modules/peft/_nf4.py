@@ -36,7 +36,10 @@ __all__ = [
     "NF4Linear",
     "QuantizationUnavailableError",
     "dequantize",
+    "gather_nf4_shards",
     "is_nf4",
+    "is_sharded_nf4",
+    "load_nf4_shard",
     "nf4_linear",
     "nf4_to",
     "quantize_nf4",
@@ -110,29 +113,40 @@ def is_nf4(t: Any) -> bool:
         return False
 
 
-def _scaler_block_size(numel: int) -> int | None:
+def _scaler_block_size(numel: int, shards: int = 1) -> int | None:
     """The double-quantization block: 256 scales (the paper's), or for a tensor whose number of
-    64-blocks 256 does not divide (tiny test models) the largest divisor of it below 256."""
+    64-blocks 256 does not divide (tiny test models) the largest divisor of it below 256.
+
+    ``shards``: the weight will be split into that many equal row chunks (FSDP2), so each chunk
+    must hold whole scaler blocks; real models get 256 either way."""
     if numel % NF4_BLOCK_SIZE:
         return None
     n_blocks = numel // NF4_BLOCK_SIZE
-    for size in range(min(NF4_SCALER_BLOCK_SIZE, n_blocks), 0, -1):
-        if n_blocks % size == 0:
+    if n_blocks % shards:
+        return None
+    for size in range(min(NF4_SCALER_BLOCK_SIZE, n_blocks // shards), 0, -1):
+        if (n_blocks // shards) % size == 0:
             return size
     return None
 
 
-def quantize_nf4(weight: torch.Tensor) -> torch.Tensor:
+def quantize_nf4(weight: torch.Tensor, *, shards: int = 1) -> torch.Tensor:
     """``weight`` (2-D, floating) as an NF4 tensor in its dtype and on its device.
+
+    ``shards``: the number of equal row chunks FSDP2 will cut it into (the scaler block is
+    chosen so every chunk holds whole blocks; the quantized values do not depend on it for
+    real model shapes).
 
     Raises:
         QuantizationUnavailableError: torchao is not installed.
-        ValueError: the number of elements is not a multiple of the block size (64).
+        ValueError: the number of elements is not a multiple of the block size (64), or the
+            rows do not split into ``shards`` chunks of whole blocks.
     """
     nf4 = require_torchao()
-    scaler = _scaler_block_size(weight.numel())
+    scaler = _scaler_block_size(weight.numel(), shards) if weight.dim() == 2 and weight.shape[0] % shards == 0 else None
     if scaler is None or weight.dim() != 2:
-        raise ValueError(f"NF4 needs a 2-D weight with a multiple of {NF4_BLOCK_SIZE} elements, "
+        where = "" if shards == 1 else f" split into {shards} equal row shards"
+        raise ValueError(f"NF4 needs a 2-D weight with a multiple of {NF4_BLOCK_SIZE} elements{where}, "
                          f"got shape {tuple(weight.shape)}")
     with torch.no_grad():
         return nf4.to_nf4(weight.detach().contiguous(), NF4_BLOCK_SIZE, scaler)
@@ -145,6 +159,61 @@ def dequantize(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.
         out = weight.get_original_weight()
         return out if dtype is None else out.to(dtype)
     return weight if dtype is None else weight.to(dtype)
+
+
+def is_sharded_nf4(t: Any) -> bool:
+    """Whether ``t`` is an FSDP2-sharded NF4 weight (a DTensor over an NF4 shard)."""
+    return is_nf4(getattr(t, "_local_tensor", None))
+
+
+_NF4_DATA = ("quantized_data", "scaler_mean", "quantization_factor", "quantized_scalers")
+
+
+@torch.no_grad()
+def load_nf4_shard(param: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
+    """A sharded NF4 weight filled from the full-precision weight that rank 0 holds (a collective).
+
+    ``param`` is the FSDP2 parameter (a DTensor, sharded by rows, over an NF4 local tensor; the
+    model was quantized on the meta device with ``shards`` = the mesh size). Rank 0 quantizes
+    the whole of ``full`` (other ranks pass None), so the double-quantization mean is the whole
+    weight's and every shard equals the matching rows of what one process would hold; the 4-bit
+    data is broadcast (about a quarter of bf16's bytes) and each rank keeps its row chunk.
+
+    Returns:
+        The new DTensor, to assign in place of ``param``.
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    local, mesh = param._local_tensor, param.device_mesh
+    group = mesh.get_group(0)
+    nf4 = require_torchao()
+    if full is None:  # the right inner shapes; the values come from rank 0
+        full = torch.ones(param.shape, dtype=local.dtype, device=local.device)
+    whole = nf4.to_nf4(full.to(device=local.device, dtype=local.dtype).contiguous(), local.block_size,
+                       local.scaler_block_size)
+    for name in _NF4_DATA:
+        dist.broadcast(getattr(whole, name), src=dist.get_global_rank(group, 0), group=group)
+    chunk = torch.chunk(whole, mesh.size(0), dim=0)[dist.get_rank(group)]
+    mine = whole.new_zeros(chunk.shape)
+    mine.copy_(chunk)  # its own storage: the whole weight is freed on return
+    return DTensor.from_local(mine, mesh, param.placements, run_check=False, shape=param.shape,
+                              stride=param.stride())
+
+
+@torch.no_grad()
+def gather_nf4_shards(param: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """The dequantized full weight of a sharded NF4 ``param`` on rank 0's CPU (a collective; None
+    on the other ranks): each rank dequantizes its rows, rank 0 concatenates them. Equal to
+    dequantizing the whole NF4 weight, since the shards hold whole blocks and share its mean."""
+    import torch.distributed as dist
+
+    group = param.device_mesh.get_group(0)
+    part = param._local_tensor.get_original_weight()
+    part = part if dtype is None else part.to(dtype)
+    parts = [torch.empty_like(part) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, part.contiguous(), group=group)
+    return torch.cat(parts).cpu() if dist.get_rank(group) == 0 else None
 
 
 def nf4_to(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -180,11 +249,11 @@ class NF4Linear(nn.Linear):
     """
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "NF4Linear":
+    def from_linear(cls, linear: nn.Linear, *, shards: int = 1) -> "NF4Linear":
         out = cls.__new__(cls)
         nn.Module.__init__(out)
         out.in_features, out.out_features = linear.in_features, linear.out_features
-        out.weight = nn.Parameter(quantize_nf4(linear.weight), requires_grad=False)
+        out.weight = nn.Parameter(quantize_nf4(linear.weight, shards=shards), requires_grad=False)
         out.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         return out
 

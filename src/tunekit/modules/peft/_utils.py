@@ -135,14 +135,15 @@ def _quantizable(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @torch.no_grad()
 def quantize_base_(model: nn.Module, *, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> list[str]:
+                   dtype: torch.dtype | None = None, shards: int = 1) -> list[str]:
     """QLoRA: store every frozen base linear in NF4 (adapters untouched); returns the names.
 
     Adapted linears (``LoRALinear``) keep their adapter in full precision and get an NF4 base;
     the frozen plain linears of the decoder layers become :class:`NF4Linear` (same state-dict
     keys). Each linear is moved to ``device`` and its weight cast to ``dtype`` just before it is
     quantized, so a model loaded on the CPU never needs its full-precision size on the
-    accelerator. Already quantized linears are skipped.
+    accelerator. Already quantized linears are skipped. ``shards``: FSDP2's number of row chunks
+    (a meta-device model quantized before sharding; see ``tunekit.distributed``).
 
     Raises:
         QuantizationUnavailableError: torchao (the ``qlora`` extra) is not installed.
@@ -153,11 +154,12 @@ def quantize_base_(model: nn.Module, *, device: torch.device | str | None = None
             if m.quantized:
                 continue
             m.weight.data = m.weight.data.to(device=device, dtype=dtype)
-            m.quantize_base_()
+            m.quantize_base_(shards=shards)
         else:
             m.weight.data = m.weight.data.to(device=device, dtype=dtype)
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, NF4Linear.from_linear(m))
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, NF4Linear.from_linear(m, shards=shards))
         names.append(name)
     return names
 

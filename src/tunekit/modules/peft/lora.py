@@ -275,15 +275,16 @@ class LoRALinear(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
-    def quantize_base_(self) -> None:
+    def quantize_base_(self, *, shards: int = 1) -> None:
         """QLoRA: store the (frozen) base weight in NF4, in its current dtype and on its device.
 
-        Call after the weight is loaded, placed and cast (``tunekit.training.prepare`` does);
-        the adapter is untouched. Idempotent.
+        Call after the weight is loaded, placed and cast (``tunekit.training.prepare`` does), or
+        on the meta device before FSDP2 sharding into ``shards`` row chunks; the adapter is
+        untouched. Idempotent.
         """
         if self.quantized:
             return
-        self.weight = nn.Parameter(quantize_nf4(self.weight), requires_grad=False)
+        self.weight = nn.Parameter(quantize_nf4(self.weight, shards=shards), requires_grad=False)
         self.quantized = True
 
     def base_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
