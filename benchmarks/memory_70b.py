@@ -14,8 +14,8 @@ from the actual parameters, not a formula of the architecture:
 
 Sharded over N GPUs (FSDP2, per-layer units): parameters, gradients and optimizer states are
 divided by N; each GPU also holds the all-gathered NF4 layer being computed and the prefetched
-next one. Activations are per GPU (batch per GPU). QLoRA runs on one process in this version;
-the 2-8 GPU columns are the estimate for sharded QLoRA.
+next one. Activations are per GPU (batch per GPU). The 2-8 GPU columns are the estimate for
+sharded QLoRA (FSDP2 shards the NF4 data), not yet measured on several GPUs.
 
     python benchmarks/memory_70b.py                     # the table (batch 2 x 2048 per GPU)
     python benchmarks/memory_70b.py --batch 1 --seq 4096

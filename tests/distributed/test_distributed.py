@@ -134,6 +134,13 @@ def test_qlora_sharded_step_checkpoint_leaves_the_nf4_base_out_and_resumes_exact
     assert resumed["global_step"] == 3 and resumed["losses"] == full["losses"][2:]  # bit-exact
 
 
+def test_qlora_sharded_step_checkpoint_resumes_on_one_process(two_ranks, tmp_path):
+    one = W.run("qlora_one", tmp_path, qlora=True, batch_size=2, ga=2, steps=3,
+                resume_from=str(two_ranks / "qlora/step_2"))
+    assert one["world_size"] == 1 and one["global_step"] == 3
+    assert one["losses"] == pytest.approx(_record(two_ranks, "qlora")["losses"][2:], rel=RTOL)
+
+
 def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
     for rank in (0, 1):
         rec = _record(two_ranks, "sigterm", rank)
@@ -257,6 +264,31 @@ def test_torchrun_recipe_full_finetune(tmp_path):
     assert (runs[0] / "step_2/state/dcp/.metadata").is_file() and (runs[0] / "step_2/COMPLETE").is_file()
     assert list((runs[0] / "epoch_0" / "model").glob("*.safetensors"))
     assert json.loads((runs[0] / "result.json").read_text())["global_step"] == 3
+
+
+def test_torchrun_recipe_qlora_bf16(tmp_path):
+    """`torchrun --nproc-per-node 2 -m recipes.lora_finetune lora.quantize_base=nf4 dtype=bf16`:
+    the NF4 base sharded, a step checkpoint without it, the merged model and PEFT adapter, the
+    merge drift logged."""
+    pytest.importorskip("torchao")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+         "127.0.0.1", "--master-port", str(_free_port()), "-m", "recipes.lora_finetune", "device=cpu",
+         "dtype=bf16", "lora.quantize_base=nf4", "epochs=1", "max_steps_per_epoch=2", "save_every_n_steps=1",
+         "batch_size=4", "examples.show=0"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = list((tmp_path / "outputs/lora_finetune").iterdir())
+    assert json.loads((run / "step_1/checkpoint.json").read_text())["base_weights"] == "base checkpoint"
+    assert (run / "epoch_0/adapter/adapter_model.safetensors").is_file()
+    merged = _safetensors(run / "epoch_0/model")
+    assert merged["model.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
+    logged = [json.loads(line) for line in (run / "logs/metrics.jsonl").read_text().splitlines()]
+    assert any("merge_drift" in row for row in logged)
+    assert json.loads((run / "result.json").read_text())["global_step"] == 2
 
 
 def _one_rank_group(store_file: Path) -> None:

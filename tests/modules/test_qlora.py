@@ -83,6 +83,39 @@ def test_odd_shapes_use_a_smaller_scaler_block_and_non_multiples_are_refused():
         quantize_nf4(torch.randn(3, 7))
 
 
+def test_sharded_format_splits_into_whole_blocks_equal_to_rows_of_the_whole():
+    # FSDP2 cuts an NF4 weight into equal row chunks: each must hold whole scaler blocks, and its
+    # dequantized values must be the matching rows of the whole weight's.
+    torch.manual_seed(0)
+    w = torch.randn(128, 128)
+    q = quantize_nf4(w, shards=2)
+    assert q.scaler_block_size == 128  # 256 blocks: 256 would not split in two; 128 does
+    parts = torch.chunk(q, 2, dim=0)
+    torch.testing.assert_close(torch.cat([dequantize(p) for p in parts]), dequantize(q), atol=0, rtol=0)
+    with torch.device("meta"):  # published shapes keep the paper's 256 for 1-8 ranks
+        for shards in (1, 2, 4, 8):
+            assert quantize_nf4(torch.empty(11008, 4096), shards=shards).scaler_block_size == 256
+            assert quantize_nf4(torch.empty(1024, 4096), shards=shards).scaler_block_size == 256
+    with pytest.raises(ValueError, match="split into 3 equal row shards"):
+        quantize_nf4(torch.randn(128, 128), shards=3)
+
+
+def test_sharded_qlora_over_a_rank_count_that_does_not_divide_the_widths_is_one_paragraph():
+    from functools import partial
+
+    from tunekit.config import ConfigError
+    from tunekit.models.llama2 import llama2_tiny
+    from tunekit.run.model import build_training_model
+    from tunekit.run.settings import train_settings
+
+    spec = LoRASpec(rank=4, alpha=8.0, targets=["q_proj", "v_proj"], quantize_base="nf4")
+    with pytest.raises(ConfigError) as err:  # refused on the meta device, before any collective
+        build_training_model(partial(llama2_tiny), None, settings=train_settings(device="cpu"), lora=spec,
+                             world_size=3, rank=0)
+    text = str(err.value)
+    assert "lora.quantize_base=nf4 over 3 ranks" in text and "use a number of GPUs" in text and "\n" not in text
+
+
 def _pair(use_dora=False, dropout=0.0, bias=False):
     torch.manual_seed(0)
     lin = LoRALinear(128, 96, rank=4, alpha=8.0, dropout=dropout, bias=bias, use_dora=use_dora)

@@ -24,7 +24,7 @@ from tunekit.checkpointing._checkpointer import RECIPE_STATE_FILE
 from tunekit.checkpointing._io import COMPLETE_MARKER, atomic_checkpoint_dir
 from tunekit.checkpointing._layout import INFO_FILE, STATE_SUBDIR, state_dir
 from tunekit.distributed import barrier, broadcast_object, get_world_size, is_rank_zero
-from tunekit.modules.peft import is_sharded_nf4
+from tunekit.modules.peft import is_nf4, is_sharded_nf4
 
 __all__ = [
     "SHARDED_DIR",
@@ -44,13 +44,18 @@ def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, 
     resume reads them again from the base checkpoint, as one process does)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    weights = {k: v for k, v in get_model_state_dict(model).items() if not is_sharded_nf4(v)}
+    weights = {k: v for k, v in get_model_state_dict(model).items() if not _is_nf4_weight(v)}
     return {"model": weights, "optimizer": get_optimizer_state_dict(model, optimizer)}
 
 
+def _is_nf4_weight(t: Any) -> bool:
+    return is_nf4(t) or is_sharded_nf4(t)
+
+
 def holds_nf4_base(model: nn.Module) -> bool:
-    """Whether a sharded model has NF4 base weights (QLoRA), which step checkpoints leave out."""
-    return any(is_sharded_nf4(p) for p in model.parameters())
+    """Whether a model has NF4 base weights (QLoRA), which sharded step checkpoints leave out
+    (sharded over several ranks, or one process resuming such a checkpoint)."""
+    return any(_is_nf4_weight(p) for p in model.parameters())
 
 
 def _prune_steps(output_dir: Path, keep_last_n: int | None) -> None:
