@@ -9,6 +9,7 @@ builds them (``optimizer_in_backward=true``, ``optimizer=adamw8bit``, ``activati
     baseline    fused AdamW (bf16 states), AC on, clip 1.0            (docs/benchmarks.md: 50.4 GiB)
     lowmem      optimizer in backward + 8-bit AdamW, AC on            (no clipping: refused)
     lowmem+off  the same + activations offloaded to pinned CPU memory
+    lowmem4     optimizer in backward + 4-bit AdamW, AC on            (states 1 byte/parameter)
     cpu-adamw   AdamW states and step in host memory, gradients moved there in backward, AC on
 
     python benchmarks/full_lowmem_7b.py                      # 7B, batch 2 x 2048 (torchtune's 7B_full_low_memory)
@@ -49,6 +50,7 @@ ROWS = {
     "baseline": dict(optimizer="adamw", in_bwd=False, offload=False),
     "lowmem": dict(optimizer="adamw8bit", in_bwd=True, offload=False),
     "lowmem+off": dict(optimizer="adamw8bit", in_bwd=True, offload=True),
+    "lowmem4": dict(optimizer="adamw4bit", in_bwd=True, offload=False),
     "cpu-adamw": dict(optimizer="adamw_cpu_offload", in_bwd=False, offload=False),
 }
 
@@ -56,7 +58,7 @@ ROWS = {
 def train_row(cfg: dict) -> dict:
     from tunekit.run.settings import train_settings
     from tunekit.training import ChunkedCrossEntropyLoss, build_dataloader, prepare_loss, prepare_model, train
-    from tunekit.training.low_memory import adamw8bit, adamw_cpu_offload, low_memory_setup
+    from tunekit.training.low_memory import adamw4bit, adamw8bit, adamw_cpu_offload, low_memory_setup
     from tunekit.training.lr_schedulers import cosine_with_warmup
     from tunekit.training.memory import format_memory_budget, memory_budget
 
@@ -69,8 +71,9 @@ def train_row(cfg: dict) -> dict:
         activation_checkpointing=True, log_every_n_steps=total, handle_signals=False,
         clip_grad_norm=None if row["in_bwd"] or row["optimizer"] == "adamw_cpu_offload" else 1.0)
     prepare_model(model, settings)
-    if row["optimizer"] == "adamw8bit":
-        factory = functools.partial(adamw8bit, lr=1e-5, weight_decay=0.01)
+    if row["optimizer"] in ("adamw8bit", "adamw4bit"):
+        low_bit = adamw8bit if row["optimizer"] == "adamw8bit" else adamw4bit
+        factory = functools.partial(low_bit, lr=1e-5, weight_decay=0.01)
     elif row["optimizer"] == "adamw_cpu_offload":
         factory = functools.partial(adamw_cpu_offload, lr=1e-5, weight_decay=0.01)
     else:

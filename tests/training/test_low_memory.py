@@ -12,7 +12,13 @@ import torch
 from _training_helpers import FakeCheckpointer, make_run, run_train
 
 from tunekit.training import num_training_steps
-from tunekit.training.low_memory import OffloadActivations, OptimizerInBackward, adamw8bit, offload_activations
+from tunekit.training.low_memory import (
+    OffloadActivations,
+    OptimizerInBackward,
+    adamw4bit,
+    adamw8bit,
+    offload_activations,
+)
 from tunekit.training.lr_schedulers import cosine_with_warmup
 
 KW = {"epochs": 1, "max_steps_per_epoch": 5, "clip_grad_norm": None}
@@ -101,31 +107,42 @@ def test_offloading_keeps_parameters_and_small_tensors_in_place():
     assert packed[0] == "copy" and torch.equal(hooks._unpack(packed), big)
 
 
-def test_adamw8bit_tracks_fp32_adamw_and_round_trips(monkeypatch):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_low_bit_adamw_tracks_fp32_adamw_and_round_trips(monkeypatch, bits):
     pytest.importorskip("torchao")
     # torchao compiles its step (tens of seconds of inductor on this CPU); the eager math is the same.
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    make = {8: adamw8bit, 4: adamw4bit}[bits]
     torch.manual_seed(0)
     target = torch.randn(64, 128)
-    p8 = torch.nn.Parameter(torch.zeros(64, 128))
+    pq = torch.nn.Parameter(torch.zeros(64, 128))
     p32 = torch.nn.Parameter(torch.zeros(64, 128))
-    o8 = adamw8bit([p8], lr=1e-2, weight_decay=0.0)
+    oq = make([pq], lr=1e-2, weight_decay=0.0)
     o32 = torch.optim.AdamW([p32], lr=1e-2, weight_decay=0.0)
-    for _ in range(20):
-        for p, o in ((p8, o8), (p32, o32)):
+    losses = {}
+    for step in range(100):
+        for p, o in ((pq, oq), (p32, o32)):
             o.zero_grad()
-            (p - target).square().sum().backward()
+            loss = (p - target).square().sum()
+            loss.backward()
             o.step()
-    assert torch.linalg.norm(p8 - p32) < 0.05 * torch.linalg.norm(p32)
-    assert (p8 - target).square().sum() < 0.95 * target.square().sum()  # it optimises
-    assert type(o8.state[p8]["exp_avg"]).__name__ == "OptimState8bit"  # 8-bit, not fp32
+            losses[p is pq] = loss.item()
+        if step == 19 and bits == 8:  # 8 bits: the same path as fp32 AdamW
+            assert torch.linalg.norm(pq - p32) < 0.05 * torch.linalg.norm(p32)
+    start = target.square().sum().item()
+    # It optimises: fp32 AdamW is at 0.21 of the start after 100 steps here, 8-bit 0.21, 4-bit
+    # 0.25 (a 4-bit first moment rounds a block's small entries to zero, so those move later).
+    assert losses[False] < 0.25 * start and losses[True] < {8: 1.05, 4: 1.3}[bits] * losses[False]
+    state = oq.state[pq]["exp_avg"]
+    assert type(state).__name__ == f"OptimState{bits}bit"  # low-bit, not fp32
+    assert state.codes.numel() * state.codes.element_size() * 8 == pq.numel() * bits  # the bytes it claims
     buf = io.BytesIO()
-    torch.save(o8.state_dict(), buf)
+    torch.save(oq.state_dict(), buf)
     buf.seek(0)
-    o8b = adamw8bit([torch.nn.Parameter(p8.detach().clone())], lr=1e-2, weight_decay=0.0)
-    o8b.load_state_dict(torch.load(buf, weights_only=True))
-    assert torch.equal(o8b.state_dict()["state"][0]["exp_avg"].dequantize(),
-                       o8.state_dict()["state"][0]["exp_avg"].dequantize())
+    ob = make([torch.nn.Parameter(pq.detach().clone())], lr=1e-2, weight_decay=0.0)
+    ob.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(ob.state_dict()["state"][0]["exp_avg"].dequantize(),
+                       oq.state_dict()["state"][0]["exp_avg"].dequantize())
 
 
 def test_memory_budget_counts_what_is_stored():

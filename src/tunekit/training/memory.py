@@ -83,6 +83,6 @@ def format_memory_budget(budget: dict[str, float]) -> str:
     if "activations" not in budget:
         lines.append("  activations    (measured on CUDA only)")
     lines.append("  to lower: weights -> lora.quantize_base=nf4; gradients -> optimizer_in_backward=true; "
-                 "optimizer -> optimizer=adamw8bit; activations -> activation_checkpointing=true, "
+                 "optimizer -> optimizer=adamw8bit (or adamw4bit); activations -> activation_checkpointing=true, "
                  "activation_offloading=true; logits -> loss=chunked_cross_entropy")
     return "\n".join(lines)
