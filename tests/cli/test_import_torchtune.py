@@ -271,5 +271,7 @@ def test_key_and_option_hints_give_the_new_settings():
     assert "`optimizer_in_backward=true`" in torchtune_key_hint("optimizer_in_bwd", "true")
     assert "`activation_offloading=true`" in torchtune_key_hint("enable_activation_offloading", "True")
     assert "`optimizer=adamw8bit` is tunekit's option" in torchtune_option_hint("optimizer", "torchao.optim.AdamW8bit")
+    assert "`model=llama2_7b` with lora.quantize_base=nf4 (QLoRA)" in torchtune_option_hint(
+        "model", "torchtune.models.llama2.qlora_llama2_7b")
     paged = torchtune_option_hint("optimizer", "bitsandbytes.optim.PagedAdamW8bit")
     assert "`optimizer._component_=bitsandbytes.optim.PagedAdamW8bit`" in paged and "`optimizer=adamw8bit`" in paged

@@ -135,8 +135,9 @@ def torchtune_option_hint(group: str, option: str) -> str | None:
     if group == "model":
         match = _model_option(option, None)
     if match:
+        qlora = " with lora.quantize_base=nf4 (QLoRA)" if _last(option).startswith("qlora_") else ""
         return (f"`{group}` is a config group choosing a shipped option by name, not a component path: "
-                f"`{group}={match}` is tunekit's option for {option}.")
+                f"`{group}={match}`{qlora} is tunekit's option for {option}.")
     near = NEAR_OPTIMIZERS.get(option) if group == "optimizer" else None
     closest = f" tunekit's closest option is `optimizer={near[0]}` ({near[1]})." if near else ""
     return (f"`{group}` is a config group choosing a shipped option by name (torchtune's `{group}=pkg.Class` "
