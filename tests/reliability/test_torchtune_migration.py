@@ -15,10 +15,11 @@ from _harness import assert_unchanged, assert_user_error, run_recipe, run_tuneki
     ("optimizer=torch.optim.AdamW", ["`optimizer` is a config group", "`optimizer=adamw`"]),
     ("optimizer=bitsandbytes.optim.PagedAdamW8bit",
      ["`optimizer=pkg.Class` shorthand", "`optimizer._component_=bitsandbytes.optim.PagedAdamW8bit`"]),
-    ("optimizer_in_bwd=true", ["`optimizer_in_bwd` is a torchtune setting with no tunekit equivalent",
+    ("optimizer_in_bwd=true", ["`optimizer_in_bwd` is torchtune's key", "`optimizer_in_backward=true`",
                                "gradient_accumulation_steps"]),
+    ("model.quantize_base=True", ["`model.quantize_base` is torchtune's key", "`lora.quantize_base=nf4`"]),
 ], ids=["resume_from_checkpoint", "model.lora_rank", "enable_activation_checkpointing", "optimizer-shorthand",
-        "optimizer-shorthand-other", "optimizer_in_bwd"])
+        "optimizer-shorthand-other", "optimizer_in_bwd", "model.quantize_base"])
 def test_torchtune_override_gets_tunekits_key(override, needles):
     assert_user_error(run_recipe("lora_finetune", None, override, "--cfg", "job"), override, *needles)
 

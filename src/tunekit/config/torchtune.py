@@ -5,6 +5,11 @@ primary config, with every setting it could not carry over and why), and the "di
 paragraphs of :mod:`tunekit.config.errors` (:func:`torchtune_key_hint`,
 :func:`torchtune_option_hint`), so a torchtune key typed on tunekit's command line is answered
 with tunekit's own key. ``docs/migrating-from-torchtune.md`` has the tables for people.
+
+QLoRA (``qlora_*`` builders, ``quantize_base``), activation offloading, the optimizer in backward and
+8-bit / paged / CPU-offload AdamW (:mod:`tunekit.config._torchtune_optim`) carry over; a pair tunekit
+refuses (the optimizer in backward with accumulation or clipping, ...) keeps the optimizer steps as
+configured and leaves the memory saver out, named with why, so the written config validates.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
+
+from tunekit.config._torchtune_optim import NEAR_OPTIMIZERS, OPTIMIZERS, translate_optimizer
 
 __all__ = ["TORCHTUNE_KEYS", "Translation", "TorchtuneConfigError", "torchtune_key_hint", "torchtune_option_hint",
            "translate"]
@@ -36,13 +43,23 @@ TORCHTUNE_KEYS: dict[str, tuple[str | None, str]] = {
     "model.apply_lora_to_mlp": ("lora.targets=[q_proj,v_proj,w1,w2,w3]", "add w1 w2 w3 to `lora.targets`"),
     "model.apply_lora_to_output": ("lora.targets=[q_proj,v_proj,output]", "add output to `lora.targets`"),
     "model.use_dora": ("lora.use_dora=true", "LoRA settings live under `lora`, not `model`"),
-    "model.quantize_base": (None, "QLoRA's 4-bit base weights are not implemented: LoRA trains on bf16/fp32 "
-                            "base weights (dtype=bf16 halves them)"),
+    "model.quantize_base": ("lora.quantize_base=nf4", "QLoRA as torchtune's qlora_* builders: the frozen base "
+                            "linears in 4-bit NormalFloat, blocks of 64 with double-quantized scales, on "
+                            "lora_finetune, one GPU or FSDP2; needs pip install \"tunekit[qlora]\""),
     "enable_activation_checkpointing": ("activation_checkpointing=true", "tunekit's name for the same switch"),
-    "enable_activation_offloading": (None, "activation offloading is not implemented; activation_checkpointing=true "
-                                     "is the memory saver"),
-    "optimizer_in_bwd": (None, "tunekit steps the optimizer after backward (no fused optimizer-in-backward); "
-                         "gradient_accumulation_steps and activation_checkpointing are its memory levers"),
+    "enable_activation_offloading": ("activation_offloading=true", "saved activations in pinned CPU memory, "
+                                     "copies overlapped on CUDA streams; use it with activation_checkpointing=true"),
+    "optimizer_in_bwd": ("optimizer_in_backward=true", "each parameter is stepped and its gradient freed during "
+                         "backward; one process only, and refused with gradient_accumulation_steps>1 or "
+                         "clip_grad_norm, as torchtune's recipes refuse them"),
+    "fsdp.cpu_offload": (None, "tunekit's FSDP2 keeps the sharded weights, gradients and optimizer states on the "
+                         "GPUs; lora.quantize_base=nf4 or optimizer=adamw8bit lower the memory instead"),
+    "fsdp_cpu_offload": (None, "tunekit's FSDP2 keeps the sharded weights, gradients and optimizer states on the "
+                         "GPUs; lora.quantize_base=nf4 or optimizer=adamw8bit lower the memory instead"),
+    "custom_sharded_layers": (None, "tunekit's FSDP2 units are fixed: one per decoder layer, and the root "
+                              "(embeddings, final norm, output) as one more"),
+    "fsdp_reshard_after_forward": (None, "tunekit's FSDP2 always frees the gathered weights after each layer's "
+                                   "forward (ZeRO-3)"),
     "tokenizer.max_seq_len": ("max_seq_len=2048", "one top-level `max_seq_len` truncates (and packs) every sample"),
     "dataset.max_seq_len": ("max_seq_len=2048", "one top-level `max_seq_len` truncates (and packs) every sample"),
     "dataset.packed": ("packed=true", "packing is a top-level switch"),
@@ -60,11 +77,12 @@ TORCHTUNE_KEYS: dict[str, tuple[str | None, str]] = {
     "checkpointer.output_dir": ("output_dir=/path/to/run", "a run writes into its own output_dir (the Hydra "
                                 "run directory by default); the checkpointer's output_dir follows it"),
 }
+# torchtune key -> {its value: tunekit's value} where the two take different kinds of value
+_HINT_VALUES = {"model.quantize_base": {"true": "nf4", "1": "nf4", "false": "null", "0": "null"}}
 # torchtune's model-builder arguments typed at the top level (``lora_rank=8``): named by their bare name too
 _LOOSE = {key.rsplit(".", 1)[-1]: key for key in TORCHTUNE_KEYS if key.startswith("model.")}
 
 # torchtune component (last dotted part) -> tunekit group option
-_OPTIMIZERS = {"torch.optim.AdamW": "adamw", "torch.optim.SGD": "sgd"}
 _LOSSES = {"CrossEntropyLoss": "cross_entropy", "CEWithChunkedOutputLoss": "chunked_cross_entropy"}
 _LOGGERS = {"DiskLogger": "jsonl", "StdoutLogger": "stdout", "TensorBoardLogger": "tensorboard",
             "WandBLogger": "wandb"}
@@ -97,7 +115,11 @@ def torchtune_key_hint(full_key: str, value: str | None = None) -> str | None:
     if name == "resume_from_checkpoint" and value is not None and value.strip().lower() in ("false", "0", "no"):
         return f"`{name}` is torchtune's key; tunekit starts a fresh run unless `resume=auto|DIR` is set: drop it."
     simple = value is not None and not any(c in value for c in "[]{},") and not override.endswith("]")
-    if simple and not override.startswith("resume="):
+    if simple and name in _HINT_VALUES:  # torchtune's boolean -> tunekit's value (True -> nf4)
+        mapped = _HINT_VALUES[name].get(str(value).strip().lower())
+        override = f"{override.split('=', 1)[0]}={mapped}" if mapped else override
+    elif simple and not override.startswith("resume="):
+        value = value.lower() if value.lower() in ("true", "false") else value  # torchtune's YAML writes True
         override = f"{override.split('=', 1)[0]}={value}"
     return f"`{name}` is torchtune's key; in tunekit write `{override}` ({why})."
 
@@ -107,17 +129,20 @@ def torchtune_option_hint(group: str, option: str) -> str | None:
     name): the option it corresponds to, or how to set the component."""
     if not _DOTTED.match(option) or option.rsplit(".", 1)[-1].lower() in _FILE_SUFFIXES:
         return None  # not a pkg.Class path (`dataset=data.json` is a file given as an option)
-    known = {"optimizer": _OPTIMIZERS, "loss": _LOSSES,
+    known = {"optimizer": OPTIMIZERS, "loss": _LOSSES,
              "metric_logger": _LOGGERS, "checkpointer": _CHECKPOINTERS}.get(group, {})
     match = known.get(option) or known.get(_last(option))
     if group == "model":
         match = _model_option(option, None)
     if match:
+        qlora = " with lora.quantize_base=nf4 (QLoRA)" if _last(option).startswith("qlora_") else ""
         return (f"`{group}` is a config group choosing a shipped option by name, not a component path: "
-                f"`{group}={match}` is tunekit's option for {option}.")
+                f"`{group}={match}`{qlora} is tunekit's option for {option}.")
+    near = NEAR_OPTIMIZERS.get(option) if group == "optimizer" else None
+    closest = f" tunekit's closest option is `optimizer={near[0]}` ({near[1]})." if near else ""
     return (f"`{group}` is a config group choosing a shipped option by name (torchtune's `{group}=pkg.Class` "
             f"shorthand sets its `_component_`): keep an option and set the component, "
-            f"`{group}._component_={option}`.")
+            f"`{group}._component_={option}`.{closest}")
 
 
 def _model_option(component: str, options: set[str] | None) -> str | None:
@@ -213,10 +238,12 @@ def _model(r: _Reader, out: Translation, models: set[str]) -> None:
     if option == "mistral_7b":
         out.notes.append("tunekit's mistral_7b is Mistral 7B v0.3 (vocabulary 32768); torchtune's is v0.1 (32000): "
                          "point checkpointer.checkpoint_dir at v0.3 weights")
-    lora = out.recipe == "lora_finetune"
-    if _last(component).startswith("qlora_") or r.get("model.quantize_base"):
-        out.not_carried.append(("model (QLoRA)", TORCHTUNE_KEYS["model.quantize_base"][1]))
-    if not lora:
+    qlora = _last(component).startswith("qlora_") or bool(r.get("model.quantize_base"))
+    if out.recipe != "lora_finetune":
+        if qlora:
+            out.not_carried.append(("model.quantize_base: True", "QLoRA's 4-bit base is a LoRA setting (a "
+                                    "lora_*/qlora_* builder, tunekit's lora_finetune); full fine-tuning trains "
+                                    "every weight in dtype"))
         return
     targets = list(r.get("model.lora_attn_modules") or ["q_proj", "v_proj"])
     if r.get("model.apply_lora_to_mlp"):
@@ -229,6 +256,13 @@ def _model(r: _Reader, out: Translation, models: set[str]) -> None:
         value = r.get(f"model.{tt}")
         if value is not None:
             node[tk] = float(value) if tk == "alpha" else value
+    if qlora:
+        node["quantize_base"] = "nf4"
+        node["merge_base"] = "dequantized"
+        out.notes.append("QLoRA became lora.quantize_base=nf4 (torchao's NF4 as torchtune's: blocks of 64, "
+                         "double-quantized scales; pip install \"tunekit[qlora]\"); lora.merge_base=dequantized adds "
+                         "the adapter to the dequantized NF4 base in the saved model, as torchtune's merge does "
+                         "(`original`: to the checkpoint's own bf16 base, as PEFT does)")
     out.config["lora"] = node
 
 
@@ -338,24 +372,13 @@ def _dataset(r: _Reader, out: Translation) -> None:
 
 
 def _optimizer(r: _Reader, out: Translation) -> None:
-    spec = r.cfg.get("optimizer") or {}
     r.seen.add("optimizer")
-    component = spec.get("_component_", "torch.optim.AdamW")
-    option = _OPTIMIZERS.get(component)
-    if option is None:
-        out.defaults["optimizer"] = "adamw"
-        out.not_carried.append((f"optimizer._component_={component}", "tunekit ships adamw and sgd; AdamW was "
-                                "written (set optimizer._component_ yourself if that package is installed)"))
-        return
-    out.defaults["optimizer"] = option
-    node = {k: v for k, v in spec.items() if k in ("lr", "weight_decay", "betas", "eps", "fused", "momentum")}
-    for key in sorted(set(spec) - set(node) - {"_component_"}):
-        out.not_carried.append((f"optimizer.{key}", "not an argument tunekit passes through; add it to optimizer"))
-    if "lr" in node:
-        node["lr"] = float(node["lr"])
-    if option == "adamw" and "weight_decay" not in node:
-        node["weight_decay"] = 0.01  # torch's AdamW default, which torchtune then gets; tunekit's yaml says so too
-    out.config["optimizer"] = node
+    done = translate_optimizer(r.cfg.get("optimizer") or {})
+    out.defaults["optimizer"] = done.option
+    out.not_carried += done.not_carried
+    out.notes += done.notes
+    if done.node is not None:
+        out.config["optimizer"] = done.node
 
 
 def _scheduler_and_loss(r: _Reader, out: Translation) -> None:
@@ -406,9 +429,9 @@ _SCALARS = {  # torchtune top-level key -> tunekit key (same meaning)
     "clip_grad_norm": "clip_grad_norm", "log_every_n_steps": "log_every_n_steps",
     "enable_activation_checkpointing": "activation_checkpointing", "run_val_every_n_steps": "eval_every_n_steps",
 }
-_NO_EFFECT = {"shuffle": True, "log_peak_memory_stats": None, "optimizer_in_bwd": False,
-              "enable_activation_offloading": False, "save_adapter_weights_only": False, "profiler": None,
+_NO_EFFECT = {"shuffle": True, "log_peak_memory_stats": None, "save_adapter_weights_only": False, "profiler": None,
               "mixed_precision": None, "log_level": None}
+_FSDP_KEYS = ("fsdp", "fsdp_cpu_offload", "custom_sharded_layers", "fsdp_reshard_after_forward")
 
 
 def _training(r: _Reader, out: Translation) -> None:
@@ -444,6 +467,69 @@ def _training(r: _Reader, out: Translation) -> None:
             out.notes.append(f"{key}: {TORCHTUNE_KEYS[key][1]}")
         else:
             out.not_carried.append((f"{key}: {value}", TORCHTUNE_KEYS[key][1]))
+
+
+def _fsdp(r: _Reader, out: Translation) -> bool:
+    """torchtune's FSDP settings; True when the config has any (it is written for several GPUs)."""
+    for key in ("fsdp.cpu_offload", "fsdp_cpu_offload"):
+        if r.get(key):
+            out.not_carried.append((f"{key}: True", TORCHTUNE_KEYS[key][1]))
+    if r.get("custom_sharded_layers"):
+        out.not_carried.append((f"custom_sharded_layers: {r.get('custom_sharded_layers')}",
+                                TORCHTUNE_KEYS["custom_sharded_layers"][1]))
+    if r.get("fsdp_reshard_after_forward") is False:
+        out.not_carried.append(("fsdp_reshard_after_forward: False", TORCHTUNE_KEYS["fsdp_reshard_after_forward"][1]))
+    if not any(key in r.cfg for key in _FSDP_KEYS):
+        return False
+    nf4 = out.config.get("lora", {}).get("quantize_base")
+    qlora = "; FSDP2 shards the NF4 base too, over 2, 4 or 8 GPUs" if nf4 else ""
+    out.notes.append(f"a config for several GPUs (it has FSDP settings): run it with `torchrun --nproc-per-node N -m "
+                     f"recipes.{out.recipe} --config-dir DIR --config-name NAME`, DIR/NAME.yaml being this file{qlora}")
+    return True
+
+
+def _memory(r: _Reader, out: Translation) -> None:
+    """The memory savers (activation offloading, optimizer in backward, CPU-offload AdamW), with the
+    pairs tunekit refuses resolved so the written config validates: the optimizer steps stay as
+    configured (accumulation, clipping kept) and the saver that cannot run with them is left out."""
+    c = out.config
+    if r.get("enable_activation_offloading"):
+        c["activation_offloading"] = True
+        if not c.get("activation_checkpointing"):
+            out.notes.append("activation_offloading=true without activation_checkpointing=true moves every saved "
+                             "activation to host memory (slow); with it only each layer's input moves")
+    several = _fsdp(r, out)
+    ga, clip = c.get("gradient_accumulation_steps") or 1, c.get("clip_grad_norm")
+    blockers = [f"gradient_accumulation_steps={ga}"] * (ga != 1) + [f"clip_grad_norm={clip}"] * (clip is not None)
+    blocked = " and ".join(blockers)
+    keeps = (f"the written config keeps {blocked} (the same optimizer steps as torchtune's run); for the memory "
+             f"saving set gradient_accumulation_steps=1 (raise batch_size) and clip_grad_norm=null")
+    cpu_offload = out.defaults.get("optimizer") == "adamw_cpu_offload"
+    if cpu_offload and (blockers or several):
+        component = (r.cfg.get("optimizer") or {}).get("_component_")
+        out.defaults["optimizer"], cpu_offload = "adamw", False
+        why = (f"tunekit's optimizer=adamw_cpu_offload frees each gradient on the GPU during backward, so it refuses "
+               f"{blocked}: optimizer=adamw was written; {keeps}, then optimizer=adamw_cpu_offload" if blockers else
+               "tunekit's optimizer=adamw_cpu_offload runs in one process on one GPU, and this config is for several "
+               "(FSDP settings): optimizer=adamw was written; on one GPU choose optimizer=adamw_cpu_offload")
+        out.not_carried.append((f"optimizer._component_={component}", why))
+    if not r.get("optimizer_in_bwd"):
+        return
+    if cpu_offload:
+        why = ("optimizer=adamw_cpu_offload already frees each gradient during backward, and tunekit refuses the two "
+               "together (torchtune's CPU-offload config sets optimizer_in_bwd: False too)")
+    elif blockers:
+        why = (f"tunekit refuses optimizer_in_backward=true with {blocked}, both needing every gradient of a step at "
+               f"once (torchtune's recipes refuse these pairs too): {keeps}, then optimizer_in_backward=true")
+    elif several:
+        why = ("tunekit's optimizer_in_backward=true runs in one process, and this config is for several GPUs (FSDP "
+               "settings): the optimizer steps after backward; on one GPU add optimizer_in_backward=true")
+    else:
+        c["optimizer_in_backward"] = True
+        out.notes.append("optimizer_in_backward=true runs in one process: under torchrun tunekit refuses it (set "
+                         "optimizer_in_backward=false there)")
+        return
+    out.not_carried.append(("optimizer_in_bwd: True", why))
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -482,12 +568,15 @@ def translate(cfg: Any, *, source: str = "config", models: set[str] | None = Non
     _scheduler_and_loss(r, out)
     _logger(r, out)
     _training(r, out)
+    _memory(r, out)
     for key in r.unseen():
         hint = TORCHTUNE_KEYS.get(key)
         why = hint[1] if hint is not None else "no tunekit equivalent known"
         out.not_carried.append((key, why))
     if hydra:
         out.config["hydra"] = _merged(hydra, out.config.get("hydra", {}))
+    if "hydra" in out.config:  # Hydra's own settings last, after the run's
+        out.config["hydra"] = out.config.pop("hydra")
     order = ["model", "checkpointer", "tokenizer", "dataset", "optimizer", "lr_scheduler", "loss", "metric_logger"]
     out.defaults = {g: out.defaults[g] for g in order if g in out.defaults}
     return out
