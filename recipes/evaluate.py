@@ -44,55 +44,15 @@ def main(cfg: DictConfig) -> float | None:
 
 def load_model(cfg: DictConfig):
     """The model to evaluate (eval mode, on `device` in `dtype`) and a description of its weights."""
-    import torch
+    from tunekit.run.model import build_inference_model, find_inference_weights, load_inference_weights
 
-    from tunekit.checkpointing import check_model_matches
-    from tunekit.config import ConfigError
-    from tunekit.generation import (
-        check_adapter_not_merged,
-        load_adapter,
-        merge_adapter,
-        resolve_checkpoint,
-        weights_checkpointer,
-    )
-    from tunekit.run import model as setup
-    from tunekit.training.device import get_device
-    from tunekit.training.precision import get_dtype
-
-    try:
-        device = get_device(cfg.device)
-        dtype = get_dtype(cfg.dtype, device)
-    except ValueError as err:  # no CUDA, or a dtype the device cannot run
-        raise ConfigError(f"`device`={cfg.device!r}, `dtype`={cfg.dtype!r}: {err}.") from err
-    model_type = cfg.checkpointer.model_type
-    if cfg.checkpoint is not None:
-        found = resolve_checkpoint(cfg.checkpoint)
-        if cfg.adapter is not None:  # before any weight is read
-            check_adapter_not_merged(found, cfg.adapter)
-        source = found.weights_dir
-        checkpointer = weights_checkpointer(source, model_type=model_type, output_dir=cfg.output_dir)
-    else:
-        checkpointer = instantiate(cfg.checkpointer)
-        source = checkpointer.checkpoint_dir
-    with torch.device("meta"):
-        model = instantiate(cfg.model)
-    check_model_matches(model, getattr(checkpointer, "model_settings", None), str(source))
-    adapter = scalings = None
-    if cfg.adapter is not None:
-        attn = model.layers[0].attn
-        adapter, scalings = load_adapter(cfg.adapter, model_type=model_type, num_heads=attn.num_heads,
-                                         num_kv_heads=attn.num_kv_heads, embed_dim=attn.embed_dim)
-    weights = checkpointer.load_checkpoint()["model"]
-    if adapter is not None:
-        weights = merge_adapter(weights, adapter, scalings, source=f"adapter={cfg.adapter}")
-        del adapter
-    weights = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
-    setup.load_model_weights(model, weights, lora=False, source=str(source))
-    del weights
-    info = {"weights": str(source), "adapter": None if cfg.adapter is None else str(cfg.adapter),
+    weights = find_inference_weights(checkpoint=cfg.checkpoint, adapter=cfg.adapter, checkpointer=cfg.checkpointer,
+                                     output_dir=cfg.output_dir, device=cfg.device, dtype=cfg.dtype)
+    model = load_inference_weights(build_inference_model(cfg.model, weights), weights)
+    info = {"weights": str(weights.source), "adapter": None if cfg.adapter is None else str(cfg.adapter),
             "model": str(cfg.model.get("_component_") or cfg.model.get("_target_")), "dtype": cfg.dtype,
-            "device": str(device)}
-    return model.eval(), info
+            "device": str(weights.device)}
+    return model, info
 
 
 def _perplexity_documents(cfg: DictConfig, tokenizer):

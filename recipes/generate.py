@@ -101,14 +101,6 @@ def _check_prompt_fits(prompt: list[int], cfg: DictConfig, model, shown: str) ->
     )
 
 
-def _builds_from_checkpoint(cfg: DictConfig) -> bool:
-    """model=auto: the model node reads the weights' directory (given the one actually used)."""
-    from omegaconf import OmegaConf
-
-    target = OmegaConf.select(cfg, "model._component_") or OmegaConf.select(cfg, "model._target_")
-    return str(target).endswith("model_from_checkpoint")
-
-
 def _token_name(tokenizer, token_id: int) -> str:
     what = "EOS, id" if token_id == tokenizer.eos_id else "id"
     try:
@@ -119,68 +111,26 @@ def _token_name(tokenizer, token_id: int) -> str:
 
 def run(cfg: DictConfig) -> str:
     """Load the weights, encode the prompt, generate, print."""
-    import torch
     from omegaconf import OmegaConf
 
-    from tunekit.checkpointing import check_model_matches
-    from tunekit.config import ConfigError
-    from tunekit.generation import (
-        TokenGenerator,
-        check_adapter_not_merged,
-        load_adapter,
-        merge_adapter,
-        resolve_checkpoint,
-        stop_token_ids,
-        weights_checkpointer,
-    )
+    from tunekit.generation import TokenGenerator, stop_token_ids
     from tunekit.run import model as setup
-    from tunekit.training.device import get_device
-    from tunekit.training.precision import get_dtype
 
     _check_sampling(cfg)
-    try:
-        device = get_device(cfg.device)
-        dtype = get_dtype(cfg.dtype, device)
-    except ValueError as err:  # no CUDA, or a dtype the device cannot run
-        raise ConfigError(f"`device`={cfg.device!r}, `dtype`={cfg.dtype!r}: {err}.") from err
-    model_type = cfg.checkpointer.model_type
-    if cfg.checkpoint is not None:
-        found = resolve_checkpoint(cfg.checkpoint)
-        if cfg.adapter is not None:  # before any weight is read
-            check_adapter_not_merged(found, cfg.adapter)
-        source = found.weights_dir
-        checkpointer = weights_checkpointer(source, model_type=model_type, output_dir=cfg.output_dir)
-    else:
-        checkpointer = instantiate(cfg.checkpointer)
-        source = checkpointer.checkpoint_dir
-    model_type = getattr(checkpointer, "model_type", model_type)  # "auto": the family its JSON declares
-    with torch.device("meta"):  # nothing is allocated; the weights are assigned below
-        # model=auto builds what the weights' own config declares (checkpoint= included)
-        model = instantiate(cfg.model, path=str(source)) if _builds_from_checkpoint(cfg) else instantiate(cfg.model)
-    # RoPE base / norm eps / RoPE scaling that the weights' config declares, before reading them
-    check_model_matches(model, getattr(checkpointer, "model_settings", None), str(source))
+    weights = setup.find_inference_weights(checkpoint=cfg.checkpoint, adapter=cfg.adapter,
+                                           checkpointer=cfg.checkpointer, output_dir=cfg.output_dir,
+                                           device=cfg.device, dtype=cfg.dtype)
+    source = weights.source
+    model = setup.build_inference_model(cfg.model, weights)  # meta device; checked against the weights' JSON
 
-    auto_tok = _builds_from_checkpoint(cfg) and str(OmegaConf.select(cfg, "tokenizer._component_")).endswith(
-        "tokenizer_from_dir")
+    auto_tok = setup.builds_from_checkpoint(cfg.model) and str(
+        OmegaConf.select(cfg, "tokenizer._component_")).endswith("tokenizer_from_dir")
     # model=auto with tokenizer=auto: the tokenizer files that travel with the weights used
     tokenizer = instantiate(cfg.tokenizer, path=str(source)) if auto_tok else instantiate(cfg.tokenizer)
     formatted = _prompt(cfg, tokenizer)
     prompt = formatted.tokens
-    _check_prompt_fits(prompt, cfg, model, formatted.shown)
-
-    adapter = scalings = None
-    if cfg.adapter is not None:  # read (and checked) before the model's weights
-        attn = model.layers[0].attn
-        adapter, scalings = load_adapter(cfg.adapter, model_type=model_type, num_heads=attn.num_heads,
-                                         num_kv_heads=attn.num_kv_heads, embed_dim=attn.embed_dim)
-    weights = checkpointer.load_checkpoint()["model"]
-    if adapter is not None:
-        weights = merge_adapter(weights, adapter, scalings, source=f"adapter={cfg.adapter}")
-        del adapter
-    weights = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
-    setup.load_model_weights(model, weights, lora=False, source=str(source))
-    del weights
-    model.eval()
+    _check_prompt_fits(prompt, cfg, model, formatted.shown)  # before any weight is read
+    setup.load_inference_weights(model, weights)
     if cfg.quantize is not None:
         from tunekit.generation.quantize import quantize_model_
 

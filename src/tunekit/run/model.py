@@ -4,17 +4,24 @@ One process: the model is built on the meta device and the checkpoint's tensors 
 parameters (``load_state_dict(assign=True)``); LoRA adapters are created fresh. Several ranks
 (FSDP2): every rank builds on the meta device and shards (``tunekit.training.prepare``), only rank
 0 reads the checkpoint and broadcasts it, each rank keeping its shards.
+
+The inference recipes (``generate``, ``evaluate``) load the model in three steps, so that each can
+check its own inputs in between before any weight is read: :func:`find_inference_weights` (base
+model, ``checkpoint=``, plus ``adapter=``), :func:`build_inference_model` (meta device, checked
+against the weights' JSON) and :func:`load_inference_weights` (adapter merged, eval mode).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from tunekit.checkpointing import CheckpointError, check_model_matches
-from tunekit.config import ConfigError
+from tunekit.config import ConfigError, instantiate
 from tunekit.distributed import broadcast_object, load_full_state_dict
 from tunekit.modules.peft import (
     QUANTIZE_ATTR,
@@ -25,13 +32,19 @@ from tunekit.modules.peft import (
     quantized_base_names,
     set_trainable_params,
 )
+from tunekit.training.device import get_device
 from tunekit.training.precision import get_dtype
 from tunekit.training.prepare import cast_params_, materialize_empty, shard_model
 
 __all__ = [
+    "InferenceWeights",
+    "build_inference_model",
     "build_model",
     "build_training_model",
+    "builds_from_checkpoint",
     "check_tokenizer_fits",
+    "find_inference_weights",
+    "load_inference_weights",
     "load_model_weights",
 ]
 
@@ -218,3 +231,101 @@ def check_tokenizer_fits(tokenizer: Any, model: nn.Module) -> str | None:
         return (f"note: the tokenizer has {tokenizer.vocab_size} pieces, the model {vocab}; "
                 "ids above the tokenizer's are never produced (fine for random-weight tests).")
     return None
+
+
+# ---- inference (generate, evaluate) --------------------------------------------------------------
+@dataclass(frozen=True)
+class InferenceWeights:
+    """Where an inference recipe's weights are, found before any of them is read.
+
+    Attributes:
+        checkpointer: reads them (``load_checkpoint()["model"]``, tunekit names); its
+            ``model_settings`` are what their JSON declares beyond shapes.
+        source: the directory holding them: the ``checkpointer`` group's base model, or what
+            ``checkpoint=`` points at (a run's newest checkpoint, an ``epoch_N/``, a model dir).
+        model_type: the family row's name (``model_type=auto`` resolved from the weights' JSON).
+        adapter: ``adapter=``: a LoRA adapter to merge on top of the weights, or None.
+        device, dtype: where, and in which precision, the model runs.
+    """
+
+    checkpointer: Any
+    source: Path
+    model_type: str
+    adapter: str | None
+    device: torch.device
+    dtype: torch.dtype
+
+
+def find_inference_weights(*, checkpoint: str | None, adapter: str | None, checkpointer: Any,
+                           output_dir: str, device: str, dtype: str) -> InferenceWeights:
+    """Resolve ``device``/``dtype`` and the weights to run (nothing is read yet).
+
+    Args:
+        checkpoint: ``checkpoint=`` (a run, checkpoint or model directory), or None for the
+            base model the ``checkpointer`` node points at.
+        adapter: ``adapter=`` (a LoRA run or PEFT directory), or None.
+        checkpointer: the ``checkpointer`` config node (its ``model_type`` names the family).
+        output_dir: the run's directory (a checkpointer needs one; nothing is saved).
+        device, dtype: the ``device`` and ``dtype`` settings.
+
+    Raises:
+        ConfigError: a device or dtype this machine cannot run.
+        CheckpointError: no weights at ``checkpoint``, or ``adapter`` already merged into them.
+    """
+    from tunekit.generation import check_adapter_not_merged, resolve_checkpoint, weights_checkpointer
+
+    try:
+        run_device = get_device(device)
+        run_dtype = get_dtype(dtype, run_device)
+    except ValueError as err:  # no CUDA, or a dtype the device cannot run
+        raise ConfigError(f"`device`={device!r}, `dtype`={dtype!r}: {err}.") from err
+    model_type = checkpointer.model_type
+    if checkpoint is not None:
+        found = resolve_checkpoint(checkpoint)
+        if adapter is not None:  # before any weight is read
+            check_adapter_not_merged(found, adapter)
+        source = found.weights_dir
+        reader = weights_checkpointer(source, model_type=model_type, output_dir=output_dir)
+    else:
+        reader = instantiate(checkpointer)
+        source = reader.checkpoint_dir
+    # "auto": the family the weights' own JSON declares
+    return InferenceWeights(reader, source, getattr(reader, "model_type", model_type), adapter, run_device, run_dtype)
+
+
+def builds_from_checkpoint(model: Any) -> bool:
+    """``model=auto``: the ``model`` node builds what the weights' own config declares."""
+    target = (model.get("_component_") or model.get("_target_")) if model else None
+    return str(target).endswith("model_from_checkpoint")
+
+
+def build_inference_model(model: Any, weights: InferenceWeights) -> nn.Module:
+    """The ``model`` node built on the meta device (nothing allocated), checked against the
+    weights' JSON (RoPE base, norm eps, RoPE scaling) before any weight is read.
+
+    ``model=auto`` builds what ``weights.source``'s own config declares (``checkpoint=`` included).
+    """
+    with torch.device("meta"):
+        built = instantiate(model, path=str(weights.source)) if builds_from_checkpoint(model) else instantiate(model)
+    check_model_matches(built, getattr(weights.checkpointer, "model_settings", None), str(weights.source))
+    return built
+
+
+def load_inference_weights(model: nn.Module, weights: InferenceWeights) -> nn.Module:
+    """Read the weights (the adapter, when given, first and merged into them) into the meta-built
+    ``model`` on ``weights.device`` in ``weights.dtype``; returns it in eval mode."""
+    from tunekit.generation import load_adapter, merge_adapter
+
+    adapter = scalings = None
+    if weights.adapter is not None:  # read (and checked) before the model's weights
+        attn = model.layers[0].attn
+        adapter, scalings = load_adapter(weights.adapter, model_type=weights.model_type, num_heads=attn.num_heads,
+                                         num_kv_heads=attn.num_kv_heads, embed_dim=attn.embed_dim)
+    state = weights.checkpointer.load_checkpoint()["model"]
+    if adapter is not None:
+        state = merge_adapter(state, adapter, scalings, source=f"adapter={weights.adapter}")
+        del adapter
+    state = {k: v.to(device=weights.device, dtype=weights.dtype) for k, v in state.items()}
+    load_model_weights(model, state, lora=False, source=str(weights.source))
+    del state
+    return model.eval()
