@@ -291,6 +291,44 @@ def _write_info(tmp: Path, *, fmt: str, epoch: int, step: int | None, merged: di
     (tmp / INFO_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
+def _adopt(ckpt: Any, s: _Setup, resume_from_checkpoint: bool, keep_last_n: int | None) -> None:
+    """The attributes every checkpointer exposes, from its shared setup."""
+    ckpt._s = s
+    #: the family row's name (``model_type="auto"`` resolved from the checkpoint's JSON)
+    ckpt.model_type = s.model_type.name
+    ckpt.resume_from_checkpoint = bool(resume_from_checkpoint)
+    ckpt.recipe_path, ckpt.adapter_path = s.recipe_path, s.adapter_path
+    ckpt.checkpoint_dir, ckpt.output_dir, ckpt.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
+    ckpt.keep_last_n = keep_last_n
+
+
+def _load(s: _Setup, read_model: Callable[..., dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """``{"model": ...}`` read by the format's reader, plus the training files when resuming."""
+    out: dict[str, Any] = {"model": read_model(s.checkpoint_dir, s.files, s.model_type, s.key_files)}
+    out.update(_load_training_files(s.adapter_path, s.recipe_path))
+    return out
+
+
+def _save(ckpt: Any, state: dict[str, Any], epoch: int, step: int | None, info: Mapping[str, Any] | None, *,
+          marker_format: str, fmt: str, intermediate: bool, write_model: Callable[[Path, str], None],
+          aux: Sequence[str]) -> Path:
+    """One complete checkpoint directory, written atomically: ``model/`` (``write_model(dir, name)``
+    plus the format's ``aux`` files of the input), adapter and training state, ``checkpoint.json``;
+    then the oldest ``step_*`` directories beyond ``keep_last_n`` are pruned."""
+    s, name = ckpt._s, _dir_name(epoch, step)
+    _clean_stale(ckpt.output_dir)
+    marker = {"epoch": epoch, "step": step, "intermediate": intermediate, "format": marker_format}
+    with atomic_checkpoint_dir(ckpt.output_dir, name, marker) as tmp:
+        mdir = tmp / MODEL_SUBDIR
+        mdir.mkdir()
+        write_model(mdir, name)
+        _copy_aux(s.checkpoint_dir, mdir, aux)
+        merged = _save_common(state, tmp, s.model_type, ckpt._heads, s.checkpoint_dir)
+        _write_info(tmp, fmt=fmt, epoch=epoch, step=step, merged=merged, info=info)
+    _prune(ckpt.output_dir, ckpt.keep_last_n)
+    return ckpt.output_dir / name
+
+
 def _dir_name(epoch: int, step: int | None) -> str:
     return f"step_{step}" if step is not None else f"epoch_{epoch}"
 
@@ -347,13 +385,7 @@ class FullModelHFCheckpointer:
     ) -> None:
         s = _setup(checkpoint_dir, output_dir, checkpoint_files, model_type, adapter_checkpoint,
                    recipe_checkpoint, resume_from_checkpoint, _discover_hf)
-        self._s = s
-        #: the family row's name (``model_type="auto"`` resolved from the checkpoint's JSON)
-        self.model_type = s.model_type.name
-        self.resume_from_checkpoint = bool(resume_from_checkpoint)
-        self.recipe_path, self.adapter_path = s.recipe_path, s.adapter_path
-        self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
-        self.keep_last_n = keep_last_n
+        _adopt(self, s, resume_from_checkpoint, keep_last_n)
         self.max_shard_bytes = parse_size(max_shard_size)
         self.format = "safetensors" if any(f.suffix == ".safetensors" for f in s.files) else "bin"
         self.config, d = hf_config_and_dims(s.checkpoint_dir, s.model_type)
@@ -370,10 +402,7 @@ class FullModelHFCheckpointer:
             ``{"model": sd}`` in tunekit names, plus ``"adapter"``, ``"optimizer"``,
             ``"lr_scheduler"``, ``"recipe_state"``... when resuming.
         """
-        s = self._s
-        out: dict[str, Any] = {"model": read_hf_model(s.checkpoint_dir, s.files, s.model_type, s.key_files)}
-        out.update(_load_training_files(s.adapter_path, s.recipe_path))
-        return out
+        return _load(self._s, read_hf_model)
 
     def save_checkpoint(
         self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None,
@@ -395,20 +424,12 @@ class FullModelHFCheckpointer:
             The completed checkpoint directory (``model/``, ``adapter/``, ``state/``,
             ``checkpoint.json``, ``COMPLETE``).
         """
-        s, name = self._s, _dir_name(epoch, step)
-        model = state["model"]
-        _clean_stale(self.output_dir)
-        marker = {"epoch": epoch, "step": step, "intermediate": intermediate_checkpoint, "format": f"hf-{self.format}"}
-        with atomic_checkpoint_dir(self.output_dir, name, marker) as tmp:
-            mdir = tmp / MODEL_SUBDIR
-            mdir.mkdir()
-            write_hf_weights(model, mdir, s.model_type, self._heads, fmt=self.format,
+        def write_model(mdir: Path, name: str) -> None:
+            write_hf_weights(state["model"], mdir, self._s.model_type, self._heads, fmt=self.format,
                              max_shard_bytes=self.max_shard_bytes, name=name)
-            _copy_aux(s.checkpoint_dir, mdir, _HF_AUX)
-            merged = _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
-            _write_info(tmp, fmt="hf", epoch=epoch, step=step, merged=merged, info=info)
-        _prune(self.output_dir, self.keep_last_n)
-        return self.output_dir / name
+
+        return _save(self, state, epoch, step, info, marker_format=f"hf-{self.format}", fmt="hf",
+                     intermediate=intermediate_checkpoint, write_model=write_model, aux=_HF_AUX)
 
 
 # --- Meta ----------------------------------------------------------------------------------------
@@ -442,13 +463,7 @@ class FullModelMetaCheckpointer:
     ) -> None:
         s = _setup(checkpoint_dir, output_dir, checkpoint_files, model_type, adapter_checkpoint,
                    recipe_checkpoint, resume_from_checkpoint, _discover_meta)
-        self._s = s
-        #: the family row's name (``model_type="auto"`` resolved from the checkpoint's JSON)
-        self.model_type = s.model_type.name
-        self.resume_from_checkpoint = bool(resume_from_checkpoint)
-        self.recipe_path, self.adapter_path = s.recipe_path, s.adapter_path
-        self.checkpoint_dir, self.output_dir, self.checkpoint_files = s.checkpoint_dir, s.output_dir, s.files
-        self.keep_last_n = keep_last_n
+        _adopt(self, s, resume_from_checkpoint, keep_last_n)
         self.params, d = meta_params_and_dims(s.checkpoint_dir, s.model_type)
         check_json_describes_weights(s.files, d, s.model_type, json_path=s.checkpoint_dir / "params.json",
                                      source=s.checkpoint_dir)
@@ -460,30 +475,19 @@ class FullModelMetaCheckpointer:
 
     def load_checkpoint(self) -> dict[str, Any]:
         """Read the weights (and, when resuming, adapter + training state); see the HF checkpointer."""
-        s = self._s
-        out: dict[str, Any] = {"model": read_meta_model(s.checkpoint_dir, s.files, s.model_type, s.key_files)}
-        out.update(_load_training_files(s.adapter_path, s.recipe_path))
-        return out
+        return _load(self._s, read_meta_model)
 
     def save_checkpoint(
         self, state: dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, step: int | None = None,
         *, info: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``state`` to ``output_dir/epoch_{epoch}/`` (or ``step_{step}/``); see the HF checkpointer."""
-        s, name = self._s, _dir_name(epoch, step)
-        _clean_stale(self.output_dir)
-        marker = {"epoch": epoch, "step": step, "intermediate": intermediate_checkpoint, "format": "meta"}
-        with atomic_checkpoint_dir(self.output_dir, name, marker) as tmp:
+        def write_model(mdir: Path, name: str) -> None:
             try:
-                meta = s.model_type.tunekit_to_meta(state["model"])
+                meta = self._s.model_type.tunekit_to_meta(state["model"])
             except ConversionError as err:
                 raise CheckpointError(f"Cannot save {name}: {err}") from None
-            mdir = tmp / MODEL_SUBDIR
-            mdir.mkdir()
-            write_meta_weights(meta, self.model_parallel_size, s.model_type, mdir, name)
-            del meta
-            _copy_aux(s.checkpoint_dir, mdir, _META_AUX)
-            merged = _save_common(state, tmp, s.model_type, self._heads, s.checkpoint_dir)
-            _write_info(tmp, fmt="meta", epoch=epoch, step=step, merged=merged, info=info)
-        _prune(self.output_dir, self.keep_last_n)
-        return self.output_dir / name
+            write_meta_weights(meta, self.model_parallel_size, self._s.model_type, mdir, name)
+
+        return _save(self, state, epoch, step, info, marker_format="meta", fmt="meta",
+                     intermediate=intermediate_checkpoint, write_model=write_model, aux=_META_AUX)
