@@ -421,13 +421,23 @@ class FullDpoSchema(_TrainSettings):
 
 
 @dataclass
-class GenerateSchema(_RunSettings):
+class _InferenceSettings(_RunSettings):
+    """Which weights the recipes that run a model (generate, evaluate) load: existing directories."""
+
+    checkpoint: Optional[str] = setting(None, doc="A run, epoch_/step_ or model dir to load; null = the base model.")
+    adapter: Optional[str] = setting(None, doc="A PEFT/LoRA adapter dir applied on top.")
+
+    @staticmethod
+    def cross_checks(cfg: DictConfig, prefix: str) -> list[str]:
+        return [f"`{key}`={cfg[key]!r}: not an existing directory; it {problem}"
+                for key, what in (("checkpoint", "a run or checkpoint directory"), ("adapter", "an adapter directory"))
+                if cfg[key] is not None and (problem := not_a_dir(cfg[key], what)) is not None]
+
+
+@dataclass
+class GenerateSchema(_InferenceSettings):
     """``generate`` recipe."""
 
-    checkpoint: Optional[str] = setting(
-        None, doc="A run dir or epoch_/step_ dir to load; None = the checkpointer's base model."
-    )
-    adapter: Optional[str] = setting(None, doc="A PEFT/LoRA adapter dir applied on top.")
     prompt: str = setting("Tell me a short story about a llama.")
     chat: bool = setting(False, doc="Format the prompt as a chat turn with the checkpoint's own chat template "
                                     "(Llama 2 [INST] layout without one).")
@@ -465,10 +475,7 @@ class GenerateSchema(_RunSettings):
                             "(the instruction is `prompt`) or drop it")
         if cfg.messages is not None and cfg.template is not None:
             problems.append(f"`messages` and `template`={cfg.template!r} both format the prompt; keep one")
-        for key, what in (("checkpoint", "a run or checkpoint directory"), ("adapter", "an adapter directory")):
-            problem = None if cfg[key] is None else not_a_dir(cfg[key], what)
-            if problem is not None:
-                problems.append(f"`{key}`={cfg[key]!r}: not an existing directory; it {problem}")
+        problems += _InferenceSettings.cross_checks(cfg, prefix)
         if cfg.top_p is not None and cfg.top_p == 0.0:
             problems.append("`top_p`=0 keeps no tokens; use a value in (0, 1] or null")
         return problems
@@ -488,14 +495,10 @@ class PerplexityConfig:
 
 
 @dataclass
-class EvaluateSchema(_RunSettings):
+class EvaluateSchema(_InferenceSettings):
     """``evaluate`` recipe."""
 
     examples: ExamplesConfig = field(default_factory=ExamplesConfig)  # dataset=sort_letters sets it; unused
-    checkpoint: Optional[str] = setting(
-        None, doc="A run dir or epoch_/step_ dir to evaluate; None = the checkpointer's base model."
-    )
-    adapter: Optional[str] = setting(None, doc="A PEFT/LoRA adapter dir applied on top.")
     tasks: List[str] = setting([], doc="lm-evaluation-harness task names or local task YAML files.")
     num_fewshot: Optional[int] = setting(None, _at_least(0), doc="null = each task's own default.")
     limit: Optional[float] = setting(None, _positive, doc="Samples per task (<1: a fraction); null = all.")
@@ -519,11 +522,7 @@ class EvaluateSchema(_RunSettings):
         if not cfg.tasks and cfg.perplexity.source is None:
             problems.append("nothing to evaluate: `tasks` is empty and `perplexity.source` is null; set"
                             " tasks=[<harness task or task.yaml>] and/or perplexity.source=<text file or dataset>")
-        for key, what in (("checkpoint", "a run or checkpoint directory"), ("adapter", "an adapter directory")):
-            problem = None if cfg[key] is None else not_a_dir(cfg[key], what)
-            if problem is not None:
-                problems.append(f"`{key}`={cfg[key]!r}: not an existing directory; it {problem}")
-        problems += task_file_problems(cfg.tasks, "tasks")
+        problems += _InferenceSettings.cross_checks(cfg, prefix) + task_file_problems(cfg.tasks, "tasks")
         source = cfg.perplexity.source
         if source is not None and source != "dataset" and not os.path.isfile(os.path.expanduser(source)):
             problems.append(f"`perplexity.source`={source!r}: no such file; give a .txt/.jsonl/.json file or"
