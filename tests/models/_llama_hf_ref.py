@@ -24,6 +24,7 @@ TK_TO_PEFT_TARGET = {
 }  # fmt: skip
 
 TINY = dict(vocab_size=96, num_layers=2, embed_dim=64, intermediate_dim=160, max_seq_len=64)
+ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output"]
 
 
 def hf_config(*, num_heads: int, num_kv_heads: int, rope_base: float = 10_000.0, **over) -> LlamaConfig:
@@ -101,3 +102,24 @@ def make_pair(*, num_heads: int = 4, num_kv_heads: int = 2, rope_base: float = 1
     tk = tk_model(num_heads=num_heads, num_kv_heads=num_kv_heads, rope_base=rope_base).eval()
     tk.load_state_dict(hf_to_tk_state_dict(hf.state_dict(), num_heads, num_kv_heads), strict=True)
     return tk, hf
+
+
+def peft_model(spec, *, num_heads: int = 4, num_kv_heads: int = 2, dropout: float = 0.0, **lora_config):
+    """:func:`make_pair`'s HF Llama wrapped by PEFT with ``spec``'s rank, alpha and targets (plus
+    ``lora_config``: patterns, ``use_dora``), its B matrices drawn from N(0, 0.05) so the adapters act."""
+    from peft import LoraConfig, get_peft_model
+
+    _, hf = make_pair(num_heads=num_heads, num_kv_heads=num_kv_heads)
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=dropout,
+                        target_modules=[TK_TO_PEFT_TARGET[t] for t in spec.targets], **lora_config)
+    model = get_peft_model(hf, config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every position of a ``[b, s, vocab]`` batch."""
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())

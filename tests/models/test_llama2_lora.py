@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from _llama_hf_ref import TINY, TK_TO_PEFT_TARGET, hf_to_tk_state_dict, make_pair, tk_model
-from peft import LoraConfig, get_peft_model
+from _llama_hf_ref import (
+    ALL_TARGETS,
+    TINY,
+    TK_TO_PEFT_TARGET,
+    hf_to_tk_state_dict,
+    peft_model,
+    tk_model,
+    token_loss,
+)
 
 from tunekit.modules.peft import (
     LoRALinear,
@@ -18,30 +24,15 @@ from tunekit.modules.peft import (
     set_trainable_params,
 )
 
-ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2", "w3", "output"]
-
 
 def _peft_pair(spec: LoRASpec, num_heads=4, num_kv_heads=2):
     """PEFT-wrapped HF model with random non-zero B, and the tunekit LoRA model with the same weights."""
-    _, hf = make_pair(num_heads=num_heads, num_kv_heads=num_kv_heads)
-    peft_model = get_peft_model(
-        hf,
-        LoraConfig(
-            r=spec.rank,
-            lora_alpha=spec.alpha,
-            lora_dropout=0.0,
-            target_modules=[TK_TO_PEFT_TARGET[t] for t in spec.targets],
-            rank_pattern={_hf_pattern(k): v for k, v in spec.rank_pattern.items()},
-            alpha_pattern={_hf_pattern(k): v for k, v in spec.alpha_pattern.items()},
-        ),
-    )
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    pm = peft_model(spec, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                    rank_pattern={_hf_pattern(k): v for k, v in spec.rank_pattern.items()},
+                    alpha_pattern={_hf_pattern(k): v for k, v in spec.alpha_pattern.items()})
     tk = tk_model(num_heads=num_heads, num_kv_heads=num_kv_heads, lora=spec)
-    tk.load_state_dict(hf_to_tk_state_dict(peft_model.state_dict(), num_heads, num_kv_heads), strict=True)
-    return tk.eval(), peft_model.eval()
+    tk.load_state_dict(hf_to_tk_state_dict(pm.state_dict(), num_heads, num_kv_heads), strict=True)
+    return tk.eval(), pm.eval()
 
 
 def _hf_pattern(tk_pattern: str) -> str:
@@ -50,10 +41,6 @@ def _hf_pattern(tk_pattern: str) -> str:
         if out.endswith(tk):
             out = out[: -len(tk)] + hf
     return out
-
-
-def _loss(logits, labels):
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
 
 
 @pytest.mark.parametrize(
@@ -75,8 +62,8 @@ def test_lora_forward_and_grads_match_peft(spec):
     ref_logits = pm(tokens).logits
     logits = tk(tokens)
     assert (logits - ref_logits).abs().max().item() <= 1e-5
-    _loss(ref_logits, labels).backward()
-    _loss(logits, labels).backward()
+    token_loss(ref_logits, labels).backward()
+    token_loss(logits, labels).backward()
 
     ref_grads = {k: p.grad for k, p in pm.named_parameters() if p.requires_grad}
     ref_grads = hf_to_tk_state_dict(ref_grads, 4, 2)  # same key mapping and q/k row permutation
@@ -89,12 +76,13 @@ def test_lora_forward_and_grads_match_peft(spec):
         assert tk.layers[1].mlp.w2.scaling == 4.0 / 8 and tk.layers[0].mlp.w2.scaling == 2.0
 
 
-def test_only_adapter_params_receive_grads():
-    tk = tk_model(num_heads=4, num_kv_heads=2, lora=LoRASpec(targets=ALL_TARGETS))
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
+def test_only_adapter_params_receive_grads(use_dora):
+    tk = tk_model(num_heads=4, num_kv_heads=2, lora=LoRASpec(targets=ALL_TARGETS, use_dora=use_dora))
     set_trainable_params(tk)
     tk(torch.randint(0, TINY["vocab_size"], (1, 9))).sum().backward()
     for name, p in tk.named_parameters():
-        is_adapter = ".lora_a." in name or ".lora_b." in name
+        is_adapter = ".lora_a." in name or ".lora_b." in name or name.endswith(".lora_magnitude")
         assert p.requires_grad == is_adapter, name
         assert (p.grad is not None) == is_adapter, name
 
