@@ -137,36 +137,11 @@ class _LoRALinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):  # type: ignore[override]
-        x2 = x.reshape(-1, x.shape[-1])
-        # Out of place: selective activation checkpointing may have saved the mm output, and
-        # must not see it mutated. [n, r] is tiny.
-        a = torch.mm(x2, lora_a.t()).mul(scaling)  # [n, r]
-        out = _linear_plus_lowrank(x2, weight, bias, a, lora_b)  # [n, out]
-        ctx.save_for_backward(x2, weight, lora_a, lora_b, a)
-        ctx.scaling = scaling
-        ctx.x_shape = x.shape
-        ctx.has_bias = bias is not None
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return _lowrank_forward(ctx, x, weight, weight, bias, lora_a, lora_b, scaling)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x2, weight, lora_a, lora_b, a = ctx.saved_tensors
-        need_x, need_w, need_b, need_a, need_bb, _ = ctx.needs_input_grad
-        g = grad.reshape(-1, grad.shape[-1])  # [n, out]
-        dx = dw = db = d_a = d_b = None
-        if need_bb:
-            d_b = torch.mm(g.t(), a)  # [out, r]
-        if need_x or need_a:
-            da = torch.mm(g, lora_b).mul_(ctx.scaling)  # [n, r]
-            if need_a:
-                d_a = torch.mm(da.t(), x2)  # [r, in]
-            if need_x:
-                dx = _linear_plus_lowrank(g, weight.t(), None, da, lora_a.t()).view(ctx.x_shape)
-        if need_w:
-            dw = torch.mm(g.t(), x2)
-        if need_b and ctx.has_bias:
-            db = g.sum(0)
-        return dx, dw, db, d_a, d_b, None
+        return _lowrank_backward(ctx, grad, quantized=False)
 
 
 class _QLoRALinearFn(torch.autograd.Function):
@@ -176,33 +151,49 @@ class _QLoRALinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):  # type: ignore[override]
-        x2 = x.reshape(-1, x.shape[-1])
-        a = torch.mm(x2, lora_a.t()).mul(scaling)  # [n, r]
-        out = _linear_plus_lowrank(x2, nf4_to(weight, x.dtype), bias, a, lora_b)
-        ctx.save_for_backward(x2, weight, lora_a, lora_b, a)
-        ctx.scaling = scaling
-        ctx.x_shape = x.shape
-        ctx.has_bias = bias is not None
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return _lowrank_forward(ctx, x, nf4_to(weight, x.dtype), weight, bias, lora_a, lora_b, scaling)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x2, weight, lora_a, lora_b, a = ctx.saved_tensors
-        need_x, _, need_b, need_a, need_bb, _ = ctx.needs_input_grad
-        g = grad.reshape(-1, grad.shape[-1])
-        dx = db = d_a = d_b = None
-        if need_bb:
-            d_b = torch.mm(g.t(), a)
-        if need_x or need_a:
-            da = torch.mm(g, lora_b).mul_(ctx.scaling)
-            if need_a:
-                d_a = torch.mm(da.t(), x2)
-            if need_x:
-                w = nf4_to(weight, g.dtype)
-                dx = _linear_plus_lowrank(g, w.t(), None, da, lora_a.t()).view(ctx.x_shape)
-        if need_b and ctx.has_bias:
-            db = g.sum(0)
-        return dx, None, db, d_a, d_b, None
+        return _lowrank_backward(ctx, grad, quantized=True)
+
+
+def _lowrank_forward(ctx, x, dense_weight, weight, bias, lora_a, lora_b, scaling) -> torch.Tensor:
+    """The forward of both functions: ``dense_weight`` is the base weight multiplied now,
+    ``weight`` the one kept for backward (the same tensor, or the NF4 one)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    # Out of place: selective activation checkpointing may have saved the mm output, and
+    # must not see it mutated. [n, r] is tiny.
+    a = torch.mm(x2, lora_a.t()).mul(scaling)  # [n, r]
+    out = _linear_plus_lowrank(x2, dense_weight, bias, a, lora_b)  # [n, out]
+    ctx.save_for_backward(x2, weight, lora_a, lora_b, a)
+    ctx.scaling = scaling
+    ctx.x_shape = x.shape
+    ctx.has_bias = bias is not None
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _lowrank_backward(ctx, grad: torch.Tensor, *, quantized: bool) -> tuple[torch.Tensor | None, ...]:
+    """The backward of both functions; an NF4 (``quantized``) base is dequantized again for
+    ``dx`` and gets no gradient."""
+    x2, weight, lora_a, lora_b, a = ctx.saved_tensors
+    need_x, need_w, need_b, need_a, need_bb, _ = ctx.needs_input_grad
+    g = grad.reshape(-1, grad.shape[-1])  # [n, out]
+    dx = dw = db = d_a = d_b = None
+    if need_bb:
+        d_b = torch.mm(g.t(), a)  # [out, r]
+    if need_x or need_a:
+        da = torch.mm(g, lora_b).mul_(ctx.scaling)  # [n, r]
+        if need_a:
+            d_a = torch.mm(da.t(), x2)  # [r, in]
+        if need_x:
+            w = nf4_to(weight, g.dtype) if quantized else weight
+            dx = _linear_plus_lowrank(g, w.t(), None, da, lora_a.t()).view(ctx.x_shape)
+    if need_w and not quantized:
+        dw = torch.mm(g.t(), x2)
+    if need_b and ctx.has_bias:
+        db = g.sum(0)
+    return dx, dw, db, d_a, d_b, None
 
 
 def _lora_linear(
