@@ -123,3 +123,20 @@ def peft_model(spec, *, num_heads: int = 4, num_kv_heads: int = 2, dropout: floa
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over every position of a ``[b, s, vocab]`` batch."""
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+
+def logits_match_then_backward(tk, pm, *, seq_len: int, dropout_seed: int | None = None) -> None:
+    """One random batch through the tunekit model ``tk`` and the PEFT model ``pm``: the logits agree
+    to 1e-5, then both back-propagate the same token loss (the caller compares the gradients).
+    ``dropout_seed``: both forwards draw their dropout masks from it (same module order)."""
+    tokens = torch.randint(0, TINY["vocab_size"], (2, seq_len))
+    labels = torch.randint(0, TINY["vocab_size"], (2, seq_len))
+    if dropout_seed is not None:
+        torch.manual_seed(dropout_seed)
+    ref_logits = pm(tokens).logits
+    if dropout_seed is not None:
+        torch.manual_seed(dropout_seed)
+    logits = tk(tokens)
+    assert (logits - ref_logits).abs().max().item() <= 1e-5
+    token_loss(ref_logits, labels).backward()
+    token_loss(logits, labels).backward()

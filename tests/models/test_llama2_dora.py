@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from _llama_hf_ref import ALL_TARGETS, TINY, hf_to_tk_state_dict, peft_model, tk_model, token_loss
+from _llama_hf_ref import (
+    ALL_TARGETS,
+    TINY,
+    hf_to_tk_state_dict,
+    logits_match_then_backward,
+    peft_model,
+    tk_model,
+)
 
 from tunekit.models import get_model_type, permute_to_hf
 from tunekit.modules.peft import (
@@ -76,13 +83,7 @@ def test_dora_forward_and_grads_match_peft(targets):
     spec = LoRASpec(rank=4, alpha=8.0, targets=targets, use_dora=True)
     tk, pm = _peft_pair(spec)
     set_trainable_params(tk)
-    tokens = torch.randint(0, TINY["vocab_size"], (2, 19))
-    labels = torch.randint(0, TINY["vocab_size"], (2, 19))
-    ref_logits = pm(tokens).logits
-    logits = tk(tokens)
-    assert (logits - ref_logits).abs().max().item() <= 1e-5
-    token_loss(ref_logits, labels).backward()
-    token_loss(logits, labels).backward()
+    logits_match_then_backward(tk, pm, seq_len=19)
     _check_grads(tk, pm)
 
 
@@ -92,15 +93,7 @@ def test_dora_dropout_training_path_matches_peft():
     tk, pm = _peft_pair(spec, dropout=0.3)
     set_trainable_params(tk)
     tk.train(), pm.train()
-    tokens = torch.randint(0, TINY["vocab_size"], (2, 13))
-    labels = torch.randint(0, TINY["vocab_size"], (2, 13))
-    torch.manual_seed(11)  # same dropout masks: both draw them in the same module order
-    ref_logits = pm(tokens).logits
-    torch.manual_seed(11)
-    logits = tk(tokens)
-    assert (logits - ref_logits).abs().max().item() <= 1e-5
-    token_loss(ref_logits, labels).backward()
-    token_loss(logits, labels).backward()
+    logits_match_then_backward(tk, pm, seq_len=13, dropout_seed=11)  # the same dropout masks
     _check_grads(tk, pm)
 
 
