@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tunekit.tokenizers._sentencepiece import TokenizerError, describe_tokenizer_file
+from tunekit.tokenizers._sentencepiece import TokenizerError, TokenizerFileNotFoundError, describe_tokenizer_file
 
 #: The special-token roles a chat template sees by name (``{{ bos_token }}``), as in transformers.
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -97,6 +97,24 @@ def describe_file(path: Path, data: bytes) -> str:
         except (RuntimeError, OSError, TypeError):
             pass
     return describe_tokenizer_file(path, data[:512], len(data)).replace(" that SentencePiece cannot parse", "")
+
+
+def require_tokenizer_file(p: Path, name: str, hint: str) -> None:
+    """Refuse a ``tokenizer.path`` that is not a file: a directory (naming the ``name`` file inside
+    it, when there is one) or a missing path (naming the other tokenizer files beside it); ``hint``
+    says how to get the file.
+
+    Raises:
+        TokenizerFileNotFoundError: ``p`` is not a file.
+    """
+    if p.is_file():
+        return
+    if p.is_dir():
+        inside = p / name
+        fix = f" It holds a `{name}`: set `tokenizer.path={inside}`." if inside.is_file() else ""
+        raise TokenizerFileNotFoundError(
+            f"Tokenizer path {str(p)!r} is a directory, not a tokenizer file.{fix} {hint}")
+    raise TokenizerFileNotFoundError(f"Tokenizer file {str(p)!r} does not exist.{other_tokenizer_hint(p)} {hint}")
 
 
 def other_tokenizer_hint(path: Path) -> str:

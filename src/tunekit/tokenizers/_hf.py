@@ -17,11 +17,11 @@ from tunekit.tokenizers._files import (
     chat_template_from,
     describe_file,
     generation_stop_ids,
-    other_tokenizer_hint,
     read_json_beside,
+    require_tokenizer_file,
     token_content,
 )
-from tunekit.tokenizers._sentencepiece import TokenizerError, TokenizerFileNotFoundError
+from tunekit.tokenizers._sentencepiece import TokenizerError
 
 #: The tiny byte-level BPE tokenizer.json + ChatML tokenizer_config.json (scripts/make_tokenizer.py hf).
 TINY_HF_TOKENIZER_DIR: Path = Path(__file__).resolve().parents[1] / "assets" / "tokenizer" / "hf"
@@ -36,14 +36,7 @@ def _open_tokenizer_json(p: Path) -> Any:
     """``tokenizers.Tokenizer.from_file`` with one-paragraph errors."""
     from tokenizers import Tokenizer as _RustTokenizer
 
-    if not p.is_file():
-        if p.is_dir():
-            inside = p / "tokenizer.json"
-            fix = f" It holds a `tokenizer.json`: set `tokenizer.path={inside}`." if inside.is_file() else ""
-            raise TokenizerFileNotFoundError(
-                f"Tokenizer path {str(p)!r} is a directory, not a tokenizer file.{fix} {_HF_HINT}")
-        raise TokenizerFileNotFoundError(
-            f"Tokenizer file {str(p)!r} does not exist.{other_tokenizer_hint(p)} {_HF_HINT}")
+    require_tokenizer_file(p, "tokenizer.json", _HF_HINT)
     try:
         return _RustTokenizer.from_file(str(p))
     except Exception as e:  # the Rust side raises a plain Exception for any parse error

@@ -19,12 +19,11 @@ from tunekit.tokenizers._files import (
     chat_template_from,
     describe_file,
     generation_stop_ids,
-    other_tokenizer_hint,
     read_json_beside,
+    require_tokenizer_file,
 )
 from tunekit.tokenizers._sentencepiece import (
     TokenizerError,
-    TokenizerFileNotFoundError,
     describe_tokenizer_file,
 )
 
@@ -64,14 +63,7 @@ _HINT = (
 
 def load_ranks(p: Path) -> dict[bytes, int]:
     """Read tiktoken BPE ranks, naming the file and line of the first malformed entry."""
-    if not p.is_file():
-        if p.is_dir():
-            inside = p / "tokenizer.model"
-            fix = f" It holds a `tokenizer.model`: set `tokenizer.path={inside}`." if inside.is_file() else ""
-            raise TokenizerFileNotFoundError(
-                f"Tokenizer path {str(p)!r} is a directory, not a tokenizer file.{fix} {_HINT}")
-        raise TokenizerFileNotFoundError(
-            f"Tokenizer file {str(p)!r} does not exist.{other_tokenizer_hint(p)} {_HINT}")
+    require_tokenizer_file(p, "tokenizer.model", _HINT)
     try:
         data = p.read_bytes()
     except OSError as e:
