@@ -319,16 +319,13 @@ class _TrainSettings(_RunSettings):
         if cfg.fp8_base and "lora" in cfg and cfg.lora.get("quantize_base"):
             problems.append("`fp8_base`=true and `lora.quantize_base` both replace the frozen base weights: set"
                             " fp8_base=false or lora.quantize_base=null")
-        in_bwd = [(f"`gradient_accumulation_steps`={cfg.gradient_accumulation_steps}",
-                   "gradient_accumulation_steps=1 (raise batch_size instead)")] * (cfg.gradient_accumulation_steps != 1)
-        in_bwd += [(f"`clip_grad_norm`={cfg.clip_grad_norm}", "clip_grad_norm=null")] * (cfg.clip_grad_norm is not None)
-        if cfg.optimizer_in_backward and in_bwd:  # name only the settings that clash
-            problems.append(
-                f"`optimizer_in_backward`=true steps each parameter as soon as its gradient is ready, so it cannot run"
-                f" with {' or '.join(k for k, _ in in_bwd)} ({'both need' if len(in_bwd) > 1 else 'it needs'} every"
-                f" gradient of a step at once); set {' and '.join(f for _, f in in_bwd)},"
-                " or optimizer_in_backward=false"
-            )
+        clash = {k: fix for k, bad, fix in (("gradient_accumulation_steps", cfg.gradient_accumulation_steps != 1,
+                 "gradient_accumulation_steps=1 (raise batch_size instead)"), ("clip_grad_norm", cfg.clip_grad_norm
+                 is not None, "clip_grad_norm=null")) if bad and cfg.optimizer_in_backward}  # only what clashes
+        if clash:
+            problems.append(f"`optimizer_in_backward`=true steps each parameter as soon as its gradient is ready, so it"
+                            f" cannot run with {' or '.join(f'`{k}`={cfg[k]}' for k in clash)} (it needs every gradient"
+                            f" of a step at once); set {' and '.join(clash.values())}, or optimizer_in_backward=false")
         if str(OmegaConf.select(cfg, "optimizer._component_", default="")).endswith("cpu_offload") and (
                 cfg.gradient_accumulation_steps != 1 or cfg.clip_grad_norm is not None or cfg.optimizer_in_backward):
             problems.append("`optimizer`=adamw_cpu_offload frees each gradient on the GPU during backward: set"
