@@ -181,3 +181,18 @@ def test_qlora_merge_drift_in_dpo_loss_keeps_the_base_as_reference():
     assert out["val_loss_merged_dequantized"] == pytest.approx(trained, abs=1e-6)
     assert out["val_loss_merged_original"] != pytest.approx(trained, abs=1e-6)  # another base, another reference
     assert out["merge_drift"] == pytest.approx(out["val_loss_merged_dequantized"] - trained)  # merge_base default
+
+
+def test_low_memory_wrappers_keep_the_objectives_metric_sums():
+    # optimizer_in_backward / a pre-scaling optimizer wrap the loss; DPO's metric sums pass through
+    from tunekit.training.low_memory import OptimizerInBackward, prescaled_loss
+
+    model = _model(lora=False)
+    loss_fn = DPOLoss(beta=BETA, reference=_model(lora=False, seed=1))
+    batch = _batch()
+    want = loss_fn(model, batch)
+    opt = OptimizerInBackward(list(model.parameters()), torch.optim.SGD)
+    for wrapped in (prescaled_loss(loss_fn), opt.wrap_loss(loss_fn)):
+        loss, pairs, metrics = wrapped(model, batch)
+        assert torch.equal(loss.detach(), want[0].detach()) and torch.equal(pairs, want[1])
+        assert metrics.keys() == want[2].keys()
