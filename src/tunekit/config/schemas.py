@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from tunekit.config._lora_patterns import pattern_matches
+
 __all__ = [
     "AC_POLICIES",
     "DEVICES",
@@ -180,11 +182,9 @@ class LoRAConfig:
                 f"(or set {prefix}quantize_base=null for plain LoRA)")
         for key in ("rank_pattern", "alpha_pattern"):
             for name, value in cfg[key].items():
-                if name not in cfg.targets:
-                    problems.append(
-                        f"`{prefix}{key}.{name}`: `{name}` is not in `{prefix}targets`"
-                        f" ({', '.join(cfg.targets)})"
-                    )
+                if not pattern_matches(name, cfg.targets):  # a target name or a module path, as in PEFT
+                    problems.append(f"`{prefix}{key}.{name}`: `{name}` matches no module of `{prefix}targets` ("
+                                    + ", ".join(cfg.targets) + "); name a target or a path (layers.3.attn.q_proj)")
                 if value <= 0:
                     problems.append(f"`{prefix}{key}.{name}`={value}: must be > 0")
         return problems
