@@ -25,7 +25,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunekit.config import instantiate, is_multirun, job_overrides, recipe_main, resolved_yaml
+from tunekit.config import ConfigError, instantiate, is_multirun, job_overrides, recipe_main, resolved_yaml
 
 RECIPE = "full_dpo"
 
@@ -49,10 +49,14 @@ def run(cfg: DictConfig) -> float | None:
     from tunekit.run.saver import CheckpointSaver
     from tunekit.run.settings import schedule_warnings, train_settings
     from tunekit.training import num_training_steps, prepare_model, train
+    from tunekit.training.low_memory import low_memory_setup
     from tunekit.training.seed import set_seed
 
     t_start = time.perf_counter()
     rank, world_size = process.init_distributed(cfg.device)
+    if cfg.optimizer_in_backward and world_size > 1:
+        raise ConfigError(f"optimizer_in_backward=true runs on one process in this version, this launch has "
+                          f"{world_size} ranks: run without torchrun, or set optimizer_in_backward=false.")
     overrides = job_overrides()
     settings = train_settings(cfg)
     dpo = OmegaConf.to_container(cfg.dpo, resolve=True)
@@ -109,7 +113,11 @@ def run(cfg: DictConfig) -> float | None:
         world_size=world_size, pin_memory=process.pin_memory_for(cfg.device))
 
     # ---- optimisation, the resume point, saving
-    optimizer = instantiate(cfg.optimizer)(list(net.parameters()))
+    # the optimizer (stepped in backward with optimizer_in_backward) and the objective as the loop calls it
+    optimizer, loss_fn = low_memory_setup(
+        net, instantiate(cfg.optimizer), loss_fn, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        clip_grad_norm=cfg.clip_grad_norm, optimizer_in_backward=cfg.optimizer_in_backward,
+        activation_offloading=cfg.activation_offloading)
     total_steps = num_training_steps(len(train_loader), settings)
     lr_scheduler = instantiate(cfg.lr_scheduler)(optimizer, num_training_steps=total_steps)
     start = None if res is None else resume.restore(res, model=net, optimizer=optimizer, lr_scheduler=lr_scheduler,

@@ -24,7 +24,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunekit.config import instantiate, is_multirun, job_overrides, recipe_main, resolved_yaml
+from tunekit.config import ConfigError, instantiate, is_multirun, job_overrides, recipe_main, resolved_yaml
 
 RECIPE = "lora_dpo"
 
@@ -46,13 +46,18 @@ def run(cfg: DictConfig) -> float | None:
 
     from tunekit.modules.peft import LoRASpec
     from tunekit.run import model, preference, process, records, resume
-    from tunekit.run.saver import CheckpointSaver
+    from tunekit.run.saver import CheckpointSaver, merge_drift
     from tunekit.run.settings import schedule_warnings, train_settings
     from tunekit.training import num_training_steps, prepare_model, train
+    from tunekit.training.device import get_device
+    from tunekit.training.low_memory import low_memory_setup
     from tunekit.training.seed import set_seed
 
     t_start = time.perf_counter()
     rank, world_size = process.init_distributed(cfg.device)
+    if cfg.optimizer_in_backward and world_size > 1:
+        raise ConfigError(f"optimizer_in_backward=true runs on one process in this version, this launch has "
+                          f"{world_size} ranks: run without torchrun, or set optimizer_in_backward=false.")
     overrides = job_overrides()
     settings = train_settings(cfg)
     spec = LoRASpec(**OmegaConf.to_container(cfg.lora, resolve=True))
@@ -101,7 +106,11 @@ def run(cfg: DictConfig) -> float | None:
         world_size=world_size, pin_memory=process.pin_memory_for(cfg.device))
 
     # ---- optimisation, the resume point, saving
-    optimizer = instantiate(cfg.optimizer)([p for p in net.parameters() if p.requires_grad])
+    # the optimizer (stepped in backward with optimizer_in_backward) and the objective as the loop calls it
+    optimizer, loss_fn = low_memory_setup(
+        net, instantiate(cfg.optimizer), loss_fn, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        clip_grad_norm=cfg.clip_grad_norm, optimizer_in_backward=cfg.optimizer_in_backward,
+        activation_offloading=cfg.activation_offloading)
     total_steps = num_training_steps(len(train_loader), settings)
     lr_scheduler = instantiate(cfg.lr_scheduler)(optimizer, num_training_steps=total_steps)
     start = None if res is None else resume.restore(res, model=net, optimizer=optimizer, lr_scheduler=lr_scheduler,
@@ -129,6 +138,13 @@ def run(cfg: DictConfig) -> float | None:
     result = train(net, optimizer=optimizer, lr_scheduler=lr_scheduler, loss_fn=loss_fn,
                    train_loader=train_loader, val_loader=val_loader, saver=saver,
                    metric_logger=metric_logger, settings=settings, start=start, progress=rank == 0)
+    if spec.quantize_base and not result.interrupted:  # QLoRA: what merging cost, in validation DPO loss
+        drift = merge_drift(net, loss_fn=loss_fn, val_loader=val_loader, device=get_device(settings.device),
+                            adapter_config=spec, trained_val_loss=result.final_val_loss,
+                            original=saver.original_weights if spec.merge_base == "original" else None,
+                            max_batches=settings.max_eval_batches)
+        if drift and rank == 0:
+            metric_logger.log_dict(drift, step=result.global_step)
     metric_logger.close()
     return records.report_result(RECIPE, cfg.output_dir, result, overrides=overrides,
                                  seconds=time.perf_counter() - t_start, rank_zero=rank == 0)

@@ -181,7 +181,7 @@ def test_schema_problems_are_reported_all_at_once():
         "`device`='tpu': is not a device: use auto, cpu, cuda, cuda:N (a GPU index) or mps",
         "`lora.targets`=['q_proj', 'qq']: unknown name(s) qq",
         "`lora.dropout`=1.5: must be in [0.0, 1.0)",
-        "`lora.rank_pattern.k_proj`: `k_proj` is not in `lora.targets`",
+        "`lora.rank_pattern.k_proj`: `k_proj` matches no module of `lora.targets`",
         "`save_every_n_steps`=10 exceeds `max_steps_per_epoch`=5",
     ):
         assert expected in text

@@ -86,9 +86,10 @@ def test_the_other_kind_of_checkpoint_names_the_recipe_that_saved_it(lora_runs):
 
 
 def test_full_dpo_with_precomputed_reference(tmp_path):
+    # with the optimizer stepped in backward (the low-memory option the SFT recipes share)
     run = tmp_path / "full"
     proc = run_recipe("full_dpo", run, *SHORT, "max_steps_per_epoch=2", "log_every_n_steps=1",
-                      "dpo.reference=precomputed")
+                      "dpo.reference=precomputed", "optimizer_in_backward=true")
     assert "reference: precomputed" in proc.stdout + proc.stderr
     recs = _records(run)
     assert math.isclose(recs[1]["loss"], math.log(2), rel_tol=1e-5)  # policy == reference at step 1
@@ -96,3 +97,8 @@ def test_full_dpo_with_precomputed_reference(tmp_path):
     ckpt = run / "epoch_0"
     assert list((ckpt / "model").glob("*.safetensors")) and not (ckpt / "adapter").exists()
     assert json.loads((ckpt / "checkpoint.json").read_text())["trained_with"]["recipe"] == "full_dpo"
+    import torch
+
+    state = torch.load(ckpt / "state" / "recipe_state.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]  # one optimizer per parameter: stepped in backward
+    assert len(groups) == len(state["optimizer"]["state"]) > 1

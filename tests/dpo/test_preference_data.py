@@ -54,6 +54,34 @@ def test_chat_template_masks_only_the_final_reply(tmp_path):
     assert s["chosen_tokens"][:n + 1] == s["rejected_tokens"][:n + 1]  # the shared prompt
 
 
+def test_whole_conversations_share_their_turns_as_the_prompt(tmp_path):
+    # torchtune's preference_dataset / TRL's implicit prompt, and UltraFeedback (a string prompt beside)
+    # give the same pair as the explicit form
+    tok = tiny_hf_tokenizer()
+    chosen, rejected = CONV + [{"role": "assistant", "content": "6."}], CONV + [{"role": "assistant", "content": "7."}]
+    rows = [{"messages": CONV, "chosen": "6.", "rejected": "7."}, {"chosen": chosen, "rejected": rejected},
+            {"prompt": "And 3 plus 3?", "chosen": chosen, "rejected": rejected},
+            {"prompt": CONV, "chosen": chosen, "rejected": rejected}]
+    ds = PreferenceDataset(tok, _write(tmp_path / "p.jsonl", rows), template="model", val_fraction=0)
+    assert len(ds) == 4 and all(ds[i] == ds[0] for i in range(1, 4))
+    assert _target_text(tok, ds[1]["rejected_tokens"], ds[1]["rejected_labels"], True) == "7.<|im_end|>\n"
+
+
+@pytest.mark.parametrize("row, words", [
+    ({"chosen": CONV + [{"role": "assistant", "content": "6."}],
+      "rejected": CONV[:2] + [{"role": "assistant", "content": "7."}]}, "differ at message 2"),
+    ({"chosen": CONV + [{"role": "assistant", "content": "6."}], "rejected": "7."}, "'rejected' is the string"),
+    ({"prompt": "What is 5?", "chosen": CONV + [{"role": "assistant", "content": "6."}],
+      "rejected": CONV + [{"role": "assistant", "content": "7."}]}, "remove 'prompt'"),
+    ({"chosen": CONV + [{"role": "assistant", "content": "6."}],
+      "rejected": CONV + [{"role": "assistant", "content": "6."}]}, "same reply"),
+], ids=["differ-before-reply", "one-side-whole", "prompt-not-shared", "same-reply"])
+def test_whole_conversations_that_do_not_pair_are_named(tmp_path, row, words):
+    with pytest.raises(DataFormatError, match="line 1") as err:
+        PreferenceDataset(tiny_hf_tokenizer(), _write(tmp_path / "p.jsonl", [row]), template="model", val_fraction=0)
+    assert words in str(err.value)
+
+
 def test_llama2_chat_masks_only_the_final_reply(tmp_path):
     tok = tiny_tokenizer()
     src = _write(tmp_path / "p.jsonl", [{"prompt": CONV, "chosen": "six", "rejected": "seven"}])

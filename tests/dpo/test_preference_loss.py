@@ -152,3 +152,47 @@ def test_bad_settings_are_refused_with_the_valid_choices():
         dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=0.1, label_smoothing=0.5)
     with pytest.raises(ValueError, match="beta"):
         DPOLoss(beta=0.0)
+
+
+def test_qlora_merge_drift_in_dpo_loss_keeps_the_base_as_reference():
+    # lora_dpo lora.quantize_base=nf4 logs merge_drift with the DPO objective: inside the merged
+    # view the reference is still the base with the adapters off (else every loss would be log 2)
+    pytest.importorskip("torchao")
+    from tunekit.modules.peft import quantize_base_
+    from tunekit.run.saver import merge_drift
+    from tunekit.training import evaluate
+
+    torch.manual_seed(0)
+    spec = LoRASpec(rank=4, alpha=8.0, targets=["q_proj", "v_proj", "w2"], quantize_base="nf4")
+    model = llama2(vocab_size=64, num_layers=1, num_heads=2, num_kv_heads=1, embed_dim=64,
+                   intermediate_dim=128, max_seq_len=64, lora=spec)
+    original = {k: v.clone() for k, v in model.state_dict().items() if "lora" not in k}
+    for name, p in model.named_parameters():
+        if "lora_b" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    set_trainable_params(model)
+    quantize_base_(model)
+    loss_fn, loader = DPOLoss(beta=BETA), [_batch(1), _batch(2)]
+    trained = evaluate(model, loss_fn, loader)
+    assert abs(trained - math.log(2)) > 1e-3
+    out = merge_drift(model, loss_fn=loss_fn, val_loader=loader, device=torch.device("cpu"), adapter_config=spec,
+                      trained_val_loss=None, original=lambda: original)
+    assert out["val_loss_trained"] == trained
+    assert out["val_loss_merged_dequantized"] == pytest.approx(trained, abs=1e-6)
+    assert out["val_loss_merged_original"] != pytest.approx(trained, abs=1e-6)  # another base, another reference
+    assert out["merge_drift"] == pytest.approx(out["val_loss_merged_dequantized"] - trained)  # merge_base default
+
+
+def test_low_memory_wrappers_keep_the_objectives_metric_sums():
+    # optimizer_in_backward / a pre-scaling optimizer wrap the loss; DPO's metric sums pass through
+    from tunekit.training.low_memory import OptimizerInBackward, prescaled_loss
+
+    model = _model(lora=False)
+    loss_fn = DPOLoss(beta=BETA, reference=_model(lora=False, seed=1))
+    batch = _batch()
+    want = loss_fn(model, batch)
+    opt = OptimizerInBackward(list(model.parameters()), torch.optim.SGD)
+    for wrapped in (prescaled_loss(loss_fn), opt.wrap_loss(loss_fn)):
+        loss, pairs, metrics = wrapped(model, batch)
+        assert torch.equal(loss.detach(), want[0].detach()) and torch.equal(pairs, want[1])
+        assert metrics.keys() == want[2].keys()

@@ -104,6 +104,18 @@ def test_auto_refuses_a_directory_without_config_and_names_the_setting(tmp_path)
         FullModelHFCheckpointer(tmp_path / "nope", tmp_path / "out", model_type="auto")
 
 
+def test_auto_names_the_checkpoint_when_its_family_refuses_the_lora_targets(tmp_path):
+    # a tied Qwen2.5 checkpoint with 'output' adapted: one paragraph naming the file and the fix
+    from tunekit.modules.peft import LoRASpec
+
+    d = _hf_dir(tmp_path, "qwen2")
+    with torch.device("meta"), pytest.raises(CheckpointError) as err:
+        model_from_checkpoint(d, lora=LoRASpec(targets=("q_proj", "output")))
+    text = str(err.value)
+    assert "\n" not in text and str(d / "config.json") in text and "tie_word_embeddings=true" in text
+    assert "Remove 'output' from lora.targets" in text
+
+
 def test_auto_reads_a_meta_llama3_checkpoint_with_scaled_rope(tmp_path):
     fam = FAMILIES["llama3"]
     mt = get_model_type("LLAMA3")

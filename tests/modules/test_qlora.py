@@ -245,3 +245,20 @@ def test_spec_refuses_unknown_quantization_and_merge_base():
         LoRASpec(quantize_base="nf8", merge_base="both")
     assert "merge_base" in str(err.value)
     assert LoRASpec(quantize_base="nf4").merge_base == "dequantized"
+
+
+def test_fresh_dora_adapter_on_the_nf4_base_starts_as_that_base():
+    # the magnitude is the row norm of the dequantized base (PEFT's DoRA init on a 4-bit base), so
+    # before training the model equals the quantized base (DPO: policy == reference, loss log 2)
+    from tunekit.modules.peft import disable_adapters
+
+    torch.manual_seed(0)
+    q = llama2(vocab_size=128, num_layers=1, num_heads=4, num_kv_heads=2, embed_dim=64, intermediate_dim=128,
+               max_seq_len=64, lora=LoRASpec(rank=4, targets=["q_proj", "w2"], use_dora=True, quantize_base="nf4"))
+    quantize_base_(q)
+    tokens = torch.randint(0, 128, (2, 12))
+    with torch.no_grad(), disable_adapters(q):
+        base = q(tokens)
+    torch.testing.assert_close(q(tokens).detach(), base, atol=1e-6, rtol=0)
+    m = q.layers[0].attn.q_proj
+    torch.testing.assert_close(m.lora_magnitude.detach(), torch.linalg.norm(dequantize(m.weight).float(), dim=1))

@@ -68,3 +68,17 @@ def test_sft_recipe_refuses_preference_data(tmp_path):
                       "dataset.template=plain")
     assert_user_error(proc, "preference data", "recipes.lora_dpo", "dataset=alpaca_tiny")
     assert_unchanged(before, data.parent)
+
+
+def test_whole_conversations_that_differ_before_the_reply_are_named(tmp_path):
+    # torchtune's / TRL's form: 'chosen' and 'rejected' as whole conversations; they must share the prompt
+    user = [{"role": "user", "content": "Name a colour."}]
+    data = _write(tmp_path / "data" / "pairs.jsonl", [
+        {"chosen": user + [{"role": "assistant", "content": "Blue."}],
+         "rejected": [{"role": "user", "content": "Name an animal."}, {"role": "assistant", "content": "A dog."}]}])
+    before = snapshot(data.parent)
+    proc = run_tunekit("validate", "lora_dpo", "dataset=preference", f"dataset.source={data}",
+                       "dataset.template=llama2_chat")
+    assert_user_error(proc, str(data), "line 1", "'chosen' and 'rejected' differ at message 0",
+                      "must share every turn but the last")
+    assert_unchanged(before, data.parent)

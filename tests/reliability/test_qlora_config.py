@@ -23,12 +23,18 @@ from tests.reliability._harness import assert_user_error, run_tunekit
         # ... nor clip (the norm needs every gradient of the step)
         ("lora_finetune", ["optimizer_in_backward=true", "clip_grad_norm=1.0"],
          ["`clip_grad_norm`=1.0", "clip_grad_norm=null"]),
+        # a per-module rank for a module LoRA does not adapt (PEFT's HF name): the key and what works
+        ("lora_finetune", ["+lora.rank_pattern={lm_head:4}"],
+         ["`lora.rank_pattern.lm_head`", "matches no module of `lora.targets`", "layers.3.attn.q_proj"]),
         # the 8-bit optimizer's own keys are checked against its signature
         ("full_finetune", ["optimizer=adamw8bit", "+optimizer.paged=true"], ["optimizer", "paged"]),
     ],
     ids=["quantize_base_typo", "merge_base_unknown", "in_bwd_with_accumulation", "in_bwd_with_clipping",
-         "adamw8bit_unknown_key"],
+         "rank_pattern_reaches_nothing", "adamw8bit_unknown_key"],
 )
 def test_refused_before_training(recipe, overrides, needles):
     proc = run_tunekit("validate", recipe, *overrides, "--no-build")
-    assert_user_error(proc, *needles)
+    text = assert_user_error(proc, *needles)
+    if "optimizer_in_backward=true" in overrides:  # only the setting that clashes is named
+        other = "clip_grad_norm" if "gradient_accumulation_steps=4" in overrides else "gradient_accumulation_steps"
+        assert f"`{other}`=" not in text and "None" not in text

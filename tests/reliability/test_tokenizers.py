@@ -45,12 +45,25 @@ def _config(**changes: object) -> bytes:
 
 HF = ["tokenizer=hf", "tokenizer.path=USER/tokenizer.json"]
 
+
+def _more_pieces(n: int) -> bytes:
+    """The bundled tokenizer.json with ``n`` added tokens past the tiny model's vocabulary."""
+    tok = json.loads(TOKENIZER_JSON)
+    size = max(t["id"] for t in tok["added_tokens"]) + 1
+    tok["added_tokens"] += [{"id": size + i, "content": f"<|extra_{i}|>", "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False, "special": True} for i in range(n)]
+    return json.dumps(tok).encode()
+
+
 HF_CASES = {
     "lfs_pointer": ({"tokenizer.json": b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 7\n",
                      "tokenizer_config.json": _config()},
                     ["tokenizer.json", "Git LFS pointer", "git lfs pull", "tunekit download"]),
     "sentencepiece_model_as_tokenizer_json": ({"tokenizer.json": TINY_TOKENIZER_PATH.read_bytes()},
                                               ["tokenizer.json", "is a SentencePiece model", "tokenizer=llama2"]),
+    "more_pieces_than_the_model": ({"tokenizer.json": _more_pieces(4), "tokenizer_config.json": _config()},
+                                   ["tokenizer.json", "516 pieces", "512 rows", "tokenizer=auto",
+                                    "checkpointer.checkpoint_dir"]),
     "config_missing": ({"tokenizer.json": TOKENIZER_JSON},
                        ["tokenizer_config.json' is missing", "Copy the model's tokenizer_config.json", "tunekit download"]),
     "config_not_json": ({"tokenizer.json": TOKENIZER_JSON, "tokenizer_config.json": b'{"eos_token": "<|im_end|>",\n}'},

@@ -282,4 +282,11 @@ def model_from_checkpoint(path: str | Path, *, model_type: str = AUTO, max_seq_l
         ``torch.device("meta")`` and assign the weights, as the recipes do).
     """
     mt, args = model_spec(path, model_type=model_type, max_seq_len=max_seq_len)
-    return _builder(mt)(**args, lora=lora)
+    try:
+        return _builder(mt)(**args, lora=lora)
+    except ValueError as err:  # what the family refuses (LoRA on a tied output, ...): one paragraph
+        reasons = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()] or [str(err)]
+        raise CheckpointError(
+            f"model=auto: the {mt.display_name} model {_json_of(path)[0]} declares"
+            f"{' (tie_word_embeddings=true)' if args.get('tie_word_embeddings') else ''} cannot be built as "
+            f"configured: {'; '.join(r.rstrip('.') for r in reasons)}.") from None

@@ -143,6 +143,14 @@ def build_problems(
         tokenizer = tok if tok is not None else tokenizer
         built.append("tokenizer")
 
+    auto = str(OmegaConf.select(cfg, "model._component_", default="")).endswith(".model_from_checkpoint")
+    if auto and "tokenizer" in built and not _blocked("model", known):
+        # model=auto: the checkpoint's config.json / params.json is read (and what no family
+        # implements refused) on the meta device: no weight is read, nothing is allocated
+        with torch.device("meta"):
+            _attempt(cfg, "model", lambda: instantiate(cfg.model), problems)
+        built.append("model (meta device)")
+
     num_samples = None
     if _is_component(cfg, "dataset") and not _blocked("dataset", known):
         def build_dataset() -> Any:

@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from tunekit.config._lora_patterns import pattern_matches
+
 __all__ = [
     "AC_POLICIES",
     "DEVICES",
@@ -180,11 +182,9 @@ class LoRAConfig:
                 f"(or set {prefix}quantize_base=null for plain LoRA)")
         for key in ("rank_pattern", "alpha_pattern"):
             for name, value in cfg[key].items():
-                if name not in cfg.targets:
-                    problems.append(
-                        f"`{prefix}{key}.{name}`: `{name}` is not in `{prefix}targets`"
-                        f" ({', '.join(cfg.targets)})"
-                    )
+                if not pattern_matches(name, cfg.targets):  # a target name or a module path, as in PEFT
+                    problems.append(f"`{prefix}{key}.{name}`: `{name}` matches no module of `{prefix}targets` ("
+                                    + ", ".join(cfg.targets) + "); name a target or a path (layers.3.attn.q_proj)")
                 if value <= 0:
                     problems.append(f"`{prefix}{key}.{name}`={value}: must be > 0")
         return problems
@@ -319,13 +319,13 @@ class _TrainSettings(_RunSettings):
         if cfg.fp8_base and "lora" in cfg and cfg.lora.get("quantize_base"):
             problems.append("`fp8_base`=true and `lora.quantize_base` both replace the frozen base weights: set"
                             " fp8_base=false or lora.quantize_base=null")
-        if cfg.optimizer_in_backward and (cfg.gradient_accumulation_steps != 1 or cfg.clip_grad_norm is not None):
-            problems.append(
-                f"`optimizer_in_backward`=true steps each parameter as soon as its gradient is ready, so it cannot run"
-                f" with `gradient_accumulation_steps`={cfg.gradient_accumulation_steps} or `clip_grad_norm`="
-                f"{cfg.clip_grad_norm} (both need every gradient of a step at once); set gradient_accumulation_steps=1"
-                " (raise batch_size instead) and clip_grad_norm=null, or optimizer_in_backward=false"
-            )
+        clash = {k: fix for k, bad, fix in (("gradient_accumulation_steps", cfg.gradient_accumulation_steps != 1,
+                 "gradient_accumulation_steps=1 (raise batch_size instead)"), ("clip_grad_norm", cfg.clip_grad_norm
+                 is not None, "clip_grad_norm=null")) if bad and cfg.optimizer_in_backward}  # only what clashes
+        if clash:
+            problems.append(f"`optimizer_in_backward`=true steps each parameter as soon as its gradient is ready, so it"
+                            f" cannot run with {' or '.join(f'`{k}`={cfg[k]}' for k in clash)} (it needs every gradient"
+                            f" of a step at once); set {' and '.join(clash.values())}, or optimizer_in_backward=false")
         if str(OmegaConf.select(cfg, "optimizer._component_", default="")).endswith("cpu_offload") and (
                 cfg.gradient_accumulation_steps != 1 or cfg.clip_grad_norm is not None or cfg.optimizer_in_backward):
             problems.append("`optimizer`=adamw_cpu_offload frees each gradient on the GPU during backward: set"

@@ -6,7 +6,11 @@ A record is one of:
 - ``{"prompt": [messages...], "chosen": ..., "rejected": ...}`` or the same with the key
   ``messages`` for the conversation so far (a chat ending with a ``user`` turn); ``chosen`` and
   ``rejected`` are then each a string, an ``{"role": "assistant", "content": ...}`` object or a
-  list holding one (TRL's conversational form).
+  list holding one (TRL's conversational form);
+- ``{"chosen": [messages...], "rejected": [messages...]}``: two whole conversations that share
+  every turn before their final ``assistant`` message (torchtune's ``preference_dataset`` and
+  TRL's implicit-prompt form); the shared turns are the prompt. A ``prompt`` beside them (as
+  UltraFeedback's) must be those turns, or a string that is one of their ``user`` messages.
 
 Both replies are laid out after the same prompt with ``template``: ``plain`` (``<s>{prompt}{reply}</s>``),
 ``alpaca`` (the Stanford Alpaca prompt around a string prompt), ``llama2_chat`` (``[INST]`` turns)
@@ -101,16 +105,62 @@ def _reply_text(value: Any) -> str | None:
     return None
 
 
+def _conversation(value: Any) -> tuple[list[Any], str] | None:
+    """(the turns before, the final assistant text) of a whole conversation, else None."""
+    if isinstance(value, (str, Mapping)) or not isinstance(value, Sequence) or len(value) < 2:
+        return None
+    last = value[-1]
+    if isinstance(last, Mapping) and last.get("role") == "assistant" and isinstance(last.get("content"), str):
+        return list(value[:-1]), last["content"]
+    return None
+
+
 def _prompt_of(rec: Mapping[str, Any]) -> Any:
+    whole = _conversation(rec.get("chosen"))
+    if whole is not None and _conversation(rec.get("rejected")) is not None:
+        return whole[0]
     return rec["prompt"] if "prompt" in rec else rec.get("messages")
+
+
+def _replies(rec: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    sides = [_conversation(rec[k]) for k in ("chosen", "rejected")]
+    if all(sides):
+        return sides[0][1], sides[1][1]
+    return _reply_text(rec["chosen"]), _reply_text(rec["rejected"])
+
+
+def _conversation_problem(rec: Mapping[str, Any]) -> str | None:
+    """What is wrong with a pair of whole conversations (``chosen`` / ``rejected``), or None."""
+    chosen, rejected = _conversation(rec.get("chosen")), _conversation(rec.get("rejected"))
+    if chosen is None and rejected is None:
+        return None
+    if chosen is None or rejected is None:
+        whole, other = ("chosen", "rejected") if chosen is not None else ("rejected", "chosen")
+        return (f"'{whole}' is a whole conversation but '{other}' is {describe_value(rec.get(other))}; give both "
+                f"as conversations ending with their 'assistant' reply, or both as the reply alone after 'prompt'")
+    if chosen[0] != rejected[0]:
+        i = next((i for i, (a, b) in enumerate(zip(chosen[0], rejected[0])) if a != b),
+                 min(len(chosen[0]), len(rejected[0])))
+        return (f"'chosen' and 'rejected' differ at message {i}, before their final 'assistant' reply; the two "
+                f"conversations must share every turn but the last (the prompt), so the pair compares two replies")
+    given = rec.get("prompt", rec.get("messages"))
+    users = [m.get("content") for m in chosen[0] if isinstance(m, Mapping) and m.get("role") == "user"]
+    if given is not None and given != chosen[0] and not (isinstance(given, str) and given in users):
+        return ("'prompt' is neither the turns 'chosen' and 'rejected' share before their reply nor one of their "
+                "'user' messages; remove 'prompt' (the shared turns are the prompt) or fix it")
+    return None
 
 
 def check_preference_record(rec: Any, *, chat: bool, template: str) -> str | None:
     """What is wrong with a preference record, or None."""
     if not isinstance(rec, Mapping):
         return f"expected an object with 'prompt', 'chosen' and 'rejected', got {describe_value(rec)}"
-    if "prompt" not in rec and "messages" not in rec:
-        return f"missing the field 'prompt' (or 'messages' for a conversation) (it has {sorted(map(str, rec))})"
+    whole = _conversation_problem(rec)
+    if whole is not None:
+        return whole
+    if _prompt_of(rec) is None:
+        return (f"missing the field 'prompt' (or 'messages' for a conversation, or 'chosen' and 'rejected' as whole "
+                f"conversations) (it has {sorted(map(str, rec))})")
     prompt = _prompt_of(rec)
     if isinstance(prompt, str):
         pass
@@ -127,10 +177,11 @@ def check_preference_record(rec: Any, *, chat: bool, template: str) -> str | Non
     for key in ("chosen", "rejected"):
         if key not in rec:
             return f"missing the field '{key}' (it has {sorted(map(str, rec))})"
-        if _reply_text(rec[key]) is None:
-            return (f"field '{key}' must be a string, an {{'role': 'assistant', 'content': str}} object or a "
-                    f"list of one, got {describe_value(rec[key])}")
-    if _reply_text(rec["chosen"]) == _reply_text(rec["rejected"]):
+        if _reply_text(rec[key]) is None and _conversation(rec[key]) is None:
+            return (f"field '{key}' must be a string, an {{'role': 'assistant', 'content': str}} object, a list of "
+                    f"one, or a whole conversation ending with its 'assistant' reply, got {describe_value(rec[key])}")
+    chosen, rejected = _replies(rec)
+    if chosen == rejected:
         return "'chosen' and 'rejected' are the same reply, so the pair states no preference; fix or remove the row"
     return None
 
@@ -202,7 +253,8 @@ class PreferenceDataset(Dataset):
     """
 
     hint = ("Each record needs 'prompt' (a string, or a list of chat messages ending with 'user'), "
-            "'chosen' and 'rejected' (the preferred and the dispreferred reply: strings).")
+            "'chosen' and 'rejected' (the preferred and the dispreferred reply: strings), or 'chosen' and "
+            "'rejected' as two whole conversations sharing every turn before their final 'assistant' reply.")
 
     def __init__(self, tokenizer: Tokenizer, source: str | Path, *, template: str = "plain",
                  max_seq_len: int = 512, split: str = "train", val_fraction: float = 0.1,
@@ -251,7 +303,8 @@ class PreferenceDataset(Dataset):
     def _tokenize(self, tokenizer: Tokenizer, rec: Mapping[str, Any], key: str,
                   row: int) -> tuple[list[int], list[bool]]:
         try:
-            return tokenize_side(tokenizer, self.template, _prompt_of(rec), _reply_text(rec[key]) or "")
+            reply = _replies(rec)[0 if key == "chosen" else 1]
+            return tokenize_side(tokenizer, self.template, _prompt_of(rec), reply or "")
         except (ChatTemplateError, ValueError) as e:
             raise DataFormatError(f"Data file {str(self.source)!r}, {self.row_word} {row} ('{key}'): {e}") from None
 

@@ -225,7 +225,8 @@ def check_tokenizer_fits(tokenizer: Any, model: nn.Module) -> str | None:
         raise ConfigError(
             f"The tokenizer ({getattr(tokenizer, 'path', tokenizer)}) has {tokenizer.vocab_size} "
             f"pieces but the model's embedding has {vocab} rows, so some token ids would be out "
-            "of range. Use the tokenizer.model shipped with these weights (`tokenizer.path=...`)."
+            "of range. Use the tokenizer files shipped with these weights: tokenizer=auto reads them from "
+            "checkpointer.checkpoint_dir (or set tokenizer.path=<their tokenizer.json / tokenizer.model>)."
         )
     if tokenizer.vocab_size < vocab:
         return (f"note: the tokenizer has {tokenizer.vocab_size} pieces, the model {vocab}; "

@@ -142,8 +142,12 @@ def fingerprint_differences(saved: Mapping[str, Any], now: Mapping[str, Any],
     """One line per field that differs and is not accepted (empty: same run settings)."""
     out = []
     for name in FINGERPRINT_FIELDS:
-        # The recipe is recorded, not compared here: the other recipe's checkpoint gets its own
-        # message (which recipe resumes it) when its files are read.
+        # The other kind of checkpoint (LoRA / full) gets its own message when its files are read;
+        # the other recipe of the same kind (lora_dpo's adapter in lora_finetune) is named here.
+        if name == "recipe" and saved.get("recipe") != now.get("recipe") and name not in accept and \
+                isinstance(saved.get("recipe"), str) and (saved.get("lora") is None) == (now.get("lora") is None):
+            out.append(f"recipe: {saved['recipe']} then, {now.get('recipe')} now (resume it with `python -m "
+                       f"recipes.{saved['recipe']} resume=...`)")
         if name == "recipe" or name in accept or name not in saved or name not in now:
             continue
         if saved[name] != now[name]:
@@ -151,6 +155,10 @@ def fingerprint_differences(saved: Mapping[str, Any], now: Mapping[str, Any],
             if name == "data" and isinstance(saved[name], dict) and isinstance(now[name], dict):
                 detail = (f"{saved[name].get('samples')} samples (sha256 {str(saved[name].get('sha256'))[:12]}) "
                           f"then, {now[name].get('samples')} samples (sha256 {str(now[name].get('sha256'))[:12]}) now")
+            elif isinstance(saved[name], dict) and isinstance(now[name], dict):  # only the keys that differ
+                keys = sorted(k for k in {*saved[name], *now[name]} if saved[name].get(k, ()) != now[name].get(k, ()))
+                detail = ", ".join(f"{k}={_short(saved[name].get(k))} then, {_short(now[name].get(k))} now"
+                                   for k in keys)
             else:
                 detail = f"{_short(saved[name])} then, {_short(now[name])} now"
             out.append(f"{name}: {detail} (set by {where})")

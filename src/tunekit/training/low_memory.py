@@ -134,12 +134,12 @@ def prescaled_loss(loss_fn: LossFn) -> LossFn:
     (times the world size, as the loop does), while the returned value stays the token sum the
     loop logs. For optimizers that take the gradients away during backward."""
 
-    def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        loss_sum, tokens = loss_fn(model, batch)
+    def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, ...]:
+        loss_sum, tokens, *metric_sums = loss_fn(model, batch)  # an objective's metric sums pass through
         total = tokens.detach().clone()
         all_reduce_sum(total)
         scaled = loss_sum * (get_world_size() / total.clamp(min=1).float())
-        return scaled + (loss_sum - scaled).detach(), tokens
+        return scaled + (loss_sum - scaled).detach(), tokens, *metric_sums
 
     return loss
 
@@ -199,12 +199,12 @@ class OptimizerInBackward(torch.optim.Optimizer):
     def wrap_loss(self, loss_fn: LossFn) -> LossFn:
         """``loss_fn`` that also records ``world_size / tokens`` for the hooks (before backward)."""
 
-        def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            loss_sum, tokens = loss_fn(model, batch)
-            total = tokens.detach().clone()
+        def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, ...]:
+            out = loss_fn(model, batch)  # (loss_sum, tokens) or an objective's (..., metric_sums)
+            total = out[1].detach().clone()
             all_reduce_sum(total)
             self._scale = get_world_size() / total.clamp(min=1).float()
-            return loss_sum, tokens
+            return out
 
         return loss
 

@@ -277,6 +277,10 @@ class LoRALinear(nn.Module):
             return
         self.weight = nn.Parameter(quantize_nf4(self.weight, shards=shards), requires_grad=False)
         self.quantized = True
+        # DoRA on a fresh adapter (B zero): the magnitude is the row norms of the NF4 base it will
+        # train against (as PEFT's DoRA init on a 4-bit base), so the model starts as that base
+        if self.use_dora and not self.lora_b.weight.is_meta and not self.lora_b.weight.any():
+            self.reset_magnitude()
 
     def base_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The base weight ``W`` in full precision (dequantized from NF4 when quantized)."""
