@@ -300,3 +300,28 @@ def test_download_repo_type_dataset_fills_the_hub_cache(tmp_path: Path, monkeypa
     assert repo == "acme/data" and kw["repo_type"] == "dataset" and kw["revision"] == "v1"
     assert kw["local_dir"] is None and kw["cache_dir"] == str(tmp_path / "hub")  # where dataset.source= reads
     assert "dataset.source=acme/data" in capsys.readouterr().out
+
+
+def test_csv_cells_are_text_as_written_and_txt_line_endings_are_unix(tmp_path: Path) -> None:
+    # pandas would read "2" as the number 2 (every row refused: "must be a string") and "1.50" as 1.5
+    p = tmp_path / "math.csv"
+    p.write_bytes("\ufeffquestion,answer,note\r\n\"What is 1+1, exactly?\",2,1.50\r\nZero?,007,\r\n".encode())
+    rows = [rec for _, rec in load_rows(p)]
+    assert rows == [{"question": "What is 1+1, exactly?", "answer": "2", "note": "1.50"},
+                    {"question": "Zero?", "answer": "007", "note": None}]
+    doc = tmp_path / "win.txt"
+    doc.write_bytes("\ufeffline one\r\nline two\rthree\n".encode())
+    (row, rec), = list(load_rows(doc, text_files=True))
+    assert rec == {"text": "line one\nline two\nthree\n"}
+
+
+def test_a_bad_row_of_a_directory_names_its_file_line_and_mapped_column(tok, tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.jsonl").write_text("".join(json.dumps({"q": f"Q{i}", "a": "A"}) + "\n" for i in range(3)))
+    (d / "b.jsonl").write_text("\n" + json.dumps({"q": "Q", "a": "A"}) + "\n" + json.dumps({"q": 5, "a": "A"}) + "\n")
+    for streaming in (False, True):
+        cls = StreamingDataset if streaming else InstructDataset
+        msg = _err(lambda cls=cls: cls(tok, d, split="all", column_map={"instruction": "q", "output": "a"}))
+        assert f"Data set '{d}'" in msg and "row 5 (b.jsonl, line 3): field 'instruction' (your column 'q') " \
+               "must be a string, got the number 5" in msg, msg

@@ -321,8 +321,17 @@ def split_indices(n: int, split: str, val_fraction: float, seed: int, source: Pa
     return [i for i in range(n) if i not in val]
 
 
-def format_problems(path: Path, row_word: str, problems: list[tuple[int, str]], total: int) -> str:
-    """One paragraph naming the file and the first few bad rows."""
-    head = "; ".join(f"{row_word} {row}: {msg}" for row, msg in problems[:5])
+def format_problems(path: Path, row_word: str, problems: list[tuple[int, str]], total: int, *,
+                    rowsource: Any = None) -> str:
+    """One paragraph naming the file and the first few bad rows.
+
+    With ``rowsource`` (a :class:`tunekit.data.sources.RowSource`), each row also names the file
+    of a directory / glob that holds it, and a mapped field names the user's column.
+    """
+    if rowsource is not None:
+        head = "; ".join(f"{rowsource.row_label(row)}: {rowsource.explain(msg)}" for row, msg in problems[:5])
+    else:
+        head = "; ".join(f"{row_word} {row}: {msg}" for row, msg in problems[:5])
     more = f" ({len(problems) - 5} more {row_word}s have problems)" if len(problems) > 5 else ""
-    return f"Data file {str(path)!r} has {len(problems)} malformed row(s) of {total}: {head}{more}."
+    what = "Data set" if rowsource is not None and len(rowsource.files) > 1 else "Data file"
+    return f"{what} {str(path)!r} has {len(problems)} malformed row(s) of {total}: {head}{more}."
