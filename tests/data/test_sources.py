@@ -325,3 +325,18 @@ def test_a_bad_row_of_a_directory_names_its_file_line_and_mapped_column(tok, tmp
         msg = _err(lambda cls=cls: cls(tok, d, split="all", column_map={"instruction": "q", "output": "a"}))
         assert f"Data set '{d}'" in msg and "row 5 (b.jsonl, line 3): field 'instruction' (your column 'q') " \
                "must be a string, got the number 5" in msg, msg
+
+
+def test_openai_tool_calls_and_content_parts_are_named_with_the_fix(tok, tmp_path: Path) -> None:
+    calls = {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function",
+                                                                 "function": {"name": "f", "arguments": "{}"}}]}
+    parts = {"role": "user", "content": [{"type": "text", "text": "Hi"}]}
+    for i, (turns, needle) in enumerate([
+            ([{"role": "user", "content": "x"}, calls, {"role": "assistant", "content": "y"}],
+             "line 2: messages[1] holds 'tool_calls': tool / function-call messages are not supported"),
+            ([parts, {"role": "assistant", "content": "Hello."}],
+             "line 2: messages[0].content must be a string, got a list of 1 item(s) (OpenAI content parts "
+             "[{'type': 'text', 'text': ...}] are not read: join their texts into one string)")]):
+        (tmp_path / f"{i}.jsonl").write_text("\n".join(map(json.dumps, [MSGS[0], {"messages": turns}])))
+        msg = _err(lambda i=i: ChatDataset(tok, tmp_path / f"{i}.jsonl", split="all"))
+        assert needle in msg, msg
