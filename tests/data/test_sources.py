@@ -340,3 +340,14 @@ def test_openai_tool_calls_and_content_parts_are_named_with_the_fix(tok, tmp_pat
         (tmp_path / f"{i}.jsonl").write_text("\n".join(map(json.dumps, [MSGS[0], {"messages": turns}])))
         msg = _err(lambda i=i: ChatDataset(tok, tmp_path / f"{i}.jsonl", split="all"))
         assert needle in msg, msg
+
+
+def test_a_column_map_that_is_not_a_mapping_is_named_with_the_form(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    p = tmp_path / "qa.csv"
+    p.write_text("q,a\nHi,Yo\n")
+    with pytest.raises(DataSettingError) as err:  # was "ListConfig does not support attribute access"
+        load_rows(p, column_map=OmegaConf.create(["q", "a"]))
+    assert "dataset.column_map=['q', 'a'] must map the format's fields to your columns" in str(err.value)
+    assert "dataset.column_map='{instruction: question, output: answer}'" in str(err.value)

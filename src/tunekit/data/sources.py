@@ -262,6 +262,16 @@ def _hf_rows(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
             f"reader); {_read_hint()}.") from None
 
 
+def _plain(value: Any) -> Any:
+    """An OmegaConf list/dict as plain Python (for messages)."""
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    except ImportError:
+        return value
+
+
 def _row_word_of(path: Path, text_files: bool) -> str:
     """How one file numbers its rows: ``line`` (JSONL), ``record`` (JSON), ``document``, ``row``."""
     kind = _suffix_kind(path) or "json"
@@ -395,6 +405,11 @@ def load_rows(source: str | os.PathLike[str], *, data_files: str | Sequence[str]
     Raises:
         DataFormatError / DataSettingError: one paragraph naming the source and the fix.
     """
+    if column_map is not None and not isinstance(column_map, Mapping):
+        raise DataSettingError(
+            f"dataset.column_map={_plain(column_map)!r} must map the format's fields to your columns (FIELD: "
+            f"COLUMN), e.g. dataset.column_map='{{instruction: question, output: answer}}', not a "
+            f"{type(_plain(column_map)).__name__}.")
     cmap = {str(k): str(v) for k, v in (column_map or {}).items()}
     patterns = [data_files] if isinstance(data_files, str) else list(data_files or [])
     text = str(source)
