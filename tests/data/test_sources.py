@@ -351,3 +351,11 @@ def test_a_column_map_that_is_not_a_mapping_is_named_with_the_form(tmp_path: Pat
         load_rows(p, column_map=OmegaConf.create(["q", "a"]))
     assert "dataset.column_map=['q', 'a'] must map the format's fields to your columns" in str(err.value)
     assert "dataset.column_map='{instruction: question, output: answer}'" in str(err.value)
+
+
+def test_a_pretty_printed_json_list_saved_as_jsonl_says_rename_it(tok, tmp_path: Path) -> None:
+    p = tmp_path / "alpaca.jsonl"  # was: "N lines that are not valid JSON" for every line of a fine file
+    p.write_text(json.dumps([{"instruction": "Hi", "output": "Yo"}] * 4, indent=2))
+    for cls in (InstructDataset, StreamingDataset):
+        msg = _err(lambda cls=cls: cls(tok, p, split="all"))
+        assert str(p) in msg and "JSON list" in msg and "Rename it to alpaca.json" in msg.replace("rename", "Rename")

@@ -226,6 +226,16 @@ def load_records(path: Path) -> tuple[list[tuple[int, Any]], str]:
         except json.JSONDecodeError as e:
             bad.append((lineno, f"not valid JSON ({e.msg} at column {e.colno}: "
                                 f"{_excerpt(line, e.colno)})"))
+    if bad and bad[0][0] == 1 and text.lstrip().startswith("["):
+        try:  # a pretty-printed JSON list saved as .jsonl: every line "bad", but the file is fine as .json
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, list):
+            raise DataFormatError(
+                f"Data file {str(path)!r} holds one JSON list of {len(whole)} records spread over several lines, "
+                f"not JSON Lines (one record per line): rename it to {path.stem}.json (a .json file is read as a "
+                f"list of records), or write one record per line.")
     if bad:
         head = "; ".join(f"line {n}: {msg}" for n, msg in bad[:5])
         more = f" ({len(bad) - 5} more lines are bad)" if len(bad) > 5 else ""

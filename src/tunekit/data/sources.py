@@ -228,6 +228,11 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
+                if lineno == 1 and line.lstrip().startswith("["):
+                    raise DataFormatError(
+                        f"Data file {str(path)!r} starts with '[' over several lines: it looks like a JSON list of "
+                        f"records, not JSON Lines (one record per line). Rename it to {path.stem}.json (a .json "
+                        f"file is read as a list of records), or write one record per line.") from None
                 raise DataFormatError(
                     f"Data file {str(path)!r}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}). A .jsonl "
                     f"file needs one complete JSON object per line (no line breaks inside a record, no trailing "
