@@ -190,6 +190,9 @@ def test_mix_takes_weighted_counts_and_reports_them(tok, tmp_path: Path, capsys)
         sum(lab != -100 for lab in mix[i]["labels"]) for i in range(len(mix)))
     with pytest.raises(DataSettingError, match=r"dataset.sources\[0\].weight=-1"):
         mixed_dataset(tok, [{"source": str(tmp_path / "a.json"), "weight": -1}])
+    with pytest.raises(DataSettingError, match=r"dataset.sources\[1\].formt is not a setting of a mixed source "
+                       r"\(did you mean 'format'\?\)"):  # was FormatDataset's TypeError
+        mixed_dataset(tok, [{"source": str(tmp_path / "a.json")}, {"source": str(tmp_path / "m.jsonl"), "formt": "chat"}])
 
 
 def test_tokenization_cache_is_keyed_by_data_tokenizer_and_length(tok, files, tmp_path: Path, monkeypatch) -> None:
