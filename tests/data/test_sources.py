@@ -276,6 +276,8 @@ def test_preview_marks_trained_tokens_and_counts(capsys) -> None:
     assert "packing efficiency" in out and "samples:" in out and "trained)" in out and "#" in out
     assert main(["preview", "lora_finetune", "dataset=alpaca", "dataset.source=alpaca_tiny", "dataset.format=csv"]) == 1
     assert "dataset.format='csv' is not a data format" in capsys.readouterr().err
+    assert main(["preview", "lora_finetune", "-n", "-1"]) == 1
+    assert "--samples wants a whole number >= 0 (the samples to print, e.g. -n 5), got '-1'" in capsys.readouterr().err
 
 
 def test_streaming_digest_is_what_the_loader_serves(tok, files) -> None:

@@ -204,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             value = value if eq else next(it, "")
             if name in ("--samples", "-n"):
                 if not value.isdigit():
-                    print(f"tunekit data preview: --samples wants a number, got {value!r}.", file=sys.stderr)
+                    print(f"tunekit data preview: --samples wants a whole number >= 0 (the samples to print, "
+                          f"e.g. -n 5), got {value!r}.", file=sys.stderr)
                     return 1
                 args.samples = int(value)
             elif name == "--split" and value in ("train", "validation"):
