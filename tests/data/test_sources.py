@@ -364,3 +364,12 @@ def test_a_pretty_printed_json_list_saved_as_jsonl_says_rename_it(tok, tmp_path:
     for cls in (InstructDataset, StreamingDataset):
         msg = _err(lambda cls=cls: cls(tok, p, split="all"))
         assert str(p) in msg and "JSON list" in msg and "Rename it to alpaca.json" in msg.replace("rename", "Rename")
+
+
+def test_a_csv_separated_by_semicolons_or_tabs_says_so(tok, tmp_path: Path) -> None:
+    # was: "columns are ['instruction;output']", fix "column_map='{instruction: instruction;output}'"
+    for name, sep, needle in [("semi.csv", ";", "separated by semicolons"), ("tabs.csv", "\t", "Rename it to tabs.tsv")]:
+        p = tmp_path / name
+        p.write_text(f"instruction{sep}output\nSay hi{sep}hi\n")
+        msg = _err(lambda p=p: InstructDataset(tok, p, split="all"))
+        assert str(p) in msg and "reads as one column" in msg and needle in msg, msg

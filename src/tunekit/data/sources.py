@@ -162,6 +162,16 @@ class RowSource:
         if first is None or not isinstance(first[1], Mapping):
             return  # an empty file or non-object rows: the row checks say what is wrong
         columns = [str(c) for c in first[1]]
+        sep = next((c for c in ";\t|" if len(columns) == 1 and c in columns[0]), None)
+        if sep is not None and _suffix_kind(self.files[0]) == "csv":
+            name = {";": "semicolons", "\t": "tabs", "|": "'|'"}[sep]
+            fix = (f"rename it to {self.files[0].stem}.tsv (a .tsv file is read tab-separated)" if sep == "\t"
+                   else "save it comma-separated (e.g. pandas: pd.read_csv(path, sep=" + repr(sep)
+                   + ").to_csv(new_path, index=False))")
+            raise DataFormatError(
+                f"Data file {str(self.files[0])!r} reads as one column {columns[0]!r}: its fields are separated "
+                f"by {name}, and a {self.files[0].suffix} file is read comma-separated. {fix[0].upper() + fix[1:]}, "
+                f"and point dataset.source at the new file.")
         for fld, col in self.column_map.items():
             if col not in first[1]:
                 close = difflib.get_close_matches(col, columns, n=1)
