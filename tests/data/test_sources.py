@@ -175,6 +175,8 @@ def test_globs_directories_and_a_cached_hub_data_set(tok, tmp_path: Path, monkey
     assert "has the splits ['test', 'train']" in msg and "dataset.source_split" in msg
     msg = _err(lambda: InstructDataset(tok, "acme/absent", split="all"))
     assert "tunekit download acme/absent --repo-type dataset" in msg and str(tmp_path / "hub") in msg
+    msg = _err(lambda: InstructDataset(tok, "acme/tiyn", split="all"))  # a typo of a cached id
+    assert "(cached data sets with a close name: acme/tiny)" in msg
 
 
 def test_mix_takes_weighted_counts_and_reports_them(tok, tmp_path: Path, capsys) -> None:

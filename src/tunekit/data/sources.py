@@ -386,9 +386,13 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
                                       cache_dir=cache))
     except Exception:
         rev = f" at revision {revision!r}" if revision else ""
+        cached = sorted(d.name[len("datasets--"):].replace("--", "/", 1)
+                        for d in Path(cache).glob("datasets--*--*") if d.is_dir())
+        close = difflib.get_close_matches(repo_id, cached, n=3, cutoff=0.75)
+        near = f" (cached data sets with a close name: {', '.join(close)})" if close else ""
         raise DataFormatError(
             f"dataset.source={repo_id!r} is neither a local file or directory nor a data set{rev} in "
-            f"the local Hugging Face cache ({cache}). Fetch it once with `tunekit "
+            f"the local Hugging Face cache ({cache}){near}. Fetch it once with `tunekit "
             f"download {repo_id} --repo-type dataset` (then it is read offline), or point "
             f"dataset.source at a local file: {_read_hint()}.") from None
 
