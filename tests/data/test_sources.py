@@ -148,6 +148,8 @@ def test_text_files_are_documents_joined_with_eos_loss_on_every_token(tok, tmp_p
     col = tmp_path / "t.jsonl"
     col.write_text("\n".join(json.dumps({"body": (d / n).read_text()}) for n in ("a.txt", "b.txt")))
     assert _same(TextDataset(tok, col, split="all", max_seq_len=32, column_map={"text": "body"}), ds)
+    with pytest.raises(DataSettingError, match="a text file is one document: split it into several .txt files"):
+        TextDataset(tok, d / "a.txt", split="train", val_fraction=0.1)  # one corpus file, the default split
 
 
 def test_globs_directories_and_a_cached_hub_data_set(tok, tmp_path: Path, monkeypatch) -> None:

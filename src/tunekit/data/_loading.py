@@ -321,7 +321,8 @@ def split_indices(n: int, split: str, val_fraction: float, seed: int, source: Pa
             f"Data file {str(source)!r} has only {rows}: dataset.val_fraction={val_fraction} "
             f"holds out {n_val} for validation, which leaves nothing for training. Set "
             f"dataset.val_fraction=0 to train on every row without validation, or add rows "
-            f"(at least {n_val + 1} for this val_fraction)."
+            f"(at least {n_val + 1} for this val_fraction"
+            f"{'; a text file is one document: split it into several .txt files' if row_word == 'document' else ''})."
         )
     order = list(range(n))
     random.Random(seed).shuffle(order)
