@@ -91,6 +91,10 @@ def test_results_table_metrics_for_the_logger_and_files_never_overwritten(tmp_pa
     assert sample["resps"] == [[[-1.5, True]]] and sample["acc"] == 1.0
     assert {p.name for p in tmp_path.iterdir()} == {"results.json", "results_2.json", "results.md",
                                                     "results_2.md", "samples"}
+    (tmp_path / "results_3.md").write_text("the user's notes")  # the pair moves on together, nothing replaced
+    third = write_results(RESULTS, tmp_path, info={"weights": "w3"})
+    assert third.name == "results_4.json" and (tmp_path / "results_4.md").is_file()
+    assert (tmp_path / "results_3.md").read_text() == "the user's notes"
 
 
 @pytest.mark.parametrize("edit,words", [

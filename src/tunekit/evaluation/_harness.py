@@ -348,9 +348,11 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path, *, info: Mapp
               "n-samples": results.get("n-samples", {}), "versions": results.get("versions", {}),
               "n-shot": results.get("n-shot", {}), "perplexity": results.get("perplexity"),
               "configs": results.get("configs", {})}
-    json_path = _free(out / "results.json")
+    json_path, n = out / "results.json", 2
+    while json_path.exists() or json_path.with_suffix(".md").exists():  # results_N.json and .md go together
+        json_path, n = out / f"results_{n}.json", n + 1
     _atomic(json_path, json.dumps(record, indent=2, default=_jsonable) + "\n")
-    _atomic(_free(out / "results.md"), results_table(results))
+    _atomic(json_path.with_suffix(".md"), results_table(results))
     for task, samples in (results.get("samples") or {}).items():
         lines = [json.dumps({k: s.get(k) for k in ("doc_id", "target", "arguments", "resps", "filtered_resps")}
                             | {k: v for k, v in s.items() if isinstance(v, (int, float)) and k != "doc_id"},
