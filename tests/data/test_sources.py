@@ -282,6 +282,11 @@ def test_preview_marks_trained_tokens_and_counts(capsys) -> None:
     assert "dataset.format='csv' is not a data format" in capsys.readouterr().err
     assert main(["preview", "lora_finetune", "-n", "-1"]) == 1
     assert "--samples wants a whole number >= 0 (the samples to print, e.g. -n 5), got '-1'" in capsys.readouterr().err
+    # the DPO recipes' data: was "preference data ... run `python -m recipes.lora_dpo`" (the recipe previewed)
+    assert main(["preview", "lora_dpo", "-n", "1", "--color", "never", "max_seq_len=256"]) == 0
+    out = capsys.readouterr().out
+    assert "--- train pair 1 (line " in out and "  chosen: " in out and "  rejected: " in out
+    assert out.count("### Response:\n[[") == 2 and "  pairs: " in out and "sequences (chosen and rejected)" in out
 
 
 def test_streaming_digest_is_what_the_loader_serves(tok, files) -> None:
