@@ -125,3 +125,14 @@ def test_a_task_data_file_with_a_bad_json_line_is_named_and_good_templates_pass(
     data.write_text(data.read_text() + '{"question": \n')
     with pytest.raises(EvaluationError, match=r"tiny_mc.jsonl of task file .*, line 6: not valid JSON"):
         check_tasks([str(task)])
+
+
+def test_tasks_without_the_harness_installed_are_refused_before_training(tmp_path, monkeypatch):
+    import importlib.util
+
+    task = write_task(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    with pytest.raises(EvaluationError) as err:  # was: the run trained, then failed at its end
+        check_tasks([str(task)], "eval_tasks")
+    assert "`eval_tasks`=[" in str(err.value) and 'pip install "tunekit[eval]"' in str(err.value)

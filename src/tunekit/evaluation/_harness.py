@@ -194,6 +194,12 @@ def check_tasks(tasks: Sequence[str], key: str = "tasks") -> None:
     """Refuse unusable ``tasks`` before any weight is read or step is trained: task files are read
     and their data files found without importing the harness; names are looked up in the
     harness's task index (building it imports lm_eval and reads its task YAML files)."""
+    import importlib.util
+
+    if tasks and importlib.util.find_spec("lm_eval") is None:  # before training, not after it
+        raise EvaluationError(
+            f"`{key}`={[str(t) for t in tasks]} needs lm-evaluation-harness, which is not installed. Install it "
+            f"with: pip install \"tunekit[eval]\" (or drop `{key}`; perplexity needs no extra).")
     names = [str(t) for t in tasks if not _is_path(str(t))]
     for i, spec in enumerate(tasks):
         if _is_path(str(spec)):
