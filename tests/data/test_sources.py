@@ -179,6 +179,9 @@ def test_globs_directories_and_a_cached_hub_data_set(tok, tmp_path: Path, monkey
     assert "tunekit download acme/absent --repo-type dataset" in msg and str(tmp_path / "hub") in msg
     msg = _err(lambda: InstructDataset(tok, "acme/tiyn", split="all"))  # a typo of a cached id
     assert "(cached data sets with a close name: acme/tiny)" in msg
+    msg = _err(lambda: InstructDataset(tok, "acme/tiny", split="all", subset="data", revision="v2"))
+    assert "(acme/tiny is cached at main, 0123456789ab: set dataset.revision to one of them)" in msg
+    assert "tunekit download acme/tiny --repo-type dataset --revision v2" in msg
 
 
 def test_mix_takes_weighted_counts_and_reports_them(tok, tmp_path: Path, capsys) -> None:

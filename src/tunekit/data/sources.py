@@ -390,10 +390,16 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
                         for d in Path(cache).glob("datasets--*--*") if d.is_dir())
         close = difflib.get_close_matches(repo_id, cached, n=3, cutoff=0.75)
         near = f" (cached data sets with a close name: {', '.join(close)})" if close else ""
+        if repo_id in cached:  # cached, but not at the revision asked for
+            repo = Path(cache) / ("datasets--" + repo_id.replace("/", "--"))
+            have = sorted(p.name for p in (repo / "refs").glob("*") if p.is_file()) \
+                + sorted(p.name[:12] for p in (repo / "snapshots").glob("*") if p.is_dir())
+            near = f" ({repo_id} is cached at {', '.join(have) or 'no revision'}: set dataset.revision to one of them)"
+        fetch = f"download {repo_id} --repo-type dataset" + (f" --revision {revision}" if revision else "")
         raise DataFormatError(
             f"dataset.source={repo_id!r} is neither a local file or directory nor a data set{rev} in "
             f"the local Hugging Face cache ({cache}){near}. Fetch it once with `tunekit "
-            f"download {repo_id} --repo-type dataset` (then it is read offline), or point "
+            f"{fetch}` (then it is read offline), or point "
             f"dataset.source at a local file: {_read_hint()}.") from None
 
 
