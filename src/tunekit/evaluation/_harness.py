@@ -159,7 +159,8 @@ def _check_task_data(cfg: dict[str, Any], path: Path) -> None:
     import jinja2
     from jinja2 import meta
 
-    fields = sorted(map(str, first))
+    have = {str(k) for r in rows if isinstance(r, Mapping) for k in r}  # a field of some records is a field
+    fields = sorted(have)
     for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
         value = cfg.get(key)
         if not isinstance(value, str) or value.startswith("!function"):
@@ -171,13 +172,13 @@ def _check_task_data(cfg: dict[str, Any], path: Path) -> None:
                 raise EvaluationError(
                     f"Task file {path}: `{key}: {value}` is not a valid Jinja template ({e.message}); fix the "
                     f"template, e.g. `{key}: \"{{{{{fields[0]}}}}}\"`.") from None
-            unknown = sorted(n for n in names if n not in first)
+            unknown = sorted(n for n in names if n not in have)
         else:
-            unknown = [value] if key != "doc_to_text" and value.isidentifier() and value not in first else []
+            unknown = [value] if key != "doc_to_text" and value.isidentifier() and value not in have else []
         if unknown:
             raise EvaluationError(
                 f"Task file {path}: `{key}: {value}` names {', '.join(repr(u) for u in unknown)}, which is not a "
-                f"field of its data {data} (record 1 has {fields}). Use one of those fields (e.g. "
+                f"field of its data {data} (its records have {fields}). Use one of those fields (e.g. "
                 f"`{key}: {_guess(unknown[0], fields, key)}`); the harness would otherwise "
                 f"{'stop with a template error' if '{' in value else 'score the literal text ' + repr(value)}.")
 
