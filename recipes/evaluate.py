@@ -25,6 +25,7 @@ run directory (`outputs/evaluate/<time>/`, or `output_dir=`).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -113,8 +114,9 @@ def run(cfg: DictConfig) -> float | None:
         max_gen_toks=cfg.max_gen_toks, seed=cfg.seed, perplexity_documents=documents,
         perplexity_source=described, stride=cfg.perplexity.stride)
     print(results_table(results), end="", flush=True)
-    print(f"tunekit {RECIPE}: results in {results['path']} (table: results.md; per-sample: samples/)",
-          file=sys.stderr, flush=True)
+    samples = "; per-sample: samples/" if results.get("samples") else ""
+    print(f"tunekit {RECIPE}: results in {results['path']} (table: {Path(results['path']).with_suffix('.md').name}"
+          f"{samples})", file=sys.stderr, flush=True)
     if "perplexity" in results:
         return results["perplexity"]["perplexity"]
     for metrics in results.get("results", {}).values():

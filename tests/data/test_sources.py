@@ -148,6 +148,8 @@ def test_text_files_are_documents_joined_with_eos_loss_on_every_token(tok, tmp_p
     col = tmp_path / "t.jsonl"
     col.write_text("\n".join(json.dumps({"body": (d / n).read_text()}) for n in ("a.txt", "b.txt")))
     assert _same(TextDataset(tok, col, split="all", max_seq_len=32, column_map={"text": "body"}), ds)
+    with pytest.raises(DataSettingError, match="a text file is one document: split it into several .txt files"):
+        TextDataset(tok, d / "a.txt", split="train", val_fraction=0.1)  # one corpus file, the default split
 
 
 def test_globs_directories_and_a_cached_hub_data_set(tok, tmp_path: Path, monkeypatch) -> None:
@@ -175,6 +177,11 @@ def test_globs_directories_and_a_cached_hub_data_set(tok, tmp_path: Path, monkey
     assert "has the splits ['test', 'train']" in msg and "dataset.source_split" in msg
     msg = _err(lambda: InstructDataset(tok, "acme/absent", split="all"))
     assert "tunekit download acme/absent --repo-type dataset" in msg and str(tmp_path / "hub") in msg
+    msg = _err(lambda: InstructDataset(tok, "acme/tiyn", split="all"))  # a typo of a cached id
+    assert "(cached data sets with a close name: acme/tiny)" in msg
+    msg = _err(lambda: InstructDataset(tok, "acme/tiny", split="all", subset="data", revision="v2"))
+    assert "(acme/tiny is cached at main, 0123456789ab: set dataset.revision to one of them)" in msg
+    assert "tunekit download acme/tiny --repo-type dataset --revision v2" in msg
 
 
 def test_mix_takes_weighted_counts_and_reports_them(tok, tmp_path: Path, capsys) -> None:
@@ -190,6 +197,9 @@ def test_mix_takes_weighted_counts_and_reports_them(tok, tmp_path: Path, capsys)
         sum(lab != -100 for lab in mix[i]["labels"]) for i in range(len(mix)))
     with pytest.raises(DataSettingError, match=r"dataset.sources\[0\].weight=-1"):
         mixed_dataset(tok, [{"source": str(tmp_path / "a.json"), "weight": -1}])
+    with pytest.raises(DataSettingError, match=r"dataset.sources\[1\].formt is not a setting of a mixed source "
+                       r"\(did you mean 'format'\?\)"):  # was FormatDataset's TypeError
+        mixed_dataset(tok, [{"source": str(tmp_path / "a.json")}, {"source": str(tmp_path / "m.jsonl"), "formt": "chat"}])
 
 
 def test_tokenization_cache_is_keyed_by_data_tokenizer_and_length(tok, files, tmp_path: Path, monkeypatch) -> None:
@@ -273,6 +283,13 @@ def test_preview_marks_trained_tokens_and_counts(capsys) -> None:
     assert "packing efficiency" in out and "samples:" in out and "trained)" in out and "#" in out
     assert main(["preview", "lora_finetune", "dataset=alpaca", "dataset.source=alpaca_tiny", "dataset.format=csv"]) == 1
     assert "dataset.format='csv' is not a data format" in capsys.readouterr().err
+    assert main(["preview", "lora_finetune", "-n", "-1"]) == 1
+    assert "--samples wants a whole number >= 0 (the samples to print, e.g. -n 5), got '-1'" in capsys.readouterr().err
+    # the DPO recipes' data: was "preference data ... run `python -m recipes.lora_dpo`" (the recipe previewed)
+    assert main(["preview", "lora_dpo", "-n", "1", "--color", "never", "max_seq_len=256"]) == 0
+    out = capsys.readouterr().out
+    assert "--- train pair 1 (line " in out and "  chosen: " in out and "  rejected: " in out
+    assert out.count("### Response:\n[[") == 2 and "  pairs: " in out and "sequences (chosen and rejected)" in out
 
 
 def test_streaming_digest_is_what_the_loader_serves(tok, files) -> None:
@@ -300,3 +317,71 @@ def test_download_repo_type_dataset_fills_the_hub_cache(tmp_path: Path, monkeypa
     assert repo == "acme/data" and kw["repo_type"] == "dataset" and kw["revision"] == "v1"
     assert kw["local_dir"] is None and kw["cache_dir"] == str(tmp_path / "hub")  # where dataset.source= reads
     assert "dataset.source=acme/data" in capsys.readouterr().out
+
+
+def test_csv_cells_are_text_as_written_and_txt_line_endings_are_unix(tmp_path: Path) -> None:
+    # pandas would read "2" as the number 2 (every row refused: "must be a string") and "1.50" as 1.5
+    p = tmp_path / "math.csv"
+    p.write_bytes("\ufeffquestion,answer,note\r\n\"What is 1+1, exactly?\",2,1.50\r\nZero?,007,\r\n".encode())
+    rows = [rec for _, rec in load_rows(p)]
+    assert rows == [{"question": "What is 1+1, exactly?", "answer": "2", "note": "1.50"},
+                    {"question": "Zero?", "answer": "007", "note": None}]
+    doc = tmp_path / "win.txt"
+    doc.write_bytes("\ufeffline one\r\nline two\rthree\n".encode())
+    (row, rec), = list(load_rows(doc, text_files=True))
+    assert rec == {"text": "line one\nline two\nthree\n"}
+
+
+def test_a_bad_row_of_a_directory_names_its_file_line_and_mapped_column(tok, tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.jsonl").write_text("".join(json.dumps({"q": f"Q{i}", "a": "A"}) + "\n" for i in range(3)))
+    (d / "b.jsonl").write_text("\n" + json.dumps({"q": "Q", "a": "A"}) + "\n" + json.dumps({"q": 5, "a": "A"}) + "\n")
+    for streaming in (False, True):
+        cls = StreamingDataset if streaming else InstructDataset
+        msg = _err(lambda cls=cls: cls(tok, d, split="all", column_map={"instruction": "q", "output": "a"}))
+        assert f"Data set '{d}'" in msg and "row 5 (b.jsonl, line 3): field 'instruction' (your column 'q') " \
+               "must be a string, got the number 5" in msg, msg
+
+
+def test_openai_tool_calls_and_content_parts_are_named_with_the_fix(tok, tmp_path: Path) -> None:
+    calls = {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function",
+                                                                 "function": {"name": "f", "arguments": "{}"}}]}
+    parts = {"role": "user", "content": [{"type": "text", "text": "Hi"}]}
+    for i, (turns, needle) in enumerate([
+            ([{"role": "user", "content": "x"}, calls, {"role": "assistant", "content": "y"}],
+             "line 2: messages[1] holds 'tool_calls': tool / function-call messages are not supported"),
+            ([parts, {"role": "assistant", "content": "Hello."}],
+             "line 2: messages[0].content must be a string, got a list of 1 item(s) (OpenAI content parts "
+             "[{'type': 'text', 'text': ...}] are not read: join their texts into one string)")]):
+        (tmp_path / f"{i}.jsonl").write_text("\n".join(map(json.dumps, [MSGS[0], {"messages": turns}])))
+        msg = _err(lambda i=i: ChatDataset(tok, tmp_path / f"{i}.jsonl", split="all"))
+        assert needle in msg, msg
+
+
+def test_a_column_map_that_is_not_a_mapping_is_named_with_the_form(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    p = tmp_path / "qa.csv"
+    p.write_text("q,a\nHi,Yo\n")
+    with pytest.raises(DataSettingError) as err:  # was "ListConfig does not support attribute access"
+        load_rows(p, column_map=OmegaConf.create(["q", "a"]))
+    assert "dataset.column_map=['q', 'a'] must map the format's fields to your columns" in str(err.value)
+    assert "dataset.column_map='{instruction: question, output: answer}'" in str(err.value)
+
+
+def test_a_pretty_printed_json_list_saved_as_jsonl_says_rename_it(tok, tmp_path: Path) -> None:
+    p = tmp_path / "alpaca.jsonl"  # was: "N lines that are not valid JSON" for every line of a fine file
+    p.write_text(json.dumps([{"instruction": "Hi", "output": "Yo"}] * 4, indent=2))
+    for cls in (InstructDataset, StreamingDataset):
+        msg = _err(lambda cls=cls: cls(tok, p, split="all"))
+        assert str(p) in msg and "JSON list" in msg and "Rename it to alpaca.json" in msg.replace("rename", "Rename")
+
+
+def test_a_csv_separated_by_semicolons_or_tabs_says_so(tok, tmp_path: Path) -> None:
+    # was: "columns are ['instruction;output']", fix "column_map='{instruction: instruction;output}'"
+    for name, sep, needle in [("semi.csv", ";", "separated by semicolons"), ("tabs.csv", "\t", "Rename it to tabs.tsv")]:
+        p = tmp_path / name
+        p.write_text(f"instruction{sep}output\nSay hi{sep}hi\n")
+        msg = _err(lambda p=p: InstructDataset(tok, p, split="all"))
+        assert str(p) in msg and "reads as one column" in msg and needle in msg, msg

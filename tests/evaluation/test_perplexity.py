@@ -87,12 +87,15 @@ def test_text_sources_are_read_and_bad_ones_named(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps([{"body": "x"}]))
     (tmp_path / "d.jsonl").write_text(json.dumps({"text": "ok"}) + "\n{oops\n")
     (tmp_path / "e.txt").write_text("  \n")
+    (tmp_path / "f.csv").write_text("body\nsome text\n")  # read as raw text it would score its header and commas
     assert read_texts(tmp_path / "a.txt") == ["one document\n\nstill the same one\n"]
     assert read_texts(tmp_path / "b.jsonl") == ["first", "second"]
     assert read_texts(tmp_path / "c.json", text_field="body") == ["x"]
     for name, needles in [("c.json", ["record 1", "'text'", "body", "perplexity.text_field"]),
                           ("d.jsonl", ["line 2", "not valid JSON"]), ("e.txt", ["empty"]),
-                          ("missing.txt", ["no such file", "dataset"])]:
+                          ("missing.txt", ["no such file", "dataset"]),
+                          ("f.csv", ["is a CSV table", "perplexity.source=dataset dataset=text dataset.source=",
+                                     "dataset.column_map={text: COLUMN}"])]:
         with pytest.raises(EvaluationError) as err:
             read_texts(tmp_path / name)
         assert all(n in str(err.value) for n in needles), str(err.value)

@@ -128,3 +128,17 @@ def test_without_matplotlib_the_message_names_the_extra_and_nothing_fails(tmp_pa
     SweepPlots().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert "no sweep comparison plot" in capsys.readouterr().out
     assert not (run / "plots").exists()
+
+
+def test_runs_of_the_same_name_get_distinct_labels_and_steps_are_whole_numbers(tmp_path):
+    runs = [str(_run(tmp_path / "a", "run", steps=3)), str(_run(tmp_path / "b", "run", steps=3))]
+    expanded, labels = plot_cli._expand(runs)
+    assert expanded == runs and labels == ["a/run", "b/run"]  # not "run" twice in the legend
+    from matplotlib.figure import Figure
+
+    from tunekit.reporting.plots import _finish
+
+    ax = Figure().add_subplot(1, 1, 1)
+    ax.plot([1, 2, 3], [3.0, 2.0, 1.0], label="loss")
+    _finish(ax, "loss", False, [3.0, 2.0, 1.0])
+    assert all(float(t).is_integer() for t in ax.get_xticks())  # no "1.5" step ticks

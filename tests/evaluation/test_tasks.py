@@ -91,3 +91,48 @@ def test_results_table_metrics_for_the_logger_and_files_never_overwritten(tmp_pa
     assert sample["resps"] == [[[-1.5, True]]] and sample["acc"] == 1.0
     assert {p.name for p in tmp_path.iterdir()} == {"results.json", "results_2.json", "results.md",
                                                     "results_2.md", "samples"}
+    (tmp_path / "results_3.md").write_text("the user's notes")  # the pair moves on together, nothing replaced
+    third = write_results(RESULTS, tmp_path, info={"weights": "w3"})
+    assert third.name == "results_4.json" and (tmp_path / "results_4.md").is_file()
+    assert (tmp_path / "results_3.md").read_text() == "the user's notes"
+
+
+@pytest.mark.parametrize("edit,words", [
+    (("{{question}}", "Q: {{quesion}}"), ["`doc_to_text: Q: {{quesion}}` names 'quesion'", "stop with a template error",
+                                          "`doc_to_text: \"{{question}}\"`"]),
+    (("doc_to_target: label", "doc_to_target: lable"), ["`doc_to_target: lable` names 'lable'",
+                                                        "score the literal text 'lable'", "`doc_to_target: label`"]),
+    (("doc_to_choice: choices\n", ""), ["`output_type: multiple_choice` needs `doc_to_choice`",
+                                        "doc_to_choice: choices"]),
+    (("{{question}}", "{{question"), ["is not a valid Jinja template"]),
+], ids=["template-typo", "target-not-a-field", "no-choices", "broken-template"])
+def test_a_task_file_that_the_harness_would_score_wrongly_or_crash_on_is_refused(tmp_path, edit, words):
+    task = write_task(tmp_path)
+    task.write_text(task.read_text().replace(*edit))
+    with pytest.raises(EvaluationError) as err:
+        check_tasks([str(task)])
+    text = str(err.value)
+    assert f"Task file {task.resolve()}" in text or f"Task file {task}" in text
+    assert all(w in text for w in words), text
+
+
+def test_a_task_data_file_with_a_bad_json_line_is_named_and_good_templates_pass(tmp_path):
+    task = write_task(tmp_path)
+    task.write_text(task.read_text().replace('"{{question}}"', '"Q: {{question}} {% for c in choices %}{{c}}'
+                                             '{% endfor %}"'))
+    assert check_tasks([str(task)]) is None  # loop variables and real fields are fine
+    data = tmp_path / "data" / "tiny_mc.jsonl"
+    data.write_text(data.read_text() + '{"question": \n')
+    with pytest.raises(EvaluationError, match=r"tiny_mc.jsonl of task file .*, line 6: not valid JSON"):
+        check_tasks([str(task)])
+
+
+def test_tasks_without_the_harness_installed_are_refused_before_training(tmp_path, monkeypatch):
+    import importlib.util
+
+    task = write_task(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    with pytest.raises(EvaluationError) as err:  # was: the run trained, then failed at its end
+        check_tasks([str(task)], "eval_tasks")
+    assert "`eval_tasks`=[" in str(err.value) and 'pip install "tunekit[eval]"' in str(err.value)

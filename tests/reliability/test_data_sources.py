@@ -61,3 +61,17 @@ def test_download_of_a_data_set_offline_names_the_data_fix(tmp_path: Path) -> No
                        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
     assert_user_error(proc, "acme/some-data", "offline mode is on", "point dataset.source at them")
     assert "checkpointer.checkpoint_dir" not in proc.stderr
+
+
+def test_bad_row_in_a_directory_names_its_file_line_and_column(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text("".join(json.dumps({"q": f"Say {i}", "a": f"{i}"}) + "\n" for i in range(6)))
+    (data / "b.jsonl").write_text(json.dumps({"q": "Fine", "a": "yes"}) + "\n\n" + json.dumps({"q": None, "a": "x"}))
+    before = snapshot(data)
+    proc = run_tunekit("data", "preview", "lora_finetune", "dataset=alpaca", f"dataset.source={data}",
+                       "dataset.column_map={instruction: q, output: a}", "dataset.val_fraction=0",
+                       env={"TUNEKIT_CACHE": str(tmp_path / "cache")})
+    assert_user_error(proc, f"Data set '{data}'", "row 8 (b.jsonl, line 3)",
+                      "field 'instruction' (your column 'q') must be a string, got null")
+    assert_unchanged(before, data)

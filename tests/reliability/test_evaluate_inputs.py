@@ -104,3 +104,18 @@ def test_plot_keeps_an_existing_output_file(tmp_path):
     proc = run_tunekit("plot", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "mine.png"))
     assert_user_error(proc, "mine.png", "exists; pass --force")
     assert_unchanged(before, tmp_path)
+
+
+def test_task_template_naming_a_field_the_data_lacks_stops_before_loading(tmp_path):
+    # the harness would stop with a jinja traceback mid-run ('quesion' is undefined)
+    task = _task(tmp_path / "tasks")
+    task.write_text(task.read_text().replace("{{question}}", "{{quesion}}"))
+    (tmp_path / "tasks" / "data").mkdir()
+    (tmp_path / "tasks" / "data" / "rows.jsonl").write_text(
+        json.dumps({"question": "2+2?", "choices": ["4", "5"], "label": 0}) + "\n")
+    before = snapshot(tmp_path / "tasks")
+    proc = run_recipe("evaluate", tmp_path / "out", f"tasks=[{task}]", "perplexity.source=null")
+    assert_user_error(proc, f"Task file {task}", "`doc_to_text: {{quesion}}` names 'quesion'",
+                      "['choices', 'label', 'question']", "`doc_to_text: \"{{question}}\"`")
+    assert_unchanged(before, tmp_path / "tasks")
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -53,3 +53,14 @@ def test_unsupported_family_names_config_and_alternative(tmp_path):
     assert_user_error(proc, "config.json", "model_type='gemma'", "supported: llama, mistral, qwen2, qwen3",
                       "convert_hf_to_gguf.py")
     assert_unchanged(before, tmp_path)
+
+
+def test_adapter_directory_as_source_says_how_to_export_it(tmp_path):
+    adapter = tmp_path / "run" / "epoch_0" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    before = snapshot(tmp_path)
+    proc = run_tunekit("export", str(adapter), str(tmp_path / "m.gguf"))
+    assert_user_error(proc, f"SRC '{adapter}' is a LoRA adapter directory", "--adapter",
+                      f"({tmp_path / 'run' / 'epoch_0'})", "merged weights")
+    assert_unchanged(before, tmp_path)

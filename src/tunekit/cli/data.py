@@ -147,6 +147,26 @@ def _report(ds: Any, tokenizer: Any, *, n: int, color: bool, packed: bool, name:
         print(f"tunekit: warning: {warning}", file=sys.stderr)
 
 
+def _report_pairs(ds: Any, tokenizer: Any, *, n: int, color: bool, name: str) -> None:
+    """The DPO recipes' preview: each pair's chosen and rejected sequence (reply tokens marked), then counts."""
+    for i in range(min(n, len(ds))):
+        s = ds[i]
+        print(f"--- {name} pair {i + 1} ({ds.row_word} {ds.rows[i]})")
+        for side in ("chosen", "rejected"):
+            tokens, labels = s[f"{side}_tokens"], s[f"{side}_labels"]
+            print(f"  {side}: {len(tokens)} tokens, {sum(lab != _IGNORE for lab in labels)} trained")
+            print(render_sample(tokenizer, tokens, labels, color=color))
+    lengths = [len(ds[i][f"{side}_tokens"]) for i in range(len(ds)) for side in ("chosen", "rejected")]
+    print(f"--- counts of {str(ds.source)!r} ({name} split):")
+    print(f"  pairs: {len(ds)} ({ds.truncated} truncated at max_seq_len={ds.max_seq_len}, {len(ds.dropped_rows)} "
+          f"dropped: a reply cut away entirely)")
+    print(f"  tokens: {sum(lengths)} in {len(lengths)} sequences (chosen and rejected)")
+    if lengths:
+        print("  token lengths (chosen and rejected):   count")
+        for line in _histogram(lengths):
+            print(line)
+
+
 def _preview(args: argparse.Namespace) -> int:
     from tunekit.cli.main import _recipe_and_overrides, _split_hydra_flags
     from tunekit.config import ConfigError, config_problems, instantiate
@@ -182,6 +202,15 @@ def _preview(args: argparse.Namespace) -> int:
             if validation and not cfg.dataset.get("val_fraction", 0):
                 raise ConfigError("--split validation: dataset.val_fraction is 0, so there is no validation "
                                   "split; set dataset.val_fraction=0.1 (or preview the train split).")
+            if "dpo" in cfg:  # the DPO recipes' own data path: pairs of a chosen and a rejected reply
+                from tunekit.run import preference
+
+                pairs = preference.build_preference_datasets(instantiate(cfg.dataset), tokenizer,
+                                                             validation=validation)
+                _report_pairs(pairs[1] if validation else pairs[0], tokenizer, n=max(0, args.samples),
+                              color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty()),
+                              name=args.split)
+                return 0
             train_ds, val_ds = data.build_datasets(instantiate(cfg.dataset), tokenizer, validation=validation,
                                                    packed=bool(cfg.packed), max_seq_len=int(cfg.max_seq_len))
     except ConfigError as exc:
@@ -204,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             value = value if eq else next(it, "")
             if name in ("--samples", "-n"):
                 if not value.isdigit():
-                    print(f"tunekit data preview: --samples wants a number, got {value!r}.", file=sys.stderr)
+                    print(f"tunekit data preview: --samples wants a whole number >= 0 (the samples to print, "
+                          f"e.g. -n 5), got {value!r}.", file=sys.stderr)
                     return 1
                 args.samples = int(value)
             elif name == "--split" and value in ("train", "validation"):

@@ -50,6 +50,11 @@ def _precheck(args: argparse.Namespace) -> str | None:
     if not src.exists():
         return (f"SRC {str(src)!r} does not exist. Give a run directory (its newest complete checkpoint is "
                 f"exported), a checkpoint directory (RUN/epoch_N) or an HF/Meta model directory.")
+    if (src / "adapter_config.json").is_file() and not (src / "config.json").is_file():
+        return (f"SRC {str(src)!r} is a LoRA adapter directory, not a model: an adapter is exported merged into "
+                f"its base model. Give the base model as SRC and this directory as --adapter "
+                f"(tunekit export BASE_MODEL_DIR {args.dest} --adapter {src}), or give the checkpoint directory "
+                f"that holds it ({src.parent}), whose model/ already holds the merged weights.")
     if dest.suffix.lower() != ".gguf":
         return (f"DEST {str(dest)!r} does not end in .gguf; name the file to write, e.g. "
                 f"{dest.with_suffix('.gguf') if dest.suffix else dest / 'model.gguf'}.")
@@ -60,6 +65,10 @@ def _precheck(args: argparse.Namespace) -> str | None:
         return (f"DEST {str(dest)!r} already exists; export never overwrites a file silently. Pass --force to "
                 f"replace it, or choose a new file name.")
     return None
+
+
+def _kinds(dtype: str) -> str:
+    return dtype if dtype == "f32" else f"{dtype} (norms and biases in f32)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tunekit export: note: {note}")
     size = done.path.stat().st_size / 2**20
     print(f"Wrote {done.path} ({size:.1f} MiB): {done.architecture} ({done.model_type}) from {done.weights_dir}, "
-          f"{done.tensors} tensors in {done.dtype}, vocabulary {done.vocab_size}, context {done.context_length}.")
+          f"{done.tensors} tensors in {_kinds(done.dtype)}, vocabulary {done.vocab_size}, "
+          f"context {done.context_length}.")
     print(f"Run it with llama.cpp: llama-cli -m {done.path} -p \"Hello\" -n 64")
     return 0
 

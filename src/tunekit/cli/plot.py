@@ -54,7 +54,19 @@ def _expand(runs: list[str]) -> tuple[list[str], list[str] | None]:
             find_metrics_file(run)  # refuses a run without metrics, naming it
             out.append(run)
             labels.append(Path(run).name or run)
+    if not swept and len(set(labels)) < len(labels):  # a/run and b/run: both "run" in the legend
+        return out, _distinct_labels(out)
     return out, labels if swept else None
+
+
+def _distinct_labels(runs: list[str]) -> list[str]:
+    """The shortest path tails that tell the runs apart (``a/run``, ``b/run``)."""
+    parts = [Path(r).resolve().parts for r in runs]
+    for k in range(1, max(map(len, parts)) + 1):
+        tails = ["/".join(p[-k:]) for p in parts]
+        if len(set(tails)) == len(tails):
+            return tails
+    return [str(r) for r in runs]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,6 +226,16 @@ def load_records(path: Path) -> tuple[list[tuple[int, Any]], str]:
         except json.JSONDecodeError as e:
             bad.append((lineno, f"not valid JSON ({e.msg} at column {e.colno}: "
                                 f"{_excerpt(line, e.colno)})"))
+    if bad and bad[0][0] == 1 and text.lstrip().startswith("["):
+        try:  # a pretty-printed JSON list saved as .jsonl: every line "bad", but the file is fine as .json
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, list):
+            raise DataFormatError(
+                f"Data file {str(path)!r} holds one JSON list of {len(whole)} records spread over several lines, "
+                f"not JSON Lines (one record per line): rename it to {path.stem}.json (a .json file is read as a "
+                f"list of records), or write one record per line.")
     if bad:
         head = "; ".join(f"line {n}: {msg}" for n, msg in bad[:5])
         more = f" ({len(bad) - 5} more lines are bad)" if len(bad) > 5 else ""
@@ -311,7 +321,8 @@ def split_indices(n: int, split: str, val_fraction: float, seed: int, source: Pa
             f"Data file {str(source)!r} has only {rows}: dataset.val_fraction={val_fraction} "
             f"holds out {n_val} for validation, which leaves nothing for training. Set "
             f"dataset.val_fraction=0 to train on every row without validation, or add rows "
-            f"(at least {n_val + 1} for this val_fraction)."
+            f"(at least {n_val + 1} for this val_fraction"
+            f"{'; a text file is one document: split it into several .txt files' if row_word == 'document' else ''})."
         )
     order = list(range(n))
     random.Random(seed).shuffle(order)
@@ -321,8 +332,17 @@ def split_indices(n: int, split: str, val_fraction: float, seed: int, source: Pa
     return [i for i in range(n) if i not in val]
 
 
-def format_problems(path: Path, row_word: str, problems: list[tuple[int, str]], total: int) -> str:
-    """One paragraph naming the file and the first few bad rows."""
-    head = "; ".join(f"{row_word} {row}: {msg}" for row, msg in problems[:5])
+def format_problems(path: Path, row_word: str, problems: list[tuple[int, str]], total: int, *,
+                    rowsource: Any = None) -> str:
+    """One paragraph naming the file and the first few bad rows.
+
+    With ``rowsource`` (a :class:`tunekit.data.sources.RowSource`), each row also names the file
+    of a directory / glob that holds it, and a mapped field names the user's column.
+    """
+    if rowsource is not None:
+        head = "; ".join(f"{rowsource.row_label(row)}: {rowsource.explain(msg)}" for row, msg in problems[:5])
+    else:
+        head = "; ".join(f"{row_word} {row}: {msg}" for row, msg in problems[:5])
     more = f" ({len(problems) - 5} more {row_word}s have problems)" if len(problems) > 5 else ""
-    return f"Data file {str(path)!r} has {len(problems)} malformed row(s) of {total}: {head}{more}."
+    what = "Data set" if rowsource is not None and len(rowsource.files) > 1 else "Data file"
+    return f"{what} {str(path)!r} has {len(problems)} malformed row(s) of {total}: {head}{more}."

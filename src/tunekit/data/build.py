@@ -4,6 +4,7 @@ weighted mix of several.
 
 from __future__ import annotations
 
+import difflib
 import random
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,10 @@ from tunekit.data.datasets import FormatDataset
 from tunekit.data.streaming import StreamingDataset
 
 __all__ = ["MixedDataset", "load_dataset", "mixed_dataset"]
+
+#: What one entry of ``dataset.sources`` may set (``dataset=mix``).
+_MIX_KEYS = ("source", "format", "template", "column_map", "weight", "max_seq_len", "train_on_input",
+             "val_fraction", "split_seed", "data_files", "subset", "source_split", "revision", "cache")
 
 _STREAM_ONLY = ("shuffle_buffer", "seed", "rank", "world_size", "pack", "pad_id")
 
@@ -115,6 +120,13 @@ def mixed_dataset(tokenizer: Any, sources: Sequence[Mapping[str, Any]], *, split
         if "source" not in entry:
             raise DataSettingError(f"dataset.sources[{i}] has no 'source' (it has {sorted(entry)}); give each "
                                    f"entry a source: a file, directory, glob or cached Hub id.")
+        unknown = sorted(str(k) for k in entry if k not in _MIX_KEYS)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], _MIX_KEYS, n=1)
+            raise DataSettingError(
+                f"dataset.sources[{i}].{unknown[0]} is not a setting of a mixed source"
+                f"{f' (did you mean {close[0]!r}?)' if close else ''}; an entry takes "
+                f"{', '.join(_MIX_KEYS)}.")
         weight = entry.pop("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise DataSettingError(f"dataset.sources[{i}].weight={weight!r} must be a number >= 0 (1: every "

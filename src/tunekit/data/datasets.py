@@ -52,7 +52,8 @@ def validated_rows(src: RowSource, fmt: Format) -> list[tuple[int, Any]]:
             f"dataset.source at a file with at least one record. {fmt.hint}")
     problems = [(row, msg) for row, rec in rows if (msg := fmt.check(rec))]
     if problems:
-        raise DataFormatError(format_problems(Path(label), src.row_word, problems, len(rows)) + " " + fmt.hint)
+        raise DataFormatError(format_problems(Path(label), src.row_word, problems, len(rows), rowsource=src)
+                              + " " + fmt.hint)
     return rows
 
 

@@ -101,7 +101,8 @@ def sharegpt_to_messages(conversations: Any) -> tuple[list[dict[str, Any]] | Non
 
 
 def _tool_problem(where: str, role: Any) -> str:
-    return (f"{where} is {role!r}: tool / function-call messages are not supported here (ShareGPT's "
+    what = f"{where} holds {role!r}" if where.endswith("]") else f"{where} is {role!r}"
+    return (f"{what}: tool / function-call messages are not supported here (ShareGPT's "
             f"function turns have no agreed layout, and Llama 2's [INST] layout has no place for them; a "
             f"model chat template that renders 'tool' messages takes OpenAI-style rows with "
             f"dataset.template=model); drop those turns or rows")
@@ -122,7 +123,7 @@ def chat_messages(rec: Any, *, allow_tool: bool = False) -> tuple[Any, str | Non
                 if isinstance(m, Mapping) and str(m.get("role", "")).lower() in _TOOL_ROLES:
                     return None, _tool_problem(f"messages[{i}].role", m.get("role"))
                 if isinstance(m, Mapping) and m.get("tool_calls"):
-                    return None, _tool_problem(f"messages[{i}].tool_calls", "tool_calls")
+                    return None, _tool_problem(f"messages[{i}]", "tool_calls")
         return msgs, None
     if "conversations" in rec:
         return sharegpt_to_messages(rec["conversations"])

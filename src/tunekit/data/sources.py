@@ -88,10 +88,43 @@ class RowSource:
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         """``(row, record)`` with ``column_map`` applied; rows count across files from 1."""
         n = 0
+        # (first cross-file row, file, its own row there): a new span where the file's own numbering
+        # stops following the count (a new file, a skipped blank line), so ``locate`` can name it
+        self._spans: list[tuple[int, Path, int]] = []
         for path in self.files:
+            expect = None
             for row, rec in self.file_rows(path):
                 n += 1
+                if row != expect:
+                    self._spans.append((n, path, row))
+                expect = row + 1
                 yield (row if len(self.files) == 1 else n), self.mapped(rec)
+
+    def locate(self, row: int) -> tuple[Path, str]:
+        """The file that holds cross-file ``row`` and how that file numbers it (``line 11``)."""
+        if len(self.files) == 1:
+            return self.files[0], f"{self.row_word} {row}"
+        span = next((sp for sp in reversed(getattr(self, "_spans", [])) if sp[0] <= row), None)
+        if span is None:
+            return Path(self.label), f"{self.row_word} {row}"
+        first, path, own = span
+        return path, f"{_row_word_of(path, self.text_files)} {own + row - first}"
+
+    def row_label(self, row: int) -> str:
+        """``row 3`` of one file; ``row 41 (b.jsonl, line 11)`` of a directory, glob or Hub set."""
+        if len(self.files) == 1:
+            return f"{self.row_word} {row}"
+        path, own = self.locate(row)
+        names = [f.name for f in self.files]
+        name = path.name if names.count(path.name) == 1 else str(path)
+        return f"{self.row_word} {row} ({name}, {own})"
+
+    def explain(self, msg: str) -> str:
+        """A row problem with the user's own column named beside the format field it maps to."""
+        for fld, col in self.column_map.items():
+            if col != fld:
+                msg = msg.replace(f"field '{fld}'", f"field '{fld}' (your column '{col}')")
+        return msg
 
     def mapped(self, rec: Any) -> Any:
         if not self.column_map or not isinstance(rec, Mapping):
@@ -104,9 +137,8 @@ class RowSource:
 
     def where(self, row: int) -> str:
         """``Data file 'x.csv', row 3`` (the file of a cross-file row number when there are several)."""
-        if len(self.files) == 1:
-            return f"Data file {str(self.files[0])!r}, {self.row_word} {row}"
-        return f"Data set {self.label!r}, {self.row_word} {row}"
+        path, own = self.locate(row)
+        return f"Data file {str(path)!r}, {own}"
 
     def fingerprint(self) -> str:
         """sha256 over every file's name and bytes (what the tokenization cache is keyed by)."""
@@ -130,6 +162,16 @@ class RowSource:
         if first is None or not isinstance(first[1], Mapping):
             return  # an empty file or non-object rows: the row checks say what is wrong
         columns = [str(c) for c in first[1]]
+        sep = next((c for c in ";\t|" if len(columns) == 1 and c in columns[0]), None)
+        if sep is not None and _suffix_kind(self.files[0]) == "csv":
+            name = {";": "semicolons", "\t": "tabs", "|": "'|'"}[sep]
+            fix = (f"rename it to {self.files[0].stem}.tsv (a .tsv file is read tab-separated)" if sep == "\t"
+                   else "save it comma-separated (e.g. pandas: pd.read_csv(path, sep=" + repr(sep)
+                   + ").to_csv(new_path, index=False))")
+            raise DataFormatError(
+                f"Data file {str(self.files[0])!r} reads as one column {columns[0]!r}: its fields are separated "
+                f"by {name}, and a {self.files[0].suffix} file is read comma-separated. {fix[0].upper() + fix[1:]}, "
+                f"and point dataset.source at the new file.")
         for fld, col in self.column_map.items():
             if col not in first[1]:
                 close = difflib.get_close_matches(col, columns, n=1)
@@ -163,9 +205,12 @@ class RowSource:
 
 
 def _read_text(path: Path) -> str:
+    """A ``.txt`` document: UTF-8 (BOM dropped), Windows / old-Mac line endings read as ``\\n``
+    (as Python's text mode and the perplexity reader do), so a file saved on Windows trains on the
+    same tokens as its Unix copy."""
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataFormatError(
@@ -193,6 +238,11 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
+                if lineno == 1 and line.lstrip().startswith("["):
+                    raise DataFormatError(
+                        f"Data file {str(path)!r} starts with '[' over several lines: it looks like a JSON list of "
+                        f"records, not JSON Lines (one record per line). Rename it to {path.stem}.json (a .json "
+                        f"file is read as a list of records), or write one record per line.") from None
                 raise DataFormatError(
                     f"Data file {str(path)!r}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}). A .jsonl "
                     f"file needs one complete JSON object per line (no line breaks inside a record, no trailing "
@@ -210,6 +260,8 @@ def _hf_rows(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
             f"Data file {str(path)!r} is empty (0 bytes): there are no rows to train on. Point "
             f"dataset.source at the data file itself; if a script wrote it, check that it finished.")
     try:
+        if kind == "csv":  # a CSV cell is text: keep "2", "1.50", "007" as written (an empty cell: null)
+            kwargs["converters"] = {c: _csv_cell for c in _csv_columns(path, kwargs.get("sep", ","))}
         ds = datasets.load_dataset(_HF_BUILDER[kind], data_files=[str(path)], split="train",
                                    streaming=True, **kwargs)
         n = 0
@@ -223,6 +275,37 @@ def _hf_rows(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
             f"Data file {str(path)!r} cannot be read as {kind.upper() if kind == 'csv' else kind.title()}"
             f" ({what}). Check that the file is complete and really is {kind} (its suffix decides the "
             f"reader); {_read_hint()}.") from None
+
+
+def _plain(value: Any) -> Any:
+    """An OmegaConf list/dict as plain Python (for messages)."""
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    except ImportError:
+        return value
+
+
+def _row_word_of(path: Path, text_files: bool) -> str:
+    """How one file numbers its rows: ``line`` (JSONL), ``record`` (JSON), ``document``, ``row``."""
+    kind = _suffix_kind(path) or "json"
+    if kind == "json":
+        return "line" if path.suffix.lower() == ".jsonl" else "record"
+    if kind == "text":
+        return "document" if text_files else "record"
+    return "row"
+
+
+def _csv_cell(cell: str) -> str | None:
+    return cell if cell != "" else None
+
+
+def _csv_columns(path: Path, sep: str) -> list[str]:
+    """The header of a CSV/TSV file (pandas' reading of it, BOM and quoting included)."""
+    import pandas as pd  # lazy: comes with datasets
+
+    return [str(c) for c in pd.read_csv(path, sep=sep, nrows=0).columns]
 
 
 def _suffix_kind(path: Path) -> str | None:
@@ -303,10 +386,20 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
                                       cache_dir=cache))
     except Exception:
         rev = f" at revision {revision!r}" if revision else ""
+        cached = sorted(d.name[len("datasets--"):].replace("--", "/", 1)
+                        for d in Path(cache).glob("datasets--*--*") if d.is_dir())
+        close = difflib.get_close_matches(repo_id, cached, n=3, cutoff=0.75)
+        near = f" (cached data sets with a close name: {', '.join(close)})" if close else ""
+        if repo_id in cached:  # cached, but not at the revision asked for
+            repo = Path(cache) / ("datasets--" + repo_id.replace("/", "--"))
+            have = sorted(p.name for p in (repo / "refs").glob("*") if p.is_file()) \
+                + sorted(p.name[:12] for p in (repo / "snapshots").glob("*") if p.is_dir())
+            near = f" ({repo_id} is cached at {', '.join(have) or 'no revision'}: set dataset.revision to one of them)"
+        fetch = f"download {repo_id} --repo-type dataset" + (f" --revision {revision}" if revision else "")
         raise DataFormatError(
             f"dataset.source={repo_id!r} is neither a local file or directory nor a data set{rev} in "
-            f"the local Hugging Face cache ({cache}). Fetch it once with `tunekit "
-            f"download {repo_id} --repo-type dataset` (then it is read offline), or point "
+            f"the local Hugging Face cache ({cache}){near}. Fetch it once with `tunekit "
+            f"{fetch}` (then it is read offline), or point "
             f"dataset.source at a local file: {_read_hint()}.") from None
 
 
@@ -337,6 +430,11 @@ def load_rows(source: str | os.PathLike[str], *, data_files: str | Sequence[str]
     Raises:
         DataFormatError / DataSettingError: one paragraph naming the source and the fix.
     """
+    if column_map is not None and not isinstance(column_map, Mapping):
+        raise DataSettingError(
+            f"dataset.column_map={_plain(column_map)!r} must map the format's fields to your columns (FIELD: "
+            f"COLUMN), e.g. dataset.column_map='{{instruction: question, output: answer}}', not a "
+            f"{type(_plain(column_map)).__name__}.")
     cmap = {str(k): str(v) for k, v in (column_map or {}).items()}
     patterns = [data_files] if isinstance(data_files, str) else list(data_files or [])
     text = str(source)
@@ -365,11 +463,7 @@ def load_rows(source: str | os.PathLike[str], *, data_files: str | Sequence[str]
             f"Data file {str(p)!r} does not exist. Set dataset.source to a local file, directory or "
             f"glob ({_read_hint()}), to a cached Hub data set id (owner/name), or to a bundled data "
             f"set: {', '.join(sorted(BUNDLED_DATA))}.")
-    word = {"json": "record", "text": "document"}.get(_suffix_kind(files[0]) or "json", "row")
-    if _suffix_kind(files[0]) == "json" and files[0].suffix.lower() == ".jsonl":
-        word = "line"
-    if _suffix_kind(files[0]) == "text" and not text_files:
-        word = "record"
+    word = _row_word_of(files[0], text_files)
     if len(files) > 1:
         word = "document" if text_files and all(_suffix_kind(f) == "text" for f in files) else "row"
     return RowSource(label=label, files=files, row_word=word, column_map=cmap, text_files=text_files,

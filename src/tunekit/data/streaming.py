@@ -96,7 +96,8 @@ class StreamingDataset:
             msg = check(rec)
             if msg:
                 if problems is None:
-                    raise DataFormatError(f"{self.rowsource.where(row)}: {msg}. {self.format.hint}")
+                    raise DataFormatError(f"{self.rowsource.where(row)}: {self.rowsource.explain(msg)}. "
+                                          f"{self.format.hint}")
                 problems.append((row, msg))
                 continue
             yield row, rec
@@ -174,7 +175,8 @@ class StreamingDataset:
                 mine += 1
         if problems:
             raise DataFormatError(format_problems(Path(str(self.source)), self.row_word, problems,
-                                                  counter.samples + len(problems)) + " " + self.format.hint)
+                                                  counter.samples + len(problems), rowsource=self.rowsource)
+                                  + " " + self.format.hint)
         if counter.samples == 0 and self.split == "validation":
             raise DataSettingError(
                 f"dataset.val_fraction={self.val_fraction} holds out no row of {str(self.source)!r} for "

@@ -122,7 +122,9 @@ def message_list_problem(messages: Any, roles: Sequence[str]) -> str | None:
             if key not in m:
                 return f"messages[{i}] is missing the field '{key}' (it has {sorted(map(str, m))})"
             if not isinstance(m[key], str):
-                return f"messages[{i}].{key} must be a string, got {describe_value(m[key])}"
+                parts = (" (OpenAI content parts [{'type': 'text', 'text': ...}] are not read: join their "
+                         "texts into one string)" if key == "content" and isinstance(m[key], list) else "")
+                return f"messages[{i}].{key} must be a string, got {describe_value(m[key])}{parts}"
         if m["role"] not in roles:
             alias = _ROLE_ALIASES.get(m["role"].lower())
             fix = f" (write {alias!r})" if alias else ""

@@ -94,13 +94,113 @@ def _task_file_spec(spec: str, where: str, *, light: bool = False) -> dict[str, 
     if isinstance(kwargs, Mapping) and "data_files" in kwargs:
         cfg["dataset_kwargs"] = {**kwargs, "data_files": _resolve_data_files(
             kwargs["data_files"], path.parent, f"`dataset_kwargs.data_files` of {path}")}
+    _check_task_data(cfg, path)
     return cfg
+
+
+def _split_file(cfg: Mapping[str, Any]) -> Path | None:
+    """The local JSON/JSONL file the task scores (its ``test_split``, else ``validation_split``), if any."""
+    kwargs = cfg.get("dataset_kwargs")
+    if cfg.get("dataset_path") != "json" or not isinstance(kwargs, Mapping) or "field" in kwargs:
+        return None
+    files = kwargs.get("data_files")
+    split = cfg.get("test_split") or cfg.get("validation_split")
+    if isinstance(files, Mapping):
+        files = files.get(split)
+    if isinstance(files, (list, tuple)):
+        files = files[0] if len(files) == 1 else None
+    if not isinstance(files, str) or any(ch in files for ch in "*?[") or not files.endswith((".json", ".jsonl")):
+        return None
+    return Path(files)
+
+
+def _task_records(data: Path, path: Path) -> list[Any]:
+    """The records of a task's local JSON list / JSONL file; a bad line is one paragraph."""
+    text = data.read_text(encoding="utf-8-sig")
+    if data.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise EvaluationError(f"The data file {data} of task file {path} is not valid JSON ({e.msg} at line "
+                                  f"{e.lineno}, column {e.colno}); fix that line.") from None
+        return rows if isinstance(rows, list) else []
+    rows = []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise EvaluationError(
+                    f"The data file {data} of task file {path}, line {n}: not valid JSON ({e.msg} at column "
+                    f"{e.colno}). A .jsonl file holds one complete JSON object per line; fix or delete that "
+                    f"line.") from None
+    return rows
+
+
+def _check_task_data(cfg: dict[str, Any], path: Path) -> None:
+    """Refuse what the harness would only find while scoring (a traceback) or would score silently
+    wrong: a template naming a field the local data does not have (``{{quesion}}``), a
+    ``doc_to_target: lable`` that is no field (the harness takes it as the literal text "lable"),
+    multiple choice without ``doc_to_choice``, a data file that is not valid JSON."""
+    if cfg.get("output_type") == "multiple_choice" and "doc_to_choice" not in cfg:
+        raise EvaluationError(
+            f"Task file {path}: `output_type: multiple_choice` needs `doc_to_choice`, the answer options of a "
+            f"row: a field holding a list (`doc_to_choice: choices`), a template giving one, or a literal "
+            f"list (`doc_to_choice: [\"yes\", \"no\"]`). Add it, or use `output_type: generate_until`.")
+    data = _split_file(cfg)
+    if data is None or not data.is_file() or cfg.get("process_docs"):  # process_docs may add fields
+        return
+    rows = _task_records(data, path)
+    first = next((r for r in rows if isinstance(r, Mapping)), None)
+    if first is None:
+        raise EvaluationError(f"The data file {data} of task file {path} holds no records ({{...}} objects): "
+                              f"a task scores one JSON object per row. Point `dataset_kwargs.data_files` at the "
+                              f"task's data.")
+    import jinja2
+    from jinja2 import meta
+
+    have = {str(k) for r in rows if isinstance(r, Mapping) for k in r}  # a field of some records is a field
+    fields = sorted(have)
+    for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        value = cfg.get(key)
+        if not isinstance(value, str) or value.startswith("!function"):
+            continue
+        if "{{" in value or "{%" in value:
+            try:
+                names = meta.find_undeclared_variables(jinja2.Environment().parse(value))
+            except jinja2.TemplateSyntaxError as e:
+                raise EvaluationError(
+                    f"Task file {path}: `{key}: {value}` is not a valid Jinja template ({e.message}); fix the "
+                    f"template, e.g. `{key}: \"{{{{{fields[0]}}}}}\"`.") from None
+            unknown = sorted(n for n in names if n not in have)
+        else:
+            unknown = [value] if key != "doc_to_text" and value.isidentifier() and value not in have else []
+        if unknown:
+            raise EvaluationError(
+                f"Task file {path}: `{key}: {value}` names {', '.join(repr(u) for u in unknown)}, which is not a "
+                f"field of its data {data} (its records have {fields}). Use one of those fields (e.g. "
+                f"`{key}: {_guess(unknown[0], fields, key)}`); the harness would otherwise "
+                f"{'stop with a template error' if '{' in value else 'score the literal text ' + repr(value)}.")
+
+
+def _guess(name: str, fields: list[str], key: str) -> str:
+    from tunekit.config.errors import close_matches
+
+    hits = close_matches(name, fields)
+    pick = hits[0] if hits else fields[0]
+    return f"\"{{{{{pick}}}}}\"" if key == "doc_to_text" else pick
 
 
 def check_tasks(tasks: Sequence[str], key: str = "tasks") -> None:
     """Refuse unusable ``tasks`` before any weight is read or step is trained: task files are read
     and their data files found without importing the harness; names are looked up in the
     harness's task index (building it imports lm_eval and reads its task YAML files)."""
+    import importlib.util
+
+    if tasks and importlib.util.find_spec("lm_eval") is None:  # before training, not after it
+        raise EvaluationError(
+            f"`{key}`={[str(t) for t in tasks]} needs lm-evaluation-harness, which is not installed. Install it "
+            f"with: pip install \"tunekit[eval]\" (or drop `{key}`; perplexity needs no extra).")
     names = [str(t) for t in tasks if not _is_path(str(t))]
     for i, spec in enumerate(tasks):
         if _is_path(str(spec)):
@@ -255,9 +355,11 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path, *, info: Mapp
               "n-samples": results.get("n-samples", {}), "versions": results.get("versions", {}),
               "n-shot": results.get("n-shot", {}), "perplexity": results.get("perplexity"),
               "configs": results.get("configs", {})}
-    json_path = _free(out / "results.json")
+    json_path, n = out / "results.json", 2
+    while json_path.exists() or json_path.with_suffix(".md").exists():  # results_N.json and .md go together
+        json_path, n = out / f"results_{n}.json", n + 1
     _atomic(json_path, json.dumps(record, indent=2, default=_jsonable) + "\n")
-    _atomic(_free(out / "results.md"), results_table(results))
+    _atomic(json_path.with_suffix(".md"), results_table(results))
     for task, samples in (results.get("samples") or {}).items():
         lines = [json.dumps({k: s.get(k) for k in ("doc_id", "target", "arguments", "resps", "filtered_resps")}
                             | {k: v for k, v in s.items() if isinstance(v, (int, float)) and k != "doc_id"},

@@ -58,6 +58,9 @@ class PerplexityResult:
                 "documents": self.documents, "windows": self.windows}
 
 
+_TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".arrow", ".feather", ".xlsx", ".xls")
+
+
 def read_texts(path: str | Path, *, text_field: str = "text") -> list[str]:
     """The documents of a ``.txt`` file (the whole file is one), or of a ``.jsonl`` / ``.json`` file
     (each record's ``text_field``).
@@ -71,6 +74,12 @@ def read_texts(path: str | Path, *, text_field: str = "text") -> list[str]:
     if not p.is_file():
         raise EvaluationError(f"{where}: no such file. Give a .txt file (scored as one document), a .jsonl/.json "
                               f"file of records with a {text_field!r} field, or `dataset` (the dataset group's split).")
+    if p.suffix.lower() in _TABLE_SUFFIXES:  # read as raw text, a CSV's header and commas would be scored too
+        raise EvaluationError(
+            f"{where}: {p} is a {p.suffix.lower()[1:].upper()} table; perplexity.source reads a .txt file (one "
+            f"document) or .jsonl/.json records. To score a column of texts of a table, use the data path: "
+            f"perplexity.source=dataset dataset=text dataset.source={p} perplexity.split=all (its 'text' column; "
+            f"another column with 'dataset.column_map={{text: COLUMN}}').")
     try:
         raw = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:

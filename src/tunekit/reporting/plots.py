@@ -122,7 +122,10 @@ def _draw(ax: Any, series: Mapping[str, list[tuple[int, float]]], names: Sequenc
 
 
 def _finish(ax: Any, ylabel: str, log: bool, values: Sequence[float]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers: no "1.5" ticks
     ax.set_ylabel(ylabel)
     if log and values and min(values) > 0:
         ax.set_yscale("log")
