@@ -89,8 +89,10 @@ def save_sharded_checkpoint(output_dir: str | Path, name: str, *, model: nn.Modu
         marker["base_weights"] = "base checkpoint"  # the NF4 base is not saved: read it again
     if is_rank_zero():
         with atomic_checkpoint_dir(output_dir, name, marker) as tmp:
+            # made before the other ranks learn the path: their dcp.save creates it too, and a
+            # rank that got there first made this mkdir fail (FileExistsError, seen under load)
+            (tmp / STATE_SUBDIR / SHARDED_DIR).mkdir(parents=True)
             broadcast_object(str(tmp))
-            (tmp / STATE_SUBDIR).mkdir()
             dcp.save(state, checkpoint_id=str(tmp / STATE_SUBDIR / SHARDED_DIR))
             torch.save(extra, tmp / STATE_SUBDIR / RECIPE_STATE_FILE)
             (tmp / INFO_FILE).write_text(json.dumps({**marker, "merged_adapter": None}, indent=2) + "\n")
