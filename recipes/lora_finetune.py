@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> float | None:
     """Build everything `cfg` names, train, and return the final validation (else train) loss."""
     from tunekit.modules.peft import LoRASpec
     from tunekit.run import data, examples, model, process, records, resume
-    from tunekit.run.saver import CheckpointSaver, merge_drift
+    from tunekit.run.saver import CheckpointSaver, log_merge_drift
     from tunekit.run.settings import schedule_warnings, train_settings
     from tunekit.training import num_training_steps, prepare_loss, prepare_model, train
     from tunekit.training.device import get_device
@@ -140,13 +140,9 @@ def run(cfg: DictConfig) -> float | None:
     result = train(net, optimizer=optimizer, lr_scheduler=lr_scheduler, loss_fn=loss_fn,
                    train_loader=train_loader, val_loader=val_loader, saver=saver,
                    metric_logger=metric_logger, settings=settings, start=start, progress=rank == 0)
-    if spec.quantize_base and not result.interrupted:  # QLoRA: what merging cost (README, QLoRA)
-        drift = merge_drift(net, loss_fn=loss_fn, val_loader=val_loader, device=get_device(settings.device),
-                            adapter_config=spec, trained_val_loss=result.final_val_loss,
-                            original=saver.original_weights if spec.merge_base == "original" else None,
-                            max_batches=settings.max_eval_batches)
-        if drift and rank == 0:
-            metric_logger.log_dict(drift, step=result.global_step)
+    # QLoRA: what merging cost (README, QLoRA)
+    log_merge_drift(net, lora=spec, result=result, saver=saver, loss_fn=loss_fn, val_loader=val_loader,
+                    device=get_device(settings.device), metric_logger=metric_logger, rank=rank)
     return records.finish_run(RECIPE, cfg, net=net, optimizer=optimizer, loss_fn=loss_fn, tokenizer=tokenizer,
                               metric_logger=metric_logger, result=result, probe=probe,
                               device=get_device(settings.device), rank=rank, overrides=overrides, t_start=t_start)

@@ -37,7 +37,7 @@ from tunekit.modules.peft import (
 )
 from tunekit.training import ResumePoint, StatefulSampler, TrainSettings, steps_per_epoch
 
-__all__ = ["CheckpointSaver", "merge_drift", "model_states"]
+__all__ = ["CheckpointSaver", "log_merge_drift", "merge_drift", "model_states"]
 
 
 def _adapter_config_dict(adapter_config: Any) -> dict[str, Any]:
@@ -247,3 +247,17 @@ def merge_drift(model: nn.Module, *, loss_fn: Any, val_loader: Any, device: torc
     saved = out.get(f"val_loss_merged_{_merge_base(adapter_config)}", out["val_loss_merged_dequantized"])
     out["merge_drift"] = saved - out["val_loss_trained"]
     return out
+
+
+def log_merge_drift(model: nn.Module, *, lora: Any, result: Any, saver: CheckpointSaver, loss_fn: Any,
+                    val_loader: Any, device: torch.device, metric_logger: Any, rank: int) -> None:
+    """After an uninterrupted QLoRA run: :func:`merge_drift` logged with the last step's metrics
+    (what merging cost, in the run's own validation loss); nothing for other runs."""
+    if not getattr(lora, "quantize_base", None) or result.interrupted:
+        return
+    drift = merge_drift(model, loss_fn=loss_fn, val_loader=val_loader, device=device, adapter_config=lora,
+                        trained_val_loss=result.final_val_loss,
+                        original=saver.original_weights if lora.merge_base == "original" else None,
+                        max_batches=saver.settings.max_eval_batches)
+    if drift and rank == 0:
+        metric_logger.log_dict(drift, step=result.global_step)
