@@ -202,9 +202,9 @@ def build_training_model(make_model: Callable[..., nn.Module],
                 raise error
             raise CheckpointError(f"(rank 0) {message}")
         load_full_state_dict(model, full, strict=True, skip=nf4_names)
-        if nf4_names:  # rank 0 quantizes each whole weight, every rank keeps its rows
+        if nf4_names:  # rank 0 quantizes each whole weight (the others' `full` is empty), each keeps its rows
             params = dict(model.named_parameters())
-            shards = {k: nn.Parameter(load_nf4_shard(params[k], full.get(k) if rank == 0 else None),
+            shards = {k: nn.Parameter(load_nf4_shard(params[k], full.get(k)),
                                       requires_grad=False) for k in nf4_names}
             model.load_state_dict(shards, strict=False, assign=True)
         del full

@@ -143,8 +143,9 @@ def quantize_nf4(weight: torch.Tensor, *, shards: int = 1) -> torch.Tensor:
             rows do not split into ``shards`` chunks of whole blocks.
     """
     nf4 = require_torchao()
-    scaler = _scaler_block_size(weight.numel(), shards) if weight.dim() == 2 and weight.shape[0] % shards == 0 else None
-    if scaler is None or weight.dim() != 2:
+    rows_split = weight.dim() == 2 and weight.shape[0] % shards == 0
+    scaler = _scaler_block_size(weight.numel(), shards) if rows_split else None
+    if scaler is None:
         where = "" if shards == 1 else f" split into {shards} equal row shards"
         raise ValueError(f"NF4 needs a 2-D weight with a multiple of {NF4_BLOCK_SIZE} elements{where}, "
                          f"got shape {tuple(weight.shape)}")
